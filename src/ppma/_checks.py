@@ -1,0 +1,40 @@
+"""Argument validation shared by the mask maths, the attention ops and the layers.
+
+Every check raises a ``ValueError`` whose message starts with the argument's name, so a user sees
+what is wrong at the call they made, not a traceback from deep inside a kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_tensor(name: str, t: object, ndim: int | None = None, min_ndim: int | None = None) -> torch.Tensor:
+    """A floating-point tensor with the given number of dimensions."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(t.shape)}")
+    if min_ndim is not None and t.ndim < min_ndim:
+        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_log_decay(name: str, t: torch.Tensor, check_values: bool = True) -> torch.Tensor:
+    """Log-decays must be finite and <= 0 (decays in (0, 1]). Value checks cost a device sync."""
+    if check_values and t.numel() > 0 and not torch.compiler.is_compiling():
+        with torch.no_grad():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: contains NaN or inf; log-decays must be finite")
+            if bool((t > 0).any()):
+                raise ValueError(
+                    f"{name}: contains positive values (max {t.max().item():.3g}); log-decays must be <= 0"
+                )
+    return t
+
+
+def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name_b}: shape {tuple(b.shape)} does not match {name_a} shape {tuple(a.shape)}")

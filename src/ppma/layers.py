@@ -1,0 +1,165 @@
+"""Modules that own parameters: decay generator, flat rotary rotation, LePE, PPMA attention, conv FFN.
+
+These read like SPEC sections 1 and 5; the maths lives in ``ppma.mask`` and ``ppma.ops``.
+Token tensors inside a stage are channels-last, (B, H, W, C).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ops import criss_cross_polyline_attention, polyline_attention
+
+Mode = Literal["full", "criss_cross"]
+
+
+class PathDecay(nn.Module):
+    """Per-token horizontal and vertical log-decays, SPEC section 1.
+
+    One ``dt_linear`` (d -> 2, no bias) shared by all heads reads each head's channels; channel 0
+    drives the horizontal decay, channel 1 the vertical one. ``log = softplus(dt + dt_bias) * a`` with
+    ``a = -exp(A_log)`` per head, always computed in float32.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.dt_linear = nn.Linear(self.head_dim, 2, bias=False)
+        self.dt_bias = nn.Parameter(torch.empty(num_heads))
+        self.A_log = nn.Parameter(torch.empty(num_heads))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba2's initialisation: dt log-uniform in [1e-3, 1e-1], dt_bias its inverse softplus, A in [1, 1.1]."""
+        dt = torch.exp(torch.empty(self.num_heads).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.log(torch.empty(self.num_heads).uniform_(1.0, 1.1)))
+        nn.init.trunc_normal_(self.dt_linear.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32, <= 0."""
+        B, H, W, _ = x.shape
+        dt = self.dt_linear(x.reshape(B, H, W, self.num_heads, self.head_dim))  # (B, H, W, heads, 2)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            a = -torch.exp(self.A_log.to(dtype))
+            log_decay = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)[:, None]) * a[:, None]
+        log_decay = log_decay.permute(0, 3, 4, 1, 2)  # (B, heads, 2, H, W)
+        return log_decay[:, :, 0], log_decay[:, :, 1]
+
+
+class FlatRotary(nn.Module):
+    """Rotary rotation over the flattened token index n = i * W + j (not 2D), SPEC section 5."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 2))
+        # Each angle twice: interleaved pairs (x0, x1) share one frequency.
+        self.register_buffer("angle", angle.repeat_interleave(2), persistent=False)
+
+    def forward(self, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """sin and cos tables, each (H, W, d)."""
+        index = torch.arange(H * W, device=self.angle.device, dtype=self.angle.dtype).reshape(H, W, 1)
+        phase = index * self.angle
+        return torch.sin(phase), torch.cos(phase)
+
+
+def rotate(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_every_two(x) * sin, where rotate_every_two maps pairs (x0, x1) -> (-x1, x0)."""
+    pairs = x.unflatten(-1, (-1, 2))  # (..., d/2, 2)
+    turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return x * cos + turned * sin
+
+
+class DWConv(nn.Module):
+    """Depthwise conv with bias on channels-last tokens; the wrapper gives the published `.conv.*` keys."""
+
+    def __init__(self, dim: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, H, W, C) -> (B, C, H, W) -> conv -> (B, H, W, C)
+        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class PolylineAttention(nn.Module):
+    """PPMA attention, SPEC section 5: q/k/v, flat rotary, the polyline-masked op, LePE, out_proj.
+
+    Args:
+        dim: channels C.
+        num_heads: heads; head dimension d = C / heads.
+        mode: ``"full"`` (2D mask, SPEC 3) or ``"criss_cross"`` (decomposed, SPEC 4).
+        backend: attention backend name, see ``ppma.ops``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mode: Mode = "full", backend: str = "auto") -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads: {num_heads} does not divide dim {dim}")
+        if mode not in ("full", "criss_cross"):
+            raise ValueError(f"mode: expected 'full' or 'criss_cross', got {mode!r}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.mode = mode
+        self.backend = backend
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.lepe = DWConv(dim, 5)
+        self.out_proj = nn.Linear(dim, dim)
+        self.decay = PathDecay(dim, num_heads)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        # (B, H, W, C) -> (B, heads, H, W, d)
+        return x.reshape(B, H, W, self.num_heads, self.head_dim).permute(0, 3, 1, 2, 4)
+
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        B, H, W, C = x.shape
+        sin, cos = rotary
+        v = self.v_proj(x)
+        lepe = self.lepe(v)
+        q = rotate(self._heads(self.q_proj(x)), sin, cos)
+        k = rotate(self._heads(self.k_proj(x) * self.scaling), sin, cos)  # scaled before rotation, as published
+        log_alpha, log_beta = self.decay(x)
+        op = polyline_attention if self.mode == "full" else criss_cross_polyline_attention
+        # Decays are <= 0 by construction: skip the value check and its device sync.
+        out = op(q, k, self._heads(v), log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False)
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C)  # merge heads
+        return self.out_proj(out + lepe)
+
+
+class ConvFFN(nn.Module):
+    """fc1 -> GELU -> (h + dwconv3x3(h)) -> fc2, SPEC section 6."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.dwconv = DWConv(hidden_dim, 3)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc1(x))
+        return self.fc2(h + self.dwconv(h))
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale on a residual branch; gamma is (1, 1, 1, C) as published, so it is weight-decayed."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((1, 1, 1, dim), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma

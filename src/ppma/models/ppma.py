@@ -1,0 +1,482 @@
+"""PPMA: a hierarchical vision transformer with polyline path masked attention (SPEC section 6).
+
+image -> Stem (stride 4) -> 4 stages of [CPE, PPMA attention, conv FFN] blocks -> classifier head.
+Stages 1-2 (Tiny) or 1-3 (Small, Base) use decomposed ("criss-cross") attention, the rest full.
+Stage i > 0 starts with its Downsample (the published code keeps it at the end of stage i - 1; the
+checkpoint filter moves it). Tokens inside stages are channels-last, (B, H, W, C).
+
+Registered in timm: ppma_nano (CI and the digits job), ppma_tiny, ppma_small, ppma_base.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from .._checks import check_tensor
+from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
+
+__all__ = ["PPMA", "checkpoint_filter_fn", "published_state_dict"]
+
+
+class Stem(nn.Sequential):
+    """Four 3x3 convs (two with stride 2) with BatchNorm and GELU between: (B, 3, H, W) -> (B, C, H/4, W/4)."""
+
+    def __init__(self, in_chans: int, dim: int) -> None:
+        half = dim // 2
+        super().__init__(
+            nn.Conv2d(in_chans, half, 3, 2, 1), nn.BatchNorm2d(half), nn.GELU(),
+            nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
+            nn.Conv2d(half, dim, 3, 2, 1), nn.BatchNorm2d(dim), nn.GELU(),
+            nn.Conv2d(dim, dim, 3, 1, 1), nn.BatchNorm2d(dim),
+        )  # fmt: skip
+
+
+class Downsample(nn.Module):
+    """conv3x3 stride 2 + BatchNorm on channels-last tokens."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Conv2d(in_dim, out_dim, 3, 2, 1)
+        self.norm = nn.BatchNorm2d(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, H, W, C) -> (B, C, H, W) -> (B, H/2, W/2, C')
+        return self.norm(self.reduction(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
+class Block(nn.Module):
+    """x + CPE(x); x + drop_path(g1 * attn(LN(x))); x + drop_path(g2 * ffn(LN(x)))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        mode: Mode,
+        drop_path: float = 0.0,
+        layer_scale_init: float | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.pos = DWConv(dim, 3)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = PolylineAttention(dim, num_heads, mode=mode, backend=backend)
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = ConvFFN(dim, int(mlp_ratio * dim))
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.pos(x)
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rotary)))
+        return x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
+
+
+class Stage(nn.Module):
+    """Optional Downsample, then blocks sharing one flat-rotary table."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        mode: Mode,
+        drop_path: Sequence[float],
+        layer_scale_init: float | None,
+        downsample: bool,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
+        self.rotary = FlatRotary(dim // num_heads)
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio, mode, drop_path[j], layer_scale_init, backend) for j in range(depth)
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        rotary = self.rotary(x.shape[1], x.shape[2])
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(block, x, rotary, use_reentrant=False)
+            else:
+                x = block(x, rotary)
+        return x
+
+
+class ClassifierHead(nn.Module):
+    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, Linear(1024 -> classes)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, hidden_dim)
+        self.norm = nn.BatchNorm2d(hidden_dim)
+        self.act = nn.SiLU()
+        self.fc = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.proj(x).permute(0, 3, 1, 2)  # (B, H, W, 1024) -> (B, 1024, H, W) for BatchNorm over channels
+        x = self.act(self.norm(x)).mean(dim=(2, 3))
+        return x if pre_logits else self.fc(x)
+
+
+class PPMA(nn.Module):
+    """Polyline Path Masked Attention backbone and classifier.
+
+    Args:
+        in_chans: image channels.
+        num_classes: classifier outputs; 0 for none.
+        embed_dims: channels of the four stages.
+        depths: blocks per stage.
+        num_heads: heads per stage.
+        mlp_ratios: FFN expansion per stage.
+        decomposed: per stage, True for criss-cross attention, False for full attention.
+        layer_scale: per stage, whether blocks carry layer scale.
+        layer_scale_init: initial layer-scale value.
+        drop_path_rate: stochastic depth, linear over all blocks of the network.
+        head_hidden_size: width of the classifier's per-token projection.
+        feature_norms: add a LayerNorm on each stage output for dense tasks (``features_only`` sets it).
+        backend: attention backend for every layer (see ``ppma.ops``); ``set_backend`` changes it later.
+        checkpoint_ema: with ``pretrained=True``, load a training checkpoint's EMA weights.
+        global_pool: only ``"avg"`` (timm convention).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dims: Sequence[int] = (64, 128, 256, 512),
+        depths: Sequence[int] = (2, 2, 8, 2),
+        num_heads: Sequence[int] = (4, 4, 8, 16),
+        mlp_ratios: Sequence[float] = (3, 3, 3, 3),
+        decomposed: Sequence[bool] = (True, True, False, False),
+        layer_scale: Sequence[bool] = (False, False, False, False),
+        layer_scale_init: float = 1e-6,
+        drop_path_rate: float = 0.1,
+        head_hidden_size: int = 1024,
+        feature_norms: bool = False,
+        backend: str = "auto",
+        checkpoint_ema: bool = False,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool: PPMA pools by mean over tokens ('avg'), got {global_pool!r}")
+        for name, value in (("depths", depths), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
+                            ("decomposed", decomposed), ("layer_scale", layer_scale)):  # fmt: skip
+            if len(value) != len(embed_dims):
+                raise ValueError(f"{name}: expected {len(embed_dims)} entries (one per stage), got {len(value)}")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.checkpoint_ema = checkpoint_ema
+        self.embed_dims = list(embed_dims)
+        self.num_features = embed_dims[-1]
+        self.head_hidden_size = head_hidden_size
+        self.output_fmt = "NHWC"
+
+        self.stem = Stem(in_chans, embed_dims[0])
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, self.feature_info, start = [], [], 0
+        for i, dim in enumerate(embed_dims):
+            stages.append(
+                Stage(
+                    embed_dims[i - 1] if i else dim,
+                    dim,
+                    depths[i],
+                    num_heads[i],
+                    mlp_ratios[i],
+                    "criss_cross" if decomposed[i] else "full",
+                    rates[start : start + depths[i]],
+                    layer_scale_init if layer_scale[i] else None,
+                    downsample=i > 0,
+                    backend=backend,
+                )
+            )
+            start += depths[i]
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in embed_dims) if feature_norms else None
+        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # Network-wide init runs last, as published: every Linear trunc-normal(0.02), LayerNorm (1, 0).
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm model interface -------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters() if n.endswith(("dt_bias", "A_log"))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)),
+                                                                            (r"^stages\.(\d+)\.blocks\.(\d+)", None)])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        self.num_classes = num_classes
+        if reset_other:  # dense use: no per-token projection either
+            self.head = nn.Identity()
+            self.head_hidden_size = self.num_features
+            return
+        self.head.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head.fc)
+
+    def set_backend(self, backend: str) -> None:
+        """Use ``backend`` for every attention layer (see ``ppma.ops``)."""
+        from ..ops import Backend
+
+        Backend.parse(backend)  # fail here, not at the next forward
+        for m in self.modules():
+            if isinstance(m, PolylineAttention):
+                m.backend = backend
+
+    def _check_image(self, x: torch.Tensor) -> None:
+        check_tensor("x", x)
+        if x.ndim != 4:
+            raise ValueError(f"x: expected an image batch (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"x: expected {self.in_chans} channels at dim 1, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("x: empty batch (B = 0)")
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs, each through its dense-task LayerNorm when the model has them (``feature_norms``).
+
+        Returns the (B, C_i, H_i, W_i) maps (``NHWC`` on request), and the last stage's tokens unless
+        ``intermediates_only``. ``norm`` is accepted for timm's interface; PPMA has no final norm.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt: expected 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self._check_image(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        x = self.stem(x).permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norms[i](x) if self.norms is not None else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, reset_other=True)
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) image -> (B, H/32, W/32, C_last) tokens (rounded up per stride-2 step)."""
+        self._check_image(x)
+        x = self.stem(x).permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if isinstance(self.head, nn.Identity):
+            return x.mean(dim=(1, 2))
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def load_pretrained(self, path: str) -> None:
+        """timm's custom-load hook: load a published ``.pth`` or one of ours (see ``ppma.checkpoint``)."""
+        from ..checkpoint import load_into
+
+        load_into(self, path, use_ema=self.checkpoint_ema)
+
+
+# ---- published checkpoints ----------------------------------------------------------------------------
+
+# (published key, our key): {i} stage, {j} block, {n} any index, {r} the rest of the key.
+_RENAMES = [
+    ("patch_embed.proj.{n}.{r}", "stem.{n}.{r}"),
+    ("layers.{i}.blocks.{j}.retention_layer_norm.{r}", "stages.{i}.blocks.{j}.norm1.{r}"),
+    ("layers.{i}.blocks.{j}.final_layer_norm.{r}", "stages.{i}.blocks.{j}.norm2.{r}"),
+    ("layers.{i}.blocks.{j}.retention.path_embed.{r}", "stages.{i}.blocks.{j}.attn.decay.{r}"),
+    ("layers.{i}.blocks.{j}.retention.{r}", "stages.{i}.blocks.{j}.attn.{r}"),
+    ("layers.{i}.blocks.{j}.gamma_1", "stages.{i}.blocks.{j}.ls1.gamma"),
+    ("layers.{i}.blocks.{j}.gamma_2", "stages.{i}.blocks.{j}.ls2.gamma"),
+    ("layers.{i}.blocks.{j}.{r}", "stages.{i}.blocks.{j}.{r}"),
+    ("layers.{i}.downsample.{r}", "stages.{i+1}.downsample.{r}"),  # published: end of stage i
+    ("outnorm{n}.{r}", "norms.{n}.{r}"),
+    ("proj.{r}", "head.proj.{r}"),
+    ("norm.{r}", "head.norm.{r}"),
+    ("head.{r}", "head.fc.{r}"),
+]
+_DROPPED = re.compile(r"^layers\.\d+\.Relpos\.")  # rotary angles: recomputed, not learned
+
+
+def _template_regex(template: str) -> re.Pattern:
+    pattern = re.escape(template)
+    for field, group in (("{i+1}", r"(?P<ip>\d+)"), ("{i}", r"(?P<i>\d+)"), ("{j}", r"(?P<j>\d+)"),
+                         ("{n}", r"(?P<n>\d+)"), ("{r}", r"(?P<r>.+)")):  # fmt: skip
+        pattern = pattern.replace(re.escape(field), group)
+    return re.compile(f"^{pattern}$")
+
+
+def _fill(template: str, groups: dict[str, str]) -> str:
+    if "ip" in groups:  # {i+1} matched: give back stage i
+        groups = dict(groups, i=str(int(groups["ip"]) - 1))
+    if "i" in groups:
+        template = template.replace("{i+1}", str(int(groups["i"]) + 1))
+    for key, value in groups.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+_TO_OURS = [(_template_regex(pub), ours) for pub, ours in _RENAMES]
+_TO_PUBLISHED = [(_template_regex(ours), pub) for pub, ours in _RENAMES]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, template in rules:
+        m = pattern.match(key)
+        if m:
+            return _fill(template, m.groupdict())
+    return None
+
+
+def _is_published(state_dict: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("layers.", "patch_embed.")) for k in state_dict)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Map a published state dict (SPEC section 7 key names) to ours; ours passes through unchanged."""
+    if not _is_published(state_dict):
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        if _DROPPED.match(key):
+            continue
+        new = _rename(key, _TO_OURS)
+        out[new if new is not None else key] = value
+    return out
+
+
+def published_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict in the published key names (for round-trip tests and export to the published code)."""
+    out = {}
+    for key, value in state_dict.items():
+        new = _rename(key, _TO_PUBLISHED)
+        out[new if new is not None else key] = value
+    return out
+
+
+# ---- registry -----------------------------------------------------------------------------------------
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 224 / 256,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.0",
+        "classifier": "head.fc",
+        "custom_load": True,  # loads go through PPMA.load_pretrained: published .pth files need our filter
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+# Released weights are not downloadable here: pass the file, e.g.
+# timm.create_model("ppma_tiny", pretrained=True, pretrained_cfg_overlay=dict(file="best.pth")).
+default_cfgs = generate_default_cfgs({
+    "ppma_nano.untrained": _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0),
+    "ppma_tiny.official_in1k": _cfg(),
+    "ppma_small.official_in1k": _cfg(),
+    "ppma_base.official_in1k": _cfg(),
+})
+
+
+def _create_ppma(variant: str, pretrained: bool = False, **kwargs) -> PPMA:
+    if kwargs.get("features_only"):
+        kwargs.setdefault("feature_norms", True)
+    return build_model_with_cfg(
+        PPMA,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
+
+
+@register_model
+def ppma_nano(pretrained: bool = False, **kwargs) -> PPMA:
+    """A CPU-sized PPMA (the published code's test configuration): CI, the digits job, ablations."""
+    args = dict(embed_dims=(32, 64, 128, 256), depths=(1, 1, 2, 2), num_heads=(2, 2, 4, 8), mlp_ratios=(3, 3, 3, 3),
+                decomposed=(True, True, True, False), layer_scale=(False, False, True, True), drop_path_rate=0.0,
+                num_classes=10)  # fmt: skip
+    return _create_ppma("ppma_nano", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def ppma_tiny(pretrained: bool = False, **kwargs) -> PPMA:
+    args = dict(embed_dims=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16), mlp_ratios=(3, 3, 3, 3),
+                decomposed=(True, True, False, False), drop_path_rate=0.1)  # fmt: skip
+    return _create_ppma("ppma_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def ppma_small(pretrained: bool = False, **kwargs) -> PPMA:
+    args = dict(embed_dims=(64, 128, 256, 512), depths=(3, 4, 18, 4), num_heads=(4, 4, 8, 16), mlp_ratios=(4, 4, 3, 3),
+                decomposed=(True, True, True, False), drop_path_rate=0.15)  # fmt: skip
+    return _create_ppma("ppma_small", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def ppma_base(pretrained: bool = False, **kwargs) -> PPMA:
+    args = dict(embed_dims=(80, 160, 320, 512), depths=(4, 8, 25, 8), num_heads=(5, 5, 10, 16), mlp_ratios=(4, 4, 3, 3),
+                decomposed=(True, True, True, False), layer_scale=(False, False, True, True), drop_path_rate=0.4)  # fmt: skip
+    return _create_ppma("ppma_base", pretrained, **dict(args, **kwargs))

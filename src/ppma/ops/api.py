@@ -1,0 +1,162 @@
+"""Public attention ops: validate the arguments, resolve the backend, call it.
+
+Backends (``backend=``):
+    reference  the oracle: forms the mask, explicit softmaxes (ops/reference.py)
+    dense      stored mask + ``scaled_dot_product_attention`` (ops/dense.py)
+    flex       FlexAttention, mask formed on the fly from prefix sums; full attention only (ops/flex.py)
+    auto       the fastest that can run for the device, dtype and op (see ``choose_backend``)
+
+The environment variable ``PPMA_BACKEND`` overrides ``auto`` everywhere (for benchmarks).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import os
+from typing import Literal
+
+import torch
+
+from .._checks import check_log_decay, check_tensor
+
+Op = Literal["full", "criss_cross"]
+
+
+class Backend(str, enum.Enum):
+    AUTO = "auto"
+    REFERENCE = "reference"
+    DENSE = "dense"
+    FLEX = "flex"
+
+    @classmethod
+    def parse(cls, name: str | Backend) -> Backend:
+        try:
+            return cls(name)
+        except ValueError:
+            valid = ", ".join(repr(b.value) for b in cls)
+            raise ValueError(f"backend: unknown name {name!r}; valid backends are {valid}") from None
+
+
+def _has_flex_attention() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def can_run(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool) -> tuple[bool, str]:
+    """Whether ``backend`` can run ``op`` on tensors like ``q``; the reason when it cannot."""
+    backend = Backend.parse(backend)
+    if backend in (Backend.REFERENCE, Backend.DENSE):
+        return True, ""
+    if backend == Backend.FLEX:
+        if not _has_flex_attention():
+            return False, f"torch {torch.__version__} has no FlexAttention"
+        if op != "full":
+            return False, "flex implements full attention only; use 'dense' or 'reference' for criss-cross"
+        if q.device.type == "cpu" and needs_grad:
+            return False, "FlexAttention has no backward on CPU"
+        if q.dtype == torch.float64 and q.device.type == "cuda":
+            return False, "FlexAttention kernels do not take float64 on CUDA"
+        return True, ""
+    return False, "auto is not a concrete backend"
+
+
+def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
+    """The backend ``auto`` means for this op, device, dtype and size."""
+    override = os.environ.get("PPMA_BACKEND")
+    if override:
+        return Backend.parse(override)
+    if q.device.type == "cuda" and op == "full" and can_run(Backend.FLEX, op, q, needs_grad)[0]:
+        return Backend.FLEX
+    # On CPU the stored-mask SDPA path is the fastest correct one at the sizes PPMA runs.
+    return Backend.DENSE
+
+
+def _resolve(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool):
+    backend = Backend.parse(backend)
+    if backend == Backend.AUTO:
+        backend = choose_backend(op, q, needs_grad)
+    ok, why = can_run(backend, op, q, needs_grad)
+    if not ok:
+        raise ValueError(f"backend: {backend.value!r} cannot run {op} attention here: {why}")
+    return importlib.import_module(f".{backend.value}", __package__)
+
+
+def _check_inputs(q, k, v, log_alpha, log_beta, check_values: bool) -> None:
+    check_tensor("q", q, ndim=5)
+    check_tensor("k", k, ndim=5)
+    check_tensor("v", v, ndim=5)
+    if k.shape != q.shape:
+        raise ValueError(f"k: shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} (B, heads, H, W, d)")
+    if v.shape[:4] != q.shape[:4]:
+        raise ValueError(f"v: leading shape {tuple(v.shape[:4])} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}")
+    for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
+        check_tensor(name, t, ndim=4)
+        if t.shape != q.shape[:4]:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}")
+        check_log_decay(name, t, check_values)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def polyline_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    log_beta: torch.Tensor,
+    *,
+    scale: float | None = None,
+    backend: str | Backend = "auto",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """Full attention with the 2D polyline path mask, SPEC section 3.
+
+    ``attn = 0.5 * softmax(S + M) + 0.5 * softmax(S + M^T)`` with ``S = q k^T * scale`` and
+    ``M = polyline_log_mask(log_alpha, log_beta)`` (h2v; M^T is v2h); output ``attn @ v``.
+
+    Args:
+        q, k: (B, heads, H, W, d) queries and keys on the token grid.
+        v: (B, heads, H, W, dv) values.
+        log_alpha, log_beta: (B, heads, H, W) horizontal and vertical log-decays, <= 0.
+        scale: factor on q k^T; default d^-0.5 (pass 1.0 when k is already scaled).
+        backend: see the module docstring.
+        check_values: check that the log-decays are finite and <= 0 (one device sync).
+
+    Returns:
+        (B, heads, H, W, dv) in the dtype of q.
+    """
+    _check_inputs(q, k, v, log_alpha, log_beta, check_values)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    impl = _resolve(backend, "full", q, _needs_grad(q, k, v, log_alpha, log_beta))
+    return impl.full(q, k, v, log_alpha, log_beta, scale).to(q.dtype)
+
+
+def criss_cross_polyline_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    log_beta: torch.Tensor,
+    *,
+    scale: float | None = None,
+    backend: str | Backend = "auto",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """Decomposed ("criss-cross") attention with 1D masks, SPEC section 4.
+
+    Row attention ``Aw_i = softmax(S_row + line_log_mask(log_alpha[i]))`` on each row i, column
+    attention ``Ah_j = softmax(S_col + line_log_mask(log_beta[:, j]))`` on each column j, and
+    ``out = 0.5 * Ah(Aw v) + 0.5 * Aw(Ah v)``: every token reaches every other along an L-shaped path.
+
+    Args and Returns as ``polyline_attention``.
+    """
+    _check_inputs(q, k, v, log_alpha, log_beta, check_values)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    impl = _resolve(backend, "criss_cross", q, _needs_grad(q, k, v, log_alpha, log_beta))
+    return impl.criss_cross(q, k, v, log_alpha, log_beta, scale).to(q.dtype)

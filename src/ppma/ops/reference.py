@@ -1,0 +1,40 @@
+"""The oracle: SPEC sections 3-4 written as directly as possible, the definition every backend is tested against.
+
+Forms the log-mask with ``ppma.mask``, applies two softmaxes and averages. Runs in float64 when
+given float64; half-precision inputs are upcast to float32 with autocast off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..mask import _line_log_mask, _polyline_log_mask
+from ._common import upcast
+
+
+def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+    """Full attention with the 2D mask: ``0.5*softmax(S + M) + 0.5*softmax(S + M^T)``, then ``@ v``."""
+    B, heads, H, W, d = q.shape
+    with upcast(q, k, v) as (q, k, v):
+        q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))  # tokens row-major
+        scores = (q @ k.transpose(-1, -2)) * scale
+        mask = _polyline_log_mask(log_alpha, log_beta).to(scores.dtype)
+        attn = 0.5 * torch.softmax(scores + mask, dim=-1) + 0.5 * torch.softmax(scores + mask.transpose(-1, -2), dim=-1)
+        return (attn @ v).reshape(B, heads, H, W, -1)
+
+
+def criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+    """Decomposed attention: ``0.5 * Ah(Aw v) + 0.5 * Aw(Ah v)`` with 1D masks along rows and columns."""
+    with upcast(q, k, v) as (q, k, v):
+        row_mask = _line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W): row i, [j, l]
+        col_mask = _line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)  # (B, heads, W, H, H): column j, [i, k]
+        attn_w = torch.softmax(torch.einsum("bhijd,bhild->bhijl", q, k) * scale + row_mask, dim=-1)
+        attn_h = torch.softmax(torch.einsum("bhijd,bhkjd->bhjik", q, k) * scale + col_mask, dim=-1)
+
+        def along_rows(u):
+            return torch.einsum("bhijl,bhild->bhijd", attn_w, u)
+
+        def along_cols(u):
+            return torch.einsum("bhjik,bhkjd->bhijd", attn_h, u)
+
+        return 0.5 * along_cols(along_rows(v)) + 0.5 * along_rows(along_cols(v))
