@@ -1,0 +1,74 @@
+"""Core sub-commands: ``ppma info``, ``ppma convert``, ``ppma backends``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 224 or 512x768, got {text!r}")
+    return parts[0], parts[1]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="parameters and GFLOPs of a model at an input size")
+    p.add_argument("model", help="timm model name, e.g. ppma_tiny")
+    p.add_argument("--size", type=_size, default=(224, 224), help="input size: 224 or HxW (default 224)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("convert", help="write a published or our checkpoint as our format (.safetensors)")
+    p.add_argument("src", help="input checkpoint (.pth or .safetensors)")
+    p.add_argument("dst", help="output file (.safetensors, or .pth)")
+    p.add_argument("--ema", action="store_true", help="take the EMA weights (model_ema) of a training checkpoint")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("backends", help="which attention backends can run here, and why not")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_backends)
+
+
+def _info(args: argparse.Namespace) -> None:
+    import timm
+
+    import ppma  # noqa: F401  (registers the models)
+    from ppma.flops import count_macs
+
+    if args.model not in timm.list_models("*"):
+        raise ValueError(f"model: unknown name {args.model!r}; PPMA models: {', '.join(timm.list_models('ppma_*'))}")
+    model = timm.create_model(args.model, num_classes=args.num_classes).eval()
+    params = sum(p.numel() for p in model.parameters())
+    macs = count_macs(model, (1, model.in_chans, *args.size))
+    print(f"model       {args.model}")
+    print(f"input       {args.size[0]}x{args.size[1]}")
+    print(f"parameters  {params / 1e6:.3f} M")
+    print(f"GFLOPs      {macs / 1e9:.2f}  (one multiply-add = one FLOP, as fvcore and the paper count)")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from ppma.checkpoint import convert
+
+    n = convert(args.src, args.dst, use_ema=args.ema)
+    print(f"wrote {n} tensors to {args.dst}")
+
+
+def _backends(args: argparse.Namespace) -> None:
+    import torch
+
+    from ppma.ops import Backend, can_run, choose_backend
+
+    q = torch.zeros(1, 1, 2, 2, 8, device=args.device)
+    print(f"device {args.device}, torch {torch.__version__}")
+    for op in ("full", "criss_cross"):
+        for grad in (False, True):
+            auto = choose_backend(op, q, grad).value
+            print(f"{op} attention, {'training' if grad else 'inference'}: auto -> {auto}")
+            for b in Backend:
+                if b == Backend.AUTO:
+                    continue
+                ok, why = can_run(b, op, q, grad)
+                print(f"  {b.value:10s} {'yes' if ok else 'no: ' + why}")
