@@ -108,6 +108,16 @@ def line_mask_matmul(x: torch.Tensor, v: torch.Tensor, chunk: int | None = None)
     Returns:
         (..., n, d) in the promoted dtype of x and v (at least float32).
     """
+    check_tensor("x", x, min_ndim=1)
+    check_tensor("v", v, min_ndim=2)
+    check_log_decay("x", x)
+    if v.shape[:-1] != x.shape:
+        raise ValueError(f"v: expected shape {tuple(x.shape)} + (d,), got {tuple(v.shape)}")
+    return _line_mask_matmul(x, v, chunk)
+
+
+def _line_mask_matmul(x: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """line_mask_matmul without checks."""
     n = x.shape[-1]
     chunk = chunk or max(1, math.isqrt(n - 1) + 1 if n > 1 else 1)
     dtype = torch.promote_types(_acc_dtype(x), v.dtype)
@@ -175,7 +185,7 @@ def _polyline_mask_matmul(log_alpha: torch.Tensor, log_beta: torch.Tensor, x: to
     d = x.shape[-1]
     grid = x.reshape(B, heads, H, W, d)
     # Column pass: z[i, l] = sum_k exp(col_l(i, k)) x[k, l]; lines are columns, (B, heads, W, H, d).
-    z = line_mask_matmul(log_beta.transpose(-1, -2), grid.transpose(2, 3))
+    z = _line_mask_matmul(log_beta.transpose(-1, -2), grid.transpose(2, 3))
     # Row pass: y[i, j] = sum_l exp(row_i(j, l)) z[i, l]; lines are rows, (B, heads, H, W, d).
-    y = line_mask_matmul(log_alpha, z.transpose(2, 3))
+    y = _line_mask_matmul(log_alpha, z.transpose(2, 3))
     return y.reshape(B, heads, H * W, d)
