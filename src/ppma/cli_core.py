@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def _size(text: str) -> tuple[int, int]:
-    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
+    """'224' -> (224, 224); '512x768' -> (512, 768) as (height, width)."""
+    m = re.fullmatch(r"(\d+)(?:[x,](\d+))?", text.strip().lower())
+    if not m or int(m[1]) < 1 or (m[2] is not None and int(m[2]) < 1):
         raise argparse.ArgumentTypeError(f"expected a size like 224 or 512x768, got {text!r}")
-    return parts[0], parts[1]
+    return int(m[1]), int(m[2] or m[1])
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -442,6 +442,11 @@ default_cfgs = generate_default_cfgs({
 def _create_ppma(variant: str, pretrained: bool = False, **kwargs) -> PPMA:
     if kwargs.get("features_only"):
         kwargs.setdefault("feature_norms", True)
+    # timm turns custom_load off when a file is given; keep it on, so every file goes through
+    # PPMA.load_pretrained (published key names, safe unpickling, EMA choice, strict key report).
+    for key in ("pretrained_cfg_overlay", "pretrained_cfg"):
+        if isinstance(kwargs.get(key), dict):
+            kwargs[key] = {**kwargs[key], "custom_load": True}
     return build_model_with_cfg(
         PPMA,
         variant,

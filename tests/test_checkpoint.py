@@ -1,0 +1,156 @@
+"""Checkpoints: published key names, round trips, strict errors, safe loading, conversion, atomic writes."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import timm
+import torch
+
+import ppma  # noqa: F401
+from ppma.checkpoint import atomic_save, convert, load_into, read_checkpoint
+from ppma.cli import main as cli_main
+from ppma.models import checkpoint_filter_fn, published_state_dict
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def _randomised(model):
+    """Weights moved off their initial values, so a load that silently kept init would be caught."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("name", ["ppma_nano", "ppma_base"])
+def test_round_trip_through_published_key_names(name, tmp_path):
+    src = _randomised(timm.create_model(name, num_classes=3))
+    published = published_state_dict(src.state_dict())
+    assert not any(k.startswith(("stages.", "stem.")) for k in published)
+    assert any(".retention.path_embed.dt_linear.weight" in k for k in published)
+    if name == "ppma_base":
+        assert "layers.2.blocks.0.gamma_1" in published and published["layers.2.blocks.0.gamma_1"].shape == (1, 1, 1, 320)
+    assert "layers.0.downsample.reduction.weight" in published  # published downsample sits at the end of stage i
+    torch.save({"model": published, "args": argparse.Namespace(lr=1e-3)}, tmp_path / "ckpt.pth")
+    dst = timm.create_model(name, num_classes=3, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "ckpt.pth")))
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(_logits(dst, x), _logits(src, x), rtol=0, atol=0)
+
+
+def test_filter_maps_every_published_key_of_the_fixture(published_nano):
+    ours = checkpoint_filter_fn(published_nano["model"])
+    model_keys = set(timm.create_model("ppma_nano").state_dict())
+    assert set(ours) == model_keys
+    assert len(published_nano["model"]) == len(model_keys) + 4  # the four Relpos.angle buffers are dropped
+
+
+def test_ema_weights_are_chosen_on_request(published_nano, tmp_path):
+    from conftest import PUBLISHED_NANO
+
+    plain = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=dict(file=str(PUBLISHED_NANO)))
+    ema = timm.create_model(
+        "ppma_nano", pretrained=True, pretrained_cfg_overlay=dict(file=str(PUBLISHED_NANO)), checkpoint_ema=True
+    )
+    key = "stages.3.blocks.1.attn.q_proj.weight"
+    torch.testing.assert_close(plain.state_dict()[key], checkpoint_filter_fn(published_nano["model"])[key])
+    torch.testing.assert_close(ema.state_dict()[key], checkpoint_filter_fn(published_nano["model_ema"])[key])
+    torch.save({"model": published_nano["model"]}, tmp_path / "no_ema.pth")
+    with pytest.raises(ValueError, match="model_ema"):
+        load_into(plain, tmp_path / "no_ema.pth", use_ema=True)
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+    state = timm.create_model("ppma_nano").state_dict()
+    del state["stages.1.blocks.0.attn.decay.A_log"]
+    state["stages.1.blocks.0.attn.extra"] = torch.ones(1)
+    torch.save({"model": state}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError) as info:
+        load_into(timm.create_model("ppma_nano"), tmp_path / "bad.pth")
+    assert "missing (1): stages.1.blocks.0.attn.decay.A_log" in str(info.value)
+    assert "unexpected (1): stages.1.blocks.0.attn.extra" in str(info.value)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    torch.save({"model": timm.create_model("ppma_nano").state_dict()}, tmp_path / "nano.pth")
+    with pytest.raises(ValueError, match="wrong shape"):
+        load_into(timm.create_model("ppma_tiny"), tmp_path / "nano.pth")
+
+
+def test_other_class_count_keeps_the_new_classifier(tmp_path):
+    src = _randomised(timm.create_model("ppma_nano", num_classes=10))
+    torch.save({"model": src.state_dict()}, tmp_path / "ten.pth")
+    dst = timm.create_model("ppma_nano", num_classes=3)
+    fc_before = dst.head.fc.weight.clone()
+    load_into(dst, tmp_path / "ten.pth")
+    torch.testing.assert_close(dst.head.fc.weight, fc_before)
+    torch.testing.assert_close(dst.head.proj.weight, src.head.proj.weight)
+
+
+def test_dense_checkpoint_loads_into_features_backbone(published_nano, tmp_path):
+    torch.save(published_nano["backbone"], tmp_path / "dense.pth")
+    model = timm.create_model(
+        "ppma_nano", features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "dense.pth"))
+    ).double()
+    with torch.no_grad():
+        feats = model.eval()(published_nano["inputs"][0])
+    for got, want in zip(feats, published_nano["features_float64"]):
+        assert (got - want).abs().max() <= 1e-10 * want.abs().max()
+    # The same weights as `state_dict` with `backbone.*` keys (the dense frameworks' layout) load identically.
+    wrapped = {"state_dict": {f"backbone.{k}": v for k, v in published_nano["backbone"]["model"].items()}}
+    wrapped["state_dict"]["decode_head.conv_seg.weight"] = torch.randn(3, 3)
+    torch.save(wrapped, tmp_path / "mmseg.pth")
+    again = timm.create_model(
+        "ppma_nano", features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "mmseg.pth"))
+    ).double()
+    with torch.no_grad():
+        for a, b in zip(again.eval()(published_nano["inputs"][0]), feats):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_unsafe_pickles_are_refused(tmp_path):
+    torch.save({"model": {}, "payload": _Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_checkpoint(tmp_path / "evil.pth")
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        read_checkpoint(tmp_path / "nothing.pth")
+
+
+def test_convert_to_safetensors_gives_the_same_model(published_nano, tmp_path, capsys):
+    from conftest import PUBLISHED_NANO
+
+    out = tmp_path / "nano.safetensors"
+    assert cli_main(["convert", str(PUBLISHED_NANO), str(out)]) == 0
+    assert "wrote 216 tensors" in capsys.readouterr().out
+    model = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+    x = published_nano["inputs"][1].float()
+    torch.testing.assert_close(_logits(model, x), published_nano["logits_float32"][1], rtol=0, atol=1e-4)
+
+
+def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    atomic_save({"step": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"step": 2, "bad": Unpicklable()}, path)
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary file left behind
