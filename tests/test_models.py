@@ -46,10 +46,11 @@ def test_forward_at_larger_non_square_size():
         assert model(torch.randn(1, 3, 225, 300)).shape == (1, 5)
 
 
-@pytest.mark.parametrize("name", ["ppma_nano", "ppma_tiny"])
-def test_backward_reaches_every_parameter(name):
+@pytest.mark.parametrize("name", ["ppma_nano", *VARIANTS])
+@pytest.mark.parametrize("size", [(64, 80), (45, 33)])
+def test_backward_reaches_every_parameter(name, size):
     model = timm.create_model(name, num_classes=4, drop_path_rate=0.0).train()  # drop path could zero a branch
-    model(torch.randn(2, 3, 64, 80)).logsumexp(-1).sum().backward()
+    model(torch.randn(2, 3, *size)).logsumexp(-1).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no or non-finite gradient: {missing}"
     assert model.stages[3].blocks[0].attn.decay.A_log.grad.abs().sum() > 0
