@@ -1,0 +1,182 @@
+"""``ppma detect train|eval|predict`` and ``ppma segment train|eval|predict``.
+
+Training flags are generated from the ``DetectConfig`` / ``SegmentConfig`` fields (one source of
+truth); ``--data builtin`` starts from the built-in example's settings instead of the published ones,
+and any flag given overrides either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+_HELP = {
+    "data": "dataset root, or 'builtin' for the bundled example set",
+    "pretrained": "backbone checkpoint (classification or dense; ours or published)",
+    "grad_checkpointing": "gradient checkpointing per backbone stage: all, none, or stages like 1,2",
+    "resume": "checkpoint to resume from, or 'auto' (OUTPUT/last.pth if present)",
+    "amp": "bf16 autocast",
+    "max_iters": "stop after this many iterations (quick runs); 0: the full schedule",
+}
+
+
+def _parse_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 8,11 or 2048x512, got {text!r}") from None
+
+
+def _add_config_flags(p: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--field-name`` flag per dataclass field; unset flags are absent from the namespace."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        hint = str(hints[f.name])
+        kw: dict[str, Any] = dict(dest=f"cfg_{f.name}", default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                  help=_HELP.get(f.name, "") + f" (default {f.default!r})")  # fmt: skip
+        if "bool" in hint:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **{k: v for k, v in kw.items() if k != "metavar"})
+        elif "tuple" in hint:
+            p.add_argument(flag, type=_parse_tuple, **kw)
+        elif "float" in hint:
+            p.add_argument(flag, type=float, **kw)
+        elif "int" in hint:
+            p.add_argument(flag, type=int, **kw)
+        else:
+            p.add_argument(flag, type=str, **kw)
+
+
+def _config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+    base = cls.builtin_example() if given.get("data") == "builtin" else cls()
+    return dataclasses.replace(base, **given)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """A config dataclass from the JSON dict stored in a checkpoint (lists back to tuples, unknown keys dropped)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .detection import DetectConfig
+    from .segmentation import SegmentConfig
+
+    for task, cls, what in (("detect", DetectConfig, "Mask R-CNN (torchvision) on a PPMA backbone, COCO format"),
+                            ("segment", SegmentConfig, "UPerNet on a PPMA backbone, ADE20K / Cityscapes layouts")):  # fmt: skip
+        p = sub.add_parser(task, help=what, description=what)
+        actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+        t = actions.add_parser("train", help="train (torchrun for several processes)")
+        _add_config_flags(t, cls)
+        t.set_defaults(func=_detect_train if task == "detect" else _segment_train)
+
+        e = actions.add_parser("eval", help="score a trained checkpoint (mAP / mIoU)")
+        e.add_argument("checkpoint", help="last.pth written by train")
+        e.add_argument("--data", help="dataset root (default: the one the run trained on)")
+        e.add_argument("--split", help="split to score (default: the run's validation split)")
+        e.add_argument("--device", default="cpu")
+        e.add_argument("--untrained", action="store_true", help="score a freshly initialised model of the same config")
+        e.add_argument("--json", help="also write the scores to this JSON file")
+        if task == "segment":
+            e.add_argument("--layout", choices=("ade20k", "cityscapes"), help="default: the run's")
+            e.add_argument("--aug", action="store_true", help="multi-scale (0.5-1.75) + flip test")
+        e.set_defaults(func=_detect_eval if task == "detect" else _segment_eval)
+
+        r = actions.add_parser("predict", help="draw predictions on images")
+        r.add_argument("checkpoint", help="last.pth written by train")
+        r.add_argument("images", nargs="+", help="image files")
+        r.add_argument("--output", default=f"runs/{task}_predictions", help="folder for the drawn images")
+        r.add_argument("--device", default="cpu")
+        if task == "detect":
+            r.add_argument("--score-threshold", type=float, default=0.5)
+        else:
+            r.add_argument("--aug", action="store_true", help="multi-scale + flip")
+        r.set_defaults(func=_detect_predict if task == "detect" else _segment_predict)
+
+
+def _write_json(path: str | None, scores: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(scores, indent=1))
+
+
+def _detect_train(args: argparse.Namespace) -> None:
+    from .detection import DetectConfig, train_detection
+
+    config = _config_from_args(DetectConfig, args)
+    scores = train_detection(config)
+    if scores:
+        print(f"done: box mAP {100 * scores['bbox_mAP']:.1f}, mask mAP {100 * scores['segm_mAP']:.1f} "
+              f"(weights in {Path(config.output) / 'last.pth'})")  # fmt: skip
+
+
+def _detect_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from .detection import DetectConfig, coco_split, evaluate_detection, model_from_checkpoint, resolve_data
+    from .engine import DistInfo
+
+    model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)
+    config = config_from_dict(DetectConfig, cfg)
+    if args.data:
+        config = dataclasses.replace(config, data=args.data)
+    root, _, val_split = resolve_data(config)
+    dataset = coco_split(root, args.split or val_split, train=False)
+    if dataset.category_ids != meta["category_ids"]:
+        raise ValueError(f"data: categories {dataset.category_ids} differ from the model's {meta['category_ids']}")
+    scores = evaluate_detection(model, dataset, DistInfo(device=torch.device(args.device)))
+    print(f"{len(dataset)} images: box mAP {100 * scores['bbox_mAP']:.1f} (AP50 {100 * scores['bbox_mAP_50']:.1f}), "
+          f"mask mAP {100 * scores['segm_mAP']:.1f} (AP50 {100 * scores['segm_mAP_50']:.1f})")  # fmt: skip
+    _write_json(args.json, scores)
+
+
+def _detect_predict(args: argparse.Namespace) -> None:
+    from .detection import predict_detection
+
+    records = predict_detection(args.checkpoint, args.images, args.output, args.score_threshold, args.device)
+    for r in records:
+        print(f"{r['file']}: {len(r['boxes'])} objects -> {r['drawn']}")
+
+
+def _segment_train(args: argparse.Namespace) -> None:
+    from .segmentation import SegmentConfig, train_segmentation
+
+    config = _config_from_args(SegmentConfig, args)
+    scores = train_segmentation(config)
+    if scores:
+        print(f"done: mIoU {100 * scores['mIoU']:.1f} (weights in {Path(config.output) / 'last.pth'})")
+
+
+def _segment_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from .engine import DistInfo
+    from .segmentation import SegmentConfig, evaluate_segmentation, make_dataset, model_from_checkpoint, resolve_data
+
+    model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)
+    config = config_from_dict(SegmentConfig, cfg)
+    changes = {k: v for k, v in (("data", args.data), ("layout", args.layout), ("val_split", args.split)) if v}
+    config = dataclasses.replace(config, **changes).resolved()
+    root, names = resolve_data(dataclasses.replace(config, num_classes=len(meta["class_names"])))
+    dataset = make_dataset(root, config, len(names), train=False)
+    scores = evaluate_segmentation(model, dataset, multiscale=args.aug, flip=args.aug,
+                                   info=DistInfo(device=torch.device(args.device)))  # fmt: skip
+    print(f"{len(dataset)} images, {'multi-scale + flip' if args.aug else 'single scale'}: "
+          f"mIoU {100 * scores['mIoU']:.2f}  mAcc {100 * scores['mAcc']:.2f}  aAcc {100 * scores['aAcc']:.2f}")
+    for name, iou in zip(meta["class_names"], scores["IoU"]):
+        print(f"  {name:20s} IoU {'   n/a' if iou != iou else f'{100 * iou:6.2f}'}")
+    _write_json(args.json, scores)
+
+
+def _segment_predict(args: argparse.Namespace) -> None:
+    from .segmentation import predict_segmentation
+
+    records = predict_segmentation(args.checkpoint, args.images, args.output, args.aug, args.aug, args.device)
+    for r in records:
+        print(f"{r['file']}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["fractions"].items()))
+    print(f"colour-coded predictions in {args.output} (legend.json: class -> RGB)")

@@ -1,0 +1,403 @@
+"""Mask R-CNN with FPN on a PPMA backbone (torchvision), trained and scored like the published 1x / 3x runs.
+
+Published setting (SPEC section 9, MMDetection 2.x): FPN on all four stages (256 channels, an extra
+max-pooled level), images resized to 800 (short) x 1333 (long max), AdamW lr 1e-4, weight decay
+0.05, 12 epochs with the lr divided by 10 after epochs 8 and 11, 500 linear warm-up iterations,
+16 images per step (2 per GPU on 8 GPUs); 3x: 36 epochs, steps at 27 and 33, short side drawn from
+480..800 per image. torchvision's MaskRCNN supplies the RPN, RoI heads and losses; its defaults
+(anchors 32..512 over the five levels, 7x7 / 14x14 RoIAlign) match MMDetection's Mask R-CNN config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+from ..errors import PPMAError
+from .backbone import create_backbone
+from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
+from .engine import (DistInfo, autocast, cleanup_distributed, load_state, log_line, param_groups, read_run_info,
+                     save_state, seed_everything, setup_distributed, unwrap)  # fmt: skip
+from .metrics import coco_evaluate
+
+__all__ = ["DetectConfig", "PPMABackboneWithFPN", "build_mask_rcnn", "train_detection", "evaluate_detection",
+           "predict_detection", "model_from_checkpoint"]  # fmt: skip
+
+
+@dataclass
+class DetectConfig:
+    """Mask R-CNN training run; defaults are the published 1x schedule (``schedule="3x"`` for 3x)."""
+
+    data: str = ""  # COCO root (annotations/instances_{split}.json, {split}/) or "builtin" (the coins set)
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    output: str = "runs/detect"
+    backbone: str = "ppma_tiny"
+    pretrained: str = ""  # backbone checkpoint: classification or dense, ours or published
+    schedule: str = "1x"  # "1x": 12 epochs, steps 8, 11; "3x": 36 epochs, steps 27, 33, multi-scale
+    epochs: int = 0  # 0: from the schedule
+    lr_steps: tuple[int, ...] = ()  # epochs after which lr *= 0.1; () from the schedule
+    multiscale: bool | None = None  # None: from the schedule
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    batch_size: int = 2  # per process
+    min_size: int = 800
+    max_size: int = 1333
+    drop_path_rate: float | None = None
+    heads: str = "published"  # "published" (FPN 256, box head 1024, 4x256 mask convs) or "light" (CPU examples)
+    grad_checkpointing: str = "none"  # "all", "none" or stages like "1,2"
+    amp: bool = False  # bf16 autocast
+    clip_grad: float = 0.0  # 0: none (as published)
+    max_iters: int = 0  # stop after this many iterations (quick runs); 0: the full schedule
+    eval_every: int = 1  # epochs
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    resume: str = ""  # "auto": output/last.pth if present
+    quiet: bool = False
+
+    def resolved(self) -> DetectConfig:
+        """A copy with the schedule's epochs, steps and multi-scale filled in."""
+        if self.schedule not in ("1x", "3x"):
+            raise ValueError(f"schedule: expected '1x' or '3x', got {self.schedule!r}")
+        epochs, steps, ms = (12, (8, 11), False) if self.schedule == "1x" else (36, (27, 33), True)
+        out = DetectConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        out.epochs = self.epochs or epochs
+        out.lr_steps = tuple(self.lr_steps) or steps
+        out.multiscale = ms if self.multiscale is None else self.multiscale
+        if self.heads not in HEADS:
+            raise ValueError(f"heads: expected one of {sorted(HEADS)}, got {self.heads!r}")
+        return out
+
+    @classmethod
+    def builtin_example(cls) -> DetectConfig:
+        """The built-in coins run: ppma_nano, light heads, small images, a short schedule (a few CPU minutes)."""
+        return cls(data="builtin", output="runs/detect_coins", backbone="ppma_nano", heads="light", epochs=12,
+                   lr_steps=(8, 11), lr=1e-3, warmup_iters=50, min_size=256, max_size=640, workers=0)  # fmt: skip
+
+
+_SHOWN = ("epoch", "iteration", "seconds", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")  # printed scores
+
+# Head widths: the published Mask R-CNN, and a light one for CPU examples (fewer RoIs and channels).
+HEADS: dict[str, dict[str, Any]] = {
+    "published": {},
+    "light": dict(fpn_channels=64, box_head_dim=256, mask_head_dims=(64, 64), box_batch_size_per_image=128,
+                  rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+                  rpn_post_nms_top_n_test=100),
+}  # fmt: skip
+
+
+class PPMABackboneWithFPN(nn.Module):
+    """PPMA stage maps -> FPN (256 channels) at strides 4, 8, 16, 32, plus a max-pooled level at 64.
+
+    The interface torchvision's detection models expect: ``forward`` returns an OrderedDict
+    ``{"0", "1", "2", "3", "pool"}`` of (B, out_channels, H_l, W_l) maps and ``out_channels`` is set.
+    """
+
+    def __init__(self, body: nn.Module, out_channels: int = 256) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        feats = self.body(x)  # four (B, C_i, H/2^(i+2), W/2^(i+2)) maps
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def build_mask_rcnn(
+    num_classes: int,
+    backbone: str = "ppma_tiny",
+    pretrained: str | None = None,
+    min_size: int = 800,
+    max_size: int = 1333,
+    multiscale: bool = False,
+    grad_checkpointing: bool | str | list[bool] | None = None,
+    drop_path_rate: float | None = None,
+    fpn_channels: int = 256,
+    box_head_dim: int = 1024,
+    mask_head_dims: tuple[int, ...] = (256, 256, 256, 256),
+    **kwargs: Any,
+) -> MaskRCNN:
+    """torchvision Mask R-CNN on a PPMA + FPN backbone.
+
+    Args:
+        num_classes: object classes, without background (torchvision's count is ``num_classes + 1``).
+        backbone: PPMA variant name.
+        pretrained: backbone checkpoint (see ``ppma.dense.backbone.create_backbone``).
+        min_size, max_size: resize so the short side is ``min_size`` and the long side at most ``max_size``.
+        multiscale: training short side drawn per image from 480..min_size in steps of 32 (the 3x
+            recipe); evaluation uses ``min_size``.
+        grad_checkpointing: per-stage gradient checkpointing of the backbone.
+        drop_path_rate: backbone stochastic depth (variant default when None).
+        fpn_channels, box_head_dim, mask_head_dims: head widths; the defaults are the published
+            (and torchvision's) Mask R-CNN; smaller ones make CPU examples fast.
+        **kwargs: passed to ``torchvision.models.detection.MaskRCNN`` (thresholds, detections per image, ...).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes: expected at least 1 object class, got {num_classes}")
+    body = create_backbone(backbone, pretrained, grad_checkpointing, drop_path_rate)
+    sizes: int | tuple[int, ...] = min_size
+    if multiscale:
+        sizes = tuple(range(min(480, min_size), min_size + 1, 32))
+        if sizes[-1] != min_size:
+            sizes = (*sizes, min_size)
+    box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)  # on 7x7 RoIAlign features
+    mask_head = MaskRCNNHeads(fpn_channels, list(mask_head_dims), dilation=1)  # on 14x14 RoIAlign features
+    return MaskRCNN(PPMABackboneWithFPN(body, fpn_channels), num_classes=None, min_size=sizes,
+                    max_size=max_size, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+                    box_head=box_head, box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1),
+                    mask_head=mask_head, mask_predictor=MaskRCNNPredictor(mask_head_dims[-1], mask_head_dims[-1],
+                                                                          num_classes + 1), **kwargs)  # fmt: skip
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+
+
+def resolve_data(config: DetectConfig) -> tuple[Path, str, str]:
+    """(root, train split, val split); builds the built-in coins set when ``data == "builtin"``."""
+    if config.data == "builtin":
+        from .examples import build_coins_detection
+
+        root = build_coins_detection(Path(config.output) / "data")
+        return root, "train", "val"
+    if not config.data:
+        raise ValueError("data: give a COCO-format folder (annotations/instances_SPLIT.json + SPLIT/) or 'builtin'")
+    return Path(config.data), config.train_split, config.val_split
+
+
+def coco_split(root: str | os.PathLike, split: str, train: bool) -> CocoDetection:
+    """The COCO layout: ``root/annotations/instances_{split}.json`` with images in ``root/{split}/``."""
+    root = Path(root)
+    return CocoDetection(root / split, root / "annotations" / f"instances_{split}.json", train=train)
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+
+
+def _lr_lambda(config: DetectConfig, iters_per_epoch: int):
+    """Per-iteration lr factor: linear warm-up from ``warmup_ratio``, then x0.1 after each step epoch."""
+
+    def factor(it: int) -> float:
+        epoch = it // max(iters_per_epoch, 1)
+        f = 0.1 ** sum(epoch >= s for s in config.lr_steps)
+        if it < config.warmup_iters:
+            f *= config.warmup_ratio + (1 - config.warmup_ratio) * it / config.warmup_iters
+        return f
+
+    return factor
+
+
+def train_detection(config: DetectConfig) -> dict[str, float]:
+    """Train Mask R-CNN (one process, or one per GPU under torchrun); returns the last evaluation's scores.
+
+    Writes ``output/last.pth`` (resumable, atomic) after each epoch, ``output/log.jsonl`` and
+    ``output/config.json``.
+    """
+    config = config.resolved()
+    info = setup_distributed(config.device)
+    try:
+        return _train(config, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
+    seed_everything(config.seed + info.rank)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    root, train_split, val_split = resolve_data(config)
+    train_set = coco_split(root, train_split, train=True)
+    val_set = coco_split(root, val_split, train=False)
+    if val_set.category_ids != train_set.category_ids:
+        raise ValueError(f"data: train and val categories differ ({train_set.category_ids} vs {val_set.category_ids})")
+    model = build_mask_rcnn(train_set.num_classes, config.backbone, config.pretrained or None, config.min_size,
+                            config.max_size, bool(config.multiscale), config.grad_checkpointing,
+                            config.drop_path_rate, **HEADS[config.heads]).to(info.device)  # fmt: skip
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.seed) \
+        if info.distributed else None  # fmt: skip
+    loader = DataLoader(train_set, config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=config.workers, collate_fn=detection_collate, drop_last=False)  # fmt: skip
+    iters_per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, iters_per_epoch))
+    meta = dict(task="detect", class_names=train_set.class_names, category_ids=train_set.category_ids)
+    progress = dict(epoch=0, iteration=0)
+    resume = out / "last.pth" if config.resume == "auto" else Path(config.resume) if config.resume else None
+    if resume is not None and resume.is_file():
+        progress = load_state(resume, model, optimizer, scheduler)
+        if not config.quiet and info.is_main:
+            print(f"resumed from {resume} at epoch {progress['epoch']}, iteration {progress['iteration']}")
+    elif config.resume and config.resume != "auto":
+        raise FileNotFoundError(f"resume: no checkpoint at {config.resume}")
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
+                                                    else None)  # fmt: skip
+    if info.is_main:
+        (out / "config.json").write_text(json.dumps(dict(vars(config)), indent=2, default=str))
+        if not config.quiet:
+            print(f"detect: {len(train_set)} train images ({train_set.skipped} without annotations skipped), "
+                  f"{len(val_set)} val images, {train_set.num_classes} classes, {config.epochs} epochs "
+                  f"x {iters_per_epoch} iterations, device {info.device}, {info.world_size} process(es)")  # fmt: skip
+    scores: dict[str, float] = {}
+    it = progress["iteration"]
+    done = False
+    for epoch in range(progress["epoch"], config.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        t0 = time.time()
+        for images, targets in loader:
+            images = [im.to(info.device) for im in images]
+            targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
+            with autocast(info.device, config.amp):
+                losses = model(images, targets)
+            loss = sum(losses.values())
+            if not math.isfinite(loss.item()):
+                raise PPMAError(f"detect: loss is {loss.item()} at iteration {it} (lower --lr, or check the data)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            it += 1
+            if info.is_main and (it % 20 == 0 or it == 1):
+                log_line(out, dict(epoch=epoch, iteration=it, lr=scheduler.get_last_lr()[0], loss=loss.item(),
+                                   **{k: v.item() for k, v in losses.items()}), config.quiet)  # fmt: skip
+            if config.max_iters and it >= config.max_iters:
+                done = True
+                break
+        progress = dict(epoch=epoch + 1, iteration=it)
+        if info.is_main:
+            save_state(out / "last.pth", model, optimizer, scheduler, progress, config, meta)
+        if done or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            scores = evaluate_detection(unwrap(model), val_set, info, config.amp)
+            if info.is_main:
+                log_line(out, dict(epoch=epoch + 1, iteration=it, seconds=round(time.time() - t0, 1), **scores),
+                         config.quiet, show=_SHOWN)  # fmt: skip
+        if done:
+            break
+    return scores
+
+
+# ---- evaluation and prediction ------------------------------------------------------------------------------
+
+
+def _to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_ids: list[int]) -> list[dict]:
+    """One image's torchvision detections as COCO result dicts (xywh boxes, RLE masks at 0.5)."""
+    from pycocotools import mask as mask_utils
+
+    boxes = output["boxes"].float().cpu().numpy()
+    scores = output["scores"].float().cpu().numpy()
+    labels = output["labels"].cpu().numpy()
+    masks = (output["masks"][:, 0] > 0.5).cpu().numpy() if "masks" in output else None
+    results = []
+    for i in range(len(boxes)):
+        x0, y0, x1, y1 = boxes[i].tolist()
+        r = dict(image_id=int(image_id), category_id=int(category_ids[labels[i] - 1]), score=float(scores[i]),
+                 bbox=[x0, y0, x1 - x0, y1 - y0])  # fmt: skip
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[i].astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")  # bytes -> str: JSON-able
+            r["segmentation"] = rle
+        results.append(r)
+    return results
+
+
+@torch.no_grad()
+def evaluate_detection(model: MaskRCNN, dataset: CocoDetection, info: DistInfo | None = None, amp: bool = False,
+                       batch_size: int = 1) -> dict[str, float]:  # fmt: skip
+    """COCO box and mask mAP of ``model`` on ``dataset`` (each rank scores its share; rank 0 gathers).
+
+    Returns:
+        ``bbox_mAP``, ``bbox_mAP_50``, ..., ``segm_mAP``, ... (fractions; see ``ppma.dense.metrics``).
+    """
+    info = info or DistInfo(device=next(model.parameters()).device)
+    if len(dataset.category_ids) != model.roi_heads.box_predictor.cls_score.out_features - 1:
+        raise ValueError(f"data: {len(dataset.category_ids)} categories but the model predicts "
+                         f"{model.roi_heads.box_predictor.cls_score.out_features - 1} classes")  # fmt: skip
+    was_training = model.training
+    model.eval()
+    share = Subset(dataset, range(info.rank, len(dataset), info.world_size))  # no padding: no duplicate images
+    loader = DataLoader(share, batch_size, collate_fn=detection_collate)
+    results: list[dict] = []
+    for images, targets in loader:
+        with autocast(info.device, amp):
+            outputs = model([im.to(info.device) for im in images])
+        for out, t in zip(outputs, targets):
+            results += _to_coco_results(out, int(t["image_id"]), dataset.category_ids)
+    if info.distributed:
+        gathered: list[Any] = [None] * info.world_size
+        dist.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    model.train(was_training)
+    return coco_evaluate(dataset.coco, results, ("bbox", "segm"))
+
+
+def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu", weights: bool = True) -> tuple[MaskRCNN, dict, dict]:
+    """Rebuild a trained Mask R-CNN from its ``last.pth``: (model in eval mode, config dict, meta dict)."""
+    config, meta = read_run_info(path)
+    if meta.get("task") != "detect":
+        raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma detect train'")
+    model = build_mask_rcnn(len(meta["class_names"]), config["backbone"], None, config["min_size"],
+                            config["max_size"], **HEADS[config.get("heads", "published")])  # fmt: skip
+    if weights:  # weights=False: the untrained model of the same configuration (a baseline)
+        load_state(path, model)
+    return model.to(device).eval(), config, meta
+
+
+def predict_detection(checkpoint: str | os.PathLike, images: list[str | os.PathLike], output: str | os.PathLike,
+                      score_threshold: float = 0.5, device: str = "cpu") -> list[dict]:  # fmt: skip
+    """Detect objects in image files and draw boxes, labels and masks on them (``output/NAME_pred.png``).
+
+    Returns:
+        One dict per image: ``file``, ``boxes`` [[x0, y0, x1, y1], ...], ``labels`` (class names), ``scores``.
+    """
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    model, _, meta = model_from_checkpoint(checkpoint, device)
+    names = meta["class_names"]
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    colors = palette(len(names))
+    for path in images:
+        image = to_tensor(load_rgb(path))
+        with torch.no_grad():
+            det = model([image.to(device)])[0]
+        keep = det["scores"] >= score_threshold
+        boxes, labels, scores = det["boxes"][keep].cpu(), det["labels"][keep].cpu(), det["scores"][keep].cpu()
+        canvas = (image * 255).to(torch.uint8)
+        if keep.any():
+            masks = det["masks"][keep][:, 0].cpu() > 0.5
+            cols = [colors[int(lab) - 1] for lab in labels]
+            canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=cols)
+            text = [f"{names[int(lab) - 1]} {s:.2f}" for lab, s in zip(labels, scores)]
+            canvas = draw_bounding_boxes(canvas, boxes, labels=text, colors=cols, width=2)
+        dst = out_dir / f"{Path(path).stem}_pred.png"
+        Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(dst)  # CHW -> HWC
+        records.append(dict(file=str(path), drawn=str(dst), boxes=boxes.tolist(),
+                            labels=[names[int(lab) - 1] for lab in labels], scores=scores.tolist()))  # fmt: skip
+    (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
+    return records
+

@@ -1,0 +1,472 @@
+"""UPerNet on a PPMA backbone, trained and scored like the published ADE20K run (MMSegmentation 0.x).
+
+Published setting (SPEC section 9): UPerHead (pyramid pooling 1, 2, 3, 6 on stage 4 + FPN fusion of
+all four stages, 512 channels, dropout 0.1) with an auxiliary FCN head on stage 3 (256 channels,
+loss weight 0.4); 512x512 crops from images rescaled by 0.5-2.0 around 2048x512; AdamW (lr 6e-5,
+weight decay 0.01, as in the Swin/RMT configs the authors follow), 1500 linear warm-up iterations,
+poly decay (power 1) over 160k iterations, 16 images per step (2 per GPU on 8 GPUs).
+
+segmentation_models_pytorch (0.6) has a UPerNet with timm encoders, but it adds its own LayerNorm on
+every stage map (ours already carry the published per-stage LayerNorm) and has no auxiliary FCN
+head, so the compact head here follows MMSegmentation's ``UPerHead`` / ``FCNHead`` instead, with
+their module names (``decode_head.psp_modules``, ``lateral_convs``, ``fpn_convs``, ``fpn_bottleneck``,
+``conv_seg``; ``auxiliary_head.convs``), so a published segmentor's ``state_dict`` maps one to one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..errors import PPMAError
+from .backbone import create_backbone
+from .data import (ADE20K_CLASSES, CITYSCAPES_CLASSES, IGNORE, SegmentationSet, _resize_keep_ratio_scale, load_rgb,
+                   normalize, palette, read_class_names, segmentation_collate, segmentation_pairs, to_tensor)  # fmt: skip
+from .engine import (DistInfo, autocast, cleanup_distributed, load_state, log_line, param_groups, read_run_info,
+                     save_state, seed_everything, setup_distributed, unwrap)  # fmt: skip
+from .metrics import confusion_matrix, segmentation_scores
+
+__all__ = ["SegmentConfig", "UPerHead", "FCNHead", "UPerNet", "build_upernet", "train_segmentation",
+           "evaluate_segmentation", "predict_segmentation", "infer_logits", "MS_RATIOS"]  # fmt: skip
+
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the published multi-scale test ratios
+
+
+class ConvModule(nn.Sequential):
+    """Conv (no bias) + BatchNorm + ReLU, named ``conv`` / ``bn`` like MMCV's ConvModule."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.activate = nn.ReLU(inplace=True)
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class UPerHead(nn.Module):
+    """Pyramid pooling on the last map, top-down FPN over all four, fused at stride 4.
+
+    Args:
+        in_channels: C_i of the four stage maps.
+        channels: width of every inner conv.
+        num_classes: K.
+        pool_scales: output sizes of the pyramid pooling.
+        dropout: Dropout2d rate before the classifier.
+
+    Input: four (B, C_i, H_i, W_i) maps; output: (B, K, H_0, W_0) logits at the first map's size.
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int,
+                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1) -> None:  # fmt: skip
+        super().__init__()
+        self.psp_modules = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels[-1], channels, 1)) for s in pool_scales
+        )
+        self.bottleneck = ConvModule(in_channels[-1] + len(pool_scales) * channels, channels, 3)
+        self.lateral_convs = nn.ModuleList(ConvModule(c, channels, 1) for c in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(ConvModule(channels, channels, 3) for _ in in_channels[:-1])
+        self.fpn_bottleneck = ConvModule(len(in_channels) * channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def psp_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_last, h, w) -> (B, channels, h, w): the map and its pooled summaries, concatenated and fused."""
+        pooled = [_resize(m(x), x.shape[2:]) for m in self.psp_modules]
+        return self.bottleneck(torch.cat([x, *pooled], dim=1))
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)] + [self.psp_forward(feats[-1])]
+        for i in range(len(laterals) - 1, 0, -1):  # top-down: add the coarser level, upsampled
+            laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[2:])
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)] + [laterals[-1]]
+        outs = [outs[0]] + [_resize(o, outs[0].shape[2:]) for o in outs[1:]]
+        return self.conv_seg(self.dropout(self.fpn_bottleneck(torch.cat(outs, dim=1))))
+
+
+class FCNHead(nn.Module):
+    """Auxiliary head on one stage map: conv3x3 + BN + ReLU, dropout, 1x1 classifier (B, C, h, w) -> (B, K, h, w)."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(ConvModule(in_channels, channels, 3))
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_seg(self.dropout(self.convs(x)))
+
+
+class UPerNet(nn.Module):
+    """PPMA backbone + UPerHead (+ auxiliary FCNHead on stage 3 while training).
+
+    ``forward`` maps (B, 3, H, W) to (B, K, H, W) logits; in training mode with an auxiliary head it
+    returns ``(logits, aux_logits)``, both at (H, W).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, channels: int = 512, aux_channels: int = 256,
+                 aux_index: int = 2) -> None:  # fmt: skip
+        super().__init__()
+        in_channels = backbone.feature_info.channels()
+        self.backbone = backbone
+        self.decode_head = UPerHead(in_channels, channels, num_classes)
+        self.auxiliary_head = FCNHead(in_channels[aux_index], aux_channels, num_classes) if aux_channels else None
+        self.aux_index = aux_index
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        feats = self.backbone(x)  # four (B, C_i, H/2^(i+2), W/2^(i+2)) maps
+        logits = _resize(self.decode_head(feats), x.shape[2:])
+        if self.training and self.auxiliary_head is not None:
+            return logits, _resize(self.auxiliary_head(feats[self.aux_index]), x.shape[2:])
+        return logits
+
+
+def build_upernet(num_classes: int, backbone: str = "ppma_tiny", pretrained: str | None = None,
+                  grad_checkpointing: bool | str | Sequence[bool] | None = None, drop_path_rate: float | None = None,
+                  channels: int = 512, aux_channels: int = 256) -> UPerNet:  # fmt: skip
+    """UPerNet on a PPMA backbone (``pretrained``: see ``ppma.dense.backbone.create_backbone``); ``aux_channels=0``: no aux head."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes: expected at least 1, got {num_classes}")
+    body = create_backbone(backbone, pretrained, grad_checkpointing, drop_path_rate)
+    return UPerNet(body, num_classes, channels, aux_channels)
+
+
+# ---- configuration and data --------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentConfig:
+    """UPerNet training run; defaults are the published ADE20K 160k schedule."""
+
+    data: str = ""  # dataset root or "builtin" (the coins + page set)
+    layout: str = "ade20k"  # "ade20k" (labels 0 = ignore, 1..K) or "cityscapes" (labelTrainIds, 255 = ignore)
+    train_split: str = ""  # "" : training / train
+    val_split: str = ""  # "" : validation / val
+    num_classes: int = 0  # 0: classes.json beside the data, else 150 (ADE20K) / 19 (Cityscapes)
+    output: str = "runs/segment"
+    backbone: str = "ppma_tiny"
+    pretrained: str = ""
+    iters: int = 160_000
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+    min_lr: float = 0.0
+    batch_size: int = 2  # per process
+    crop_size: int = 512
+    scale: tuple[int, int] = (2048, 512)  # (long, short) of the keep-ratio rescale
+    channels: int = 512
+    aux_channels: int = 256  # 0: no auxiliary head
+    aux_weight: float = 0.4
+    drop_path_rate: float | None = None
+    grad_checkpointing: str = "none"
+    amp: bool = False  # bf16 autocast
+    eval_every: int = 16_000
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    resume: str = ""  # "auto": output/last.pth if present
+    quiet: bool = False
+
+    def resolved(self) -> SegmentConfig:
+        """A copy with the layout checked and default splits filled in."""
+        if self.layout not in ("ade20k", "cityscapes"):
+            raise ValueError(f"layout: expected 'ade20k' or 'cityscapes', got {self.layout!r}")
+        out = SegmentConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        ade = self.layout == "ade20k"
+        out.train_split = self.train_split or ("training" if ade else "train")
+        out.val_split = self.val_split or ("validation" if ade else "val")
+        out.scale = tuple(self.scale)
+        if out.iters < 1:
+            raise ValueError(f"iters: expected at least 1, got {out.iters}")
+        return out
+
+    @classmethod
+    def builtin_example(cls) -> SegmentConfig:
+        """The built-in coins + page run: ppma_nano, 128x128 crops, narrow heads, a few CPU minutes."""
+        return cls(data="builtin", output="runs/segment_builtin", backbone="ppma_nano", iters=500, lr=1e-3,
+                   weight_decay=0.01, warmup_iters=30, batch_size=4, crop_size=128, scale=(512, 128), channels=64,
+                   aux_channels=32, eval_every=100, workers=0)  # fmt: skip
+
+
+def resolve_data(config: SegmentConfig) -> tuple[Path, list[str]]:
+    """(root, class names); builds the built-in set when ``data == "builtin"``."""
+    if config.data == "builtin":
+        from .examples import build_builtin_segmentation
+
+        root = build_builtin_segmentation(Path(config.output) / "data")
+    elif not config.data:
+        raise ValueError("data: give an ADE20K- or Cityscapes-layout folder, or 'builtin'")
+    else:
+        root = Path(config.data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data: no folder at {root}")
+    names = read_class_names(root)
+    k = config.num_classes or (len(names) if names else ADE20K_CLASSES if config.layout == "ade20k" else CITYSCAPES_CLASSES)
+    if names and len(names) != k:
+        raise ValueError(f"num_classes: {k} given but {root / 'classes.json'} names {len(names)} classes")
+    return root, names or [f"class_{i}" for i in range(k)]
+
+
+def make_dataset(root: Path, config: SegmentConfig, num_classes: int, train: bool) -> SegmentationSet:
+    split = config.train_split if train else config.val_split
+    pairs = segmentation_pairs(root, split, config.layout)
+    crop = (config.crop_size, config.crop_size)
+    return SegmentationSet(pairs, num_classes, reduce_zero_label=config.layout == "ade20k", train=train,
+                           crop_size=crop, scale=config.scale)  # fmt: skip
+
+
+# ---- training ----------------------------------------------------------------------------------------------
+
+
+def _lr_lambda(config: SegmentConfig):
+    """Per-iteration lr factor: poly decay to ``min_lr`` with a linear warm-up from ``warmup_ratio``."""
+
+    def factor(it: int) -> float:
+        floor = config.min_lr / config.lr
+        f = (1 - floor) * (1 - min(it, config.iters) / config.iters) ** config.power + floor
+        if it < config.warmup_iters:
+            f *= config.warmup_ratio + (1 - config.warmup_ratio) * it / config.warmup_iters
+        return f
+
+    return factor
+
+
+def segmentation_loss(outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], label: torch.Tensor,
+                      aux_weight: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """Cross-entropy (``IGNORE`` skipped) of the main logits plus ``aux_weight`` times the auxiliary one's."""
+    main, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
+    loss_main = F.cross_entropy(main.float(), label, ignore_index=IGNORE)
+    parts = {"loss_seg": loss_main.item()}
+    loss = loss_main
+    if aux is not None:
+        loss_aux = F.cross_entropy(aux.float(), label, ignore_index=IGNORE)
+        parts["loss_aux"] = loss_aux.item()
+        loss = loss + aux_weight * loss_aux
+    return loss, parts
+
+
+def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
+    """Train UPerNet (one process, or one per GPU under torchrun); returns the last evaluation's scores.
+
+    Writes ``output/last.pth`` (resumable, atomic) at every evaluation and at the end, ``output/log.jsonl``
+    and ``output/config.json``.
+    """
+    config = config.resolved()
+    info = setup_distributed(config.device)
+    try:
+        return _train(config, info)
+    finally:
+        cleanup_distributed()
+
+
+def _infinite(loader: DataLoader, sampler: DistributedSampler | None, start_epoch: int):
+    epoch = start_epoch
+    while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
+    seed_everything(config.seed + info.rank)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    root, names = resolve_data(config)
+    train_set = make_dataset(root, config, len(names), train=True)
+    val_set = make_dataset(root, config, len(names), train=False)
+    model = build_upernet(len(names), config.backbone, config.pretrained or None, config.grad_checkpointing,
+                          config.drop_path_rate, config.channels, config.aux_channels).to(info.device)  # fmt: skip
+    if info.distributed and info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all GPUs, as published
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    meta = dict(task="segment", class_names=names)
+    progress = dict(iteration=0)
+    resume = out / "last.pth" if config.resume == "auto" else Path(config.resume) if config.resume else None
+    if resume is not None and resume.is_file():
+        progress = load_state(resume, model, optimizer, scheduler)
+        if not config.quiet and info.is_main:
+            print(f"resumed from {resume} at iteration {progress['iteration']}")
+    elif config.resume and config.resume != "auto":
+        raise FileNotFoundError(f"resume: no checkpoint at {config.resume}")
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
+                                                    else None)  # fmt: skip
+    sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.seed) \
+        if info.distributed else None  # fmt: skip
+    loader = DataLoader(train_set, config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                        num_workers=config.workers, collate_fn=segmentation_collate)  # fmt: skip
+    if len(loader) == 0:
+        raise ValueError(f"batch_size: {config.batch_size} per process is more than the {len(train_set)} training "
+                         f"images allow")  # fmt: skip
+    if info.is_main:
+        (out / "config.json").write_text(json.dumps(dict(vars(config)), indent=2, default=str))
+        if not config.quiet:
+            print(f"segment: {len(train_set)} train / {len(val_set)} val images, {len(names)} classes, "
+                  f"{config.iters} iterations, device {info.device}, {info.world_size} process(es)")  # fmt: skip
+    it = progress["iteration"]
+    scores: dict[str, Any] = {}
+    model.train()
+    t0 = time.time()
+    batches = _infinite(loader, sampler, it // len(loader))
+    while it < config.iters:
+        image, label = next(batches)
+        image, label = image.to(info.device), label.to(info.device)
+        with autocast(info.device, config.amp):
+            outputs = model(image)
+        loss, parts = segmentation_loss(outputs, label, config.aux_weight)
+        if not math.isfinite(loss.item()):
+            raise PPMAError(f"segment: loss is {loss.item()} at iteration {it} (lower --lr, or check the labels)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        it += 1
+        if info.is_main and (it % 20 == 0 or it == 1):
+            log_line(out, dict(iteration=it, lr=scheduler.get_last_lr()[0], loss=loss.item(), **parts), config.quiet)
+        if it % config.eval_every == 0 or it == config.iters:
+            if info.is_main:
+                save_state(out / "last.pth", model, optimizer, scheduler, dict(iteration=it), config, meta)
+            scores = evaluate_segmentation(unwrap(model), val_set, info=info, amp=config.amp)
+            if info.is_main:
+                record = dict(iteration=it, seconds=round(time.time() - t0, 1),
+                              **{k: v for k, v in scores.items() if k in ("mIoU", "mAcc", "aAcc")})  # fmt: skip
+                log_line(out, record, config.quiet)
+            model.train()
+    return scores
+
+
+# ---- inference, evaluation, prediction ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def infer_logits(model: UPerNet, image: torch.Tensor, scale: tuple[int, int], ratios: Sequence[float] = (1.0,),
+                 flip: bool = False, amp: bool = False) -> torch.Tensor:  # fmt: skip
+    """Class probabilities of one image, whole-image inference at each scale (and flipped), averaged.
+
+    Args:
+        model: a UPerNet in eval mode.
+        image: (3, H, W) normalised image at its original size.
+        scale: (long, short) keep-ratio rescale at ratio 1.
+        ratios: scale multipliers; ``MS_RATIOS`` for the published multi-scale test.
+        flip: also run the horizontally flipped image.
+
+    Returns:
+        (K, H, W) averaged softmax probabilities at the original size.
+    """
+    h, w = image.shape[1:]
+    device = next(model.parameters()).device
+    total = None
+    for r in ratios:
+        s = _resize_keep_ratio_scale(h, w, (int(scale[0] * r), int(scale[1] * r)))
+        x = _resize(image[None].to(device), (max(1, round(h * s)), max(1, round(w * s))))
+        for flipped in (False, True) if flip else (False,):
+            inp = x.flip(-1) if flipped else x
+            with autocast(device, amp):
+                logits = model(inp).float()
+            logits = logits.flip(-1) if flipped else logits
+            prob = _resize(logits, (h, w)).softmax(dim=1)[0]
+            total = prob if total is None else total + prob
+    return total / (len(ratios) * (2 if flip else 1))
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: UPerNet, dataset: SegmentationSet, multiscale: bool = False, flip: bool = False,
+                          info: DistInfo | None = None, amp: bool = False) -> dict[str, Any]:  # fmt: skip
+    """mIoU of ``model`` on ``dataset`` (evaluation mode), single-scale or multi-scale (``MS_RATIOS``) with flip.
+
+    Each rank scores its share; the confusion matrices are summed across ranks.
+
+    Returns:
+        ``mIoU``, ``mAcc``, ``aAcc`` (fractions), per-class ``IoU`` / ``Acc`` and the ``confusion`` matrix.
+    """
+    info = info or DistInfo(device=next(model.parameters()).device)
+    if dataset.num_classes != model.num_classes:
+        raise ValueError(f"data: {dataset.num_classes} classes but the model predicts {model.num_classes}")
+    was_training = model.training
+    model.eval()
+    cm = torch.zeros(model.num_classes, model.num_classes, dtype=torch.int64)
+    ratios = MS_RATIOS if multiscale else (1.0,)
+    for index in range(info.rank, len(dataset), info.world_size):  # no padding: no image counted twice
+        pil, label = dataset.read(index)
+        prob = infer_logits(model, normalize(to_tensor(pil)), dataset.scale, ratios, flip, amp)
+        cm += confusion_matrix(prob.argmax(0).cpu(), label, model.num_classes, IGNORE)
+    if info.distributed:
+        cm = cm.to(info.device)
+        dist.all_reduce(cm)
+        cm = cm.cpu()
+    model.train(was_training)
+    scores = segmentation_scores(cm)
+    scores["confusion"] = cm.tolist()
+    return scores
+
+
+def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu", weights: bool = True) -> tuple[UPerNet, dict, dict]:
+    """Rebuild a trained UPerNet from its ``last.pth``: (model in eval mode, config dict, meta dict)."""
+    config, meta = read_run_info(path)
+    if meta.get("task") != "segment":
+        raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma segment train'")
+    model = build_upernet(len(meta["class_names"]), config["backbone"], channels=config["channels"],
+                          aux_channels=config["aux_channels"])  # fmt: skip
+    if weights:  # weights=False: the untrained model of the same configuration (a baseline)
+        load_state(path, model)
+    return model.to(device).eval(), config, meta
+
+
+def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours (``palette``); ``IGNORE`` is black."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[:num_classes] = np.array(palette(num_classes), dtype=np.uint8)
+    return table[labels]
+
+
+def predict_segmentation(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], output: str | os.PathLike,
+                         multiscale: bool = False, flip: bool = False, device: str = "cpu") -> list[dict]:  # fmt: skip
+    """Segment image files; writes ``NAME_labels.png`` (class index per pixel), ``NAME_color.png`` and
+    ``NAME_overlay.png`` (colours blended 50% over the image) into ``output``, plus ``legend.json``.
+
+    Returns:
+        One dict per image: ``file`` and the fraction of pixels per predicted class name.
+    """
+    model, config, meta = model_from_checkpoint(checkpoint, device)
+    names = meta["class_names"]
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in images:
+        pil = load_rgb(path)
+        prob = infer_logits(model, normalize(to_tensor(pil)), tuple(config["scale"]),
+                            MS_RATIOS if multiscale else (1.0,), flip)  # fmt: skip
+        labels = prob.argmax(0).cpu().numpy().astype(np.uint8)
+        color = colorize(labels, len(names))
+        overlay = (0.5 * np.asarray(pil, dtype=np.float32) + 0.5 * color).astype(np.uint8)
+        stem = Path(path).stem
+        Image.fromarray(labels).save(out_dir / f"{stem}_labels.png")
+        Image.fromarray(color).save(out_dir / f"{stem}_color.png")
+        Image.fromarray(overlay).save(out_dir / f"{stem}_overlay.png")
+        counts = np.bincount(labels.ravel(), minlength=len(names)) / labels.size
+        records.append(dict(file=str(path), fractions={names[k]: round(float(c), 4) for k, c in enumerate(counts) if c}))
+    legend = {n: list(c) for n, c in zip(names, palette(len(names)))}
+    (out_dir / "legend.json").write_text(json.dumps(legend, indent=1))
+    return records
+

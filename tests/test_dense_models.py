@@ -1,0 +1,180 @@
+"""Mask R-CNN and UPerNet on PPMA backbones: a training step, an evaluation pass, backbone loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("pycocotools")
+
+from ppma.checkpoint import atomic_save  # noqa: E402
+from ppma.dense.backbone import create_backbone, parse_stage_flags, set_stage_checkpointing  # noqa: E402
+from ppma.dense.data import CocoDetection, SegmentationSet, segmentation_pairs  # noqa: E402
+from ppma.dense.detection import HEADS, build_mask_rcnn, evaluate_detection  # noqa: E402
+from ppma.dense.segmentation import build_upernet, evaluate_segmentation, segmentation_loss  # noqa: E402
+from ppma.models.ppma import published_state_dict  # noqa: E402
+
+
+def make_coco(root, n_images: int = 3, size: tuple[int, int] = (72, 88), empty: int = 0) -> CocoDetection:
+    """Noise images with 1-2 bright rectangles each (category 7 'box'), polygons as masks; ``empty`` without any."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    h, w = size
+    for i in range(n_images + empty):
+        pixels = np.random.randint(0, 90, (h, w, 3), dtype=np.uint8)
+        if i < n_images:
+            for _ in range(np.random.randint(1, 3)):
+                bw, bh = (int(v) for v in np.random.randint(12, 30, 2))
+                x, y = int(np.random.randint(0, w - bw)), int(np.random.randint(0, h - bh))
+                pixels[y : y + bh, x : x + bw] = 230
+                poly = [x, y, x + bw, y, x + bw, y + bh, x, y + bh]
+                anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=7, bbox=[x, y, bw, bh], area=float(bw * bh),
+                                 iscrowd=0, segmentation=[[float(v) for v in poly]]))  # fmt: skip
+        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
+        images.append(dict(id=i + 1, file_name=f"{i}.png", width=w, height=h))
+    (root / "ann.json").write_text(json.dumps(dict(images=images, annotations=anns, categories=[dict(id=7, name="box")])))
+    return CocoDetection(root / "img", root / "ann.json", train=False)
+
+
+def make_ade(root, n: int, size: tuple[int, int] = (40, 56), classes: int = 3) -> None:
+    """ADE20K-layout images and labels (0 = ignore, 1..classes) in the 'training' and 'validation' splits."""
+    for split in ("training", "validation"):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            label = np.random.randint(0, classes + 1, size).astype(np.uint8)
+            image = (label[..., None] * 50 + np.random.randint(0, 40, (*size, 3))).astype(np.uint8)
+            Image.fromarray(image).save(root / "images" / split / f"{i}.jpg")
+            Image.fromarray(label).save(root / "annotations" / split / f"{i}.png")
+
+
+def _light_rcnn(num_classes: int = 1):
+    return build_mask_rcnn(num_classes, "ppma_nano", min_size=96, max_size=128, **HEADS["light"])
+
+
+def test_mask_rcnn_training_step_updates_backbone_and_heads_and_eval_scores_in_range(tmp_path):
+    data = make_coco(tmp_path, n_images=2)
+    model = _light_rcnn().train()
+    body_before = model.backbone.body.model.stages[2].blocks[0].attn.q_proj.weight.detach().clone()
+    mask_before = model.roi_heads.mask_predictor.mask_fcn_logits.weight.detach().clone()
+    images, targets = zip(*[data[0], data[1]])
+    losses = model(list(images), list(targets))
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(body_before, model.backbone.body.model.stages[2].blocks[0].attn.q_proj.weight)
+    assert not torch.equal(mask_before, model.roi_heads.mask_predictor.mask_fcn_logits.weight)
+    scores = evaluate_detection(model, data)
+    assert model.training  # evaluate_detection restores the mode
+    for key in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_AR_100"):
+        assert 0.0 <= scores[key] <= 1.0
+
+
+def test_mask_rcnn_fpn_levels_have_the_published_strides():
+    model = _light_rcnn()
+    feats = model.backbone(torch.randn(1, 3, 64, 96))
+    assert list(feats) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(f.shape[2:]) for f in feats.values()] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+    assert all(f.shape[1] == model.backbone.out_channels for f in feats.values())
+
+
+def test_detection_eval_rejects_a_class_count_mismatch(tmp_path):
+    data = make_coco(tmp_path, n_images=1)
+    with pytest.raises(ValueError, match="1 categories but the model predicts 3 classes"):
+        evaluate_detection(_light_rcnn(3), data)
+
+
+def test_upernet_training_step_reaches_every_part_and_eval_pass_single_and_multiscale(tmp_path):
+    make_ade(tmp_path, 2)
+    pairs = segmentation_pairs(tmp_path, "training", "ade20k")
+    train = SegmentationSet(pairs, 3, reduce_zero_label=True, train=True, crop_size=(32, 32), scale=(128, 32))
+    model = build_upernet(3, "ppma_nano", channels=16, aux_channels=8).train()
+    image, label = torch.stack([train[0][0], train[1][0]]), torch.stack([train[0][1], train[1][1]])
+    outputs = model(image)
+    assert isinstance(outputs, tuple) and all(o.shape == (2, 3, 32, 32) for o in outputs)
+    loss, parts = segmentation_loss(outputs, label, 0.4)
+    assert loss.item() == pytest.approx(parts["loss_seg"] + 0.4 * parts["loss_aux"], rel=1e-5)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+    val = SegmentationSet(segmentation_pairs(tmp_path, "validation", "ade20k"), 3, True, False, (32, 32), (128, 32))
+    for ms in (False, True):
+        s = evaluate_segmentation(model, val, multiscale=ms, flip=ms)
+        assert 0.0 <= s["mIoU"] <= 1.0
+        assert np.sum(s["confusion"]) == sum(int((val.read(i)[1] != 255).sum()) for i in range(len(val)))
+    assert model.training  # restored
+
+
+def test_upernet_logits_match_input_size_for_odd_sizes_and_eval_mode_has_no_aux():
+    model = build_upernet(5, "ppma_nano", channels=16, aux_channels=8).eval()
+    assert model(torch.randn(1, 3, 45, 70)).shape == (1, 5, 45, 70)
+
+
+def test_backbone_from_published_classification_and_dense_checkpoints_gives_identical_outputs(tmp_path, published_nano):
+    # classification checkpoint (published names, 'model'): per-stage LayerNorms keep their init
+    cls_path = tmp_path / "cls.pth"
+    atomic_save({"model": published_nano["model"]}, cls_path)
+    from_cls = create_backbone("ppma_nano", cls_path).eval()
+    # a dense checkpoint (MMDetection-style 'state_dict' with 'backbone.*' keys and a head) made from it
+    ours = {k.removeprefix("model."): v for k, v in from_cls.state_dict().items()}
+    dense = {f"backbone.{k}": v for k, v in published_state_dict(ours).items()}
+    dense["decode_head.conv_seg.weight"] = torch.randn(3, 8, 1, 1)
+    dense_path = tmp_path / "dense.pth"
+    atomic_save({"state_dict": dense, "meta": {}}, dense_path)
+    from_dense = create_backbone("ppma_nano", dense_path).eval()
+    fresh = create_backbone("ppma_nano").eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        a, b, c = from_cls(x), from_dense(x), fresh(x)
+    for fa, fb, fc in zip(a, b, c):
+        assert torch.equal(fa, fb)
+        assert not torch.allclose(fa, fc)  # the weights were really loaded
+
+
+def test_backbone_from_published_dense_checkpoint_matches_published_features(tmp_path, published_nano):
+    dense = {f"backbone.{k}": v for k, v in published_nano["backbone"]["model"].items()}
+    path = tmp_path / "dense.pth"
+    atomic_save({"state_dict": dense}, path)
+    backbone = create_backbone("ppma_nano", path).double().eval()
+    with torch.no_grad():
+        feats = backbone(published_nano["inputs"][0].double())
+    for ours, ref in zip(feats, published_nano["features_float64"]):
+        assert torch.allclose(ours, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_per_stage_gradient_checkpointing_gives_the_same_outputs_and_gradients():
+    backbone = create_backbone("ppma_nano", grad_checkpointing="2,4").double().train()
+    assert [s.grad_checkpointing for s in backbone.model.stages] == [False, True, False, True]
+    x = torch.randn(1, 3, 48, 64, dtype=torch.float64)
+    weights = [torch.randn(f.shape, dtype=torch.float64) for f in backbone(x)]
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        backbone.zero_grad()
+        out = sum((f * w).sum() for f, w in zip(backbone(x), weights))
+        out.backward()
+        return out.detach(), {n: p.grad.clone() for n, p in backbone.named_parameters()}
+
+    out_ckpt, grads_ckpt = run()
+    set_stage_checkpointing(backbone, "none")
+    assert [s.grad_checkpointing for s in backbone.model.stages] == [False] * 4
+    out_plain, grads_plain = run()
+    assert torch.allclose(out_ckpt, out_plain, rtol=1e-12)
+    for name, g in grads_plain.items():
+        assert torch.allclose(grads_ckpt[name], g, rtol=1e-9, atol=1e-12), name
+
+
+def test_parse_stage_flags_accepts_names_and_rejects_bad_stages():
+    assert parse_stage_flags("all") == [True] * 4
+    assert parse_stage_flags("1,3") == [True, False, True, False]
+    assert parse_stage_flags(None) == [False] * 4
+    with pytest.raises(ValueError, match="stages are numbered 1..4"):
+        parse_stage_flags("0,5")
+    with pytest.raises(ValueError, match="expected 4 per-stage flags"):
+        parse_stage_flags([True, False])
