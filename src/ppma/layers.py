@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import criss_cross_polyline_attention, polyline_attention
+from .masks import RMT_STAGE_DECAYS, FixedDecay, MaskKind, NoDecay, get_mask
+from .ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention
 
 Mode = Literal["full", "criss_cross"]
 
@@ -24,13 +25,17 @@ class PathDecay(nn.Module):
     One ``dt_linear`` (d -> 2, no bias) shared by all heads reads each head's channels; channel 0
     drives the horizontal decay, channel 1 the vertical one. ``log = softplus(dt + dt_bias) * a`` with
     ``a = -exp(A_log)`` per head, always computed in float32.
+
+    ``channels=1`` (the ``polyline_shared`` mask) predicts one decay used for both directions.
     """
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, channels: int = 2) -> None:
         super().__init__()
+        if channels not in (1, 2):
+            raise ValueError(f"channels: expected 1 (shared) or 2 (horizontal, vertical), got {channels}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.dt_linear = nn.Linear(self.head_dim, 2, bias=False)
+        self.dt_linear = nn.Linear(self.head_dim, channels, bias=False)
         self.dt_bias = nn.Parameter(torch.empty(num_heads))
         self.A_log = nn.Parameter(torch.empty(num_heads))
         self.reset_parameters()
@@ -46,13 +51,13 @@ class PathDecay(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32, <= 0."""
         B, H, W, _ = x.shape
-        dt = self.dt_linear(x.reshape(B, H, W, self.num_heads, self.head_dim))  # (B, H, W, heads, 2)
+        dt = self.dt_linear(x.reshape(B, H, W, self.num_heads, self.head_dim))  # (B, H, W, heads, channels)
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
             a = -torch.exp(self.A_log.to(dtype))
             log_decay = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)[:, None]) * a[:, None]
-        log_decay = log_decay.permute(0, 3, 4, 1, 2)  # (B, heads, 2, H, W)
-        return log_decay[:, :, 0], log_decay[:, :, 1]
+        log_decay = log_decay.permute(0, 3, 4, 1, 2)  # (B, heads, channels, H, W)
+        return log_decay[:, :, 0], log_decay[:, :, -1]  # one channel: the same decay both ways
 
 
 class FlatRotary(nn.Module):
@@ -98,14 +103,30 @@ class PolylineAttention(nn.Module):
         num_heads: heads; head dimension d = C / heads.
         mode: ``"full"`` (2D mask, SPEC 3) or ``"criss_cross"`` (decomposed, SPEC 4).
         backend: attention backend name, see ``ppma.ops``.
+        mask: zoo name (``ppma.masks.MASKS``); ``"polyline"`` is the published layer.
+        rmt_decay: RMT's (initial_value, heads_range) for the ``rmt`` mask (``RMT_STAGE_DECAYS``).
     """
 
-    def __init__(self, dim: int, num_heads: int, mode: Mode = "full", backend: str = "auto") -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mode: Mode = "full",
+        backend: str = "auto",
+        mask: str | MaskKind = "polyline",
+        rmt_decay: tuple[float, float] = RMT_STAGE_DECAYS[0],
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"num_heads: {num_heads} does not divide dim {dim}")
         if mode not in ("full", "criss_cross"):
             raise ValueError(f"mode: expected 'full' or 'criss_cross', got {mode!r}")
+        self.mask = get_mask(mask)
+        if self.mask.full_only and mode != "full":
+            raise ValueError(
+                f"mask: {self.mask.name!r} is a 1D scan mask and needs full attention; a decomposed (criss-cross) block "
+                "attends along rows and columns, which a scan order does not factor into (pass decomposed=False per stage)"
+            )
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scaling = self.head_dim**-0.5
@@ -116,7 +137,7 @@ class PolylineAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.lepe = DWConv(dim, 5)
         self.out_proj = nn.Linear(dim, dim)
-        self.decay = PathDecay(dim, num_heads)
+        self.decay = _decay_for(self.mask, dim, num_heads, rmt_decay)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
@@ -132,11 +153,39 @@ class PolylineAttention(nn.Module):
         q = rotate(self._heads(self.q_proj(x)), sin, cos)
         k = rotate(self._heads(self.k_proj(x) * self.scaling), sin, cos)  # scaled before rotation, as published
         log_alpha, log_beta = self.decay(x)
-        op = polyline_attention if self.mode == "full" else criss_cross_polyline_attention
-        # Decays are <= 0 by construction: skip the value check and its device sync.
-        out = op(q, k, self._heads(v), log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False)
+        out = self._attend(q, k, self._heads(v), log_alpha, log_beta)
         out = out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C)  # merge heads
         return self.out_proj(out + lepe)
+
+
+    def _attend(self, q, k, v, log_alpha, log_beta) -> torch.Tensor:
+        """The masked op for this layer's mask kind; q, k, v (B, heads, H, W, d) -> (B, heads, H, W, d)."""
+        if self.mask.full_only:  # scan masks: stored dense log-masks, averaged softmaxes
+            B, heads, H, W, d = q.shape
+            seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
+            out = log_mask_attention(*seq, self.mask.log_masks(log_alpha, log_beta), scale=1.0, backend=self.backend)
+            return out.reshape(B, heads, H, W, -1)
+        if self.mask.decay == "none" and self.mode == "full":  # no mask at all: plain SDPA
+            B, heads, H, W, d = q.shape
+            seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
+            return F.scaled_dot_product_attention(*seq, scale=1.0).reshape(B, heads, H, W, -1)
+        op = polyline_attention if self.mode == "full" else criss_cross_polyline_attention
+        paths = self.mask.paths
+        if self.mask.decay == "fixed" and self.mode == "full":  # RMT's M is symmetric: one softmax is the average
+            paths = "h2v"
+        # Decays are <= 0 by construction: skip the value check and its device sync.
+        return op(q, k, v, log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False, paths=paths)
+
+
+def _decay_for(kind: MaskKind, dim: int, num_heads: int, rmt_decay: tuple[float, float]) -> nn.Module:
+    """The decay source of a mask kind: learned (2 or 1 channels), RMT's fixed gammas, or none."""
+    if kind.decay == "learned":
+        return PathDecay(dim, num_heads)
+    if kind.decay == "shared":
+        return PathDecay(dim, num_heads, channels=1)
+    if kind.decay == "fixed":
+        return FixedDecay(num_heads, *rmt_decay)
+    return NoDecay(num_heads)
 
 
 class ConvFFN(nn.Module):

@@ -22,6 +22,7 @@ from timm.models._features import feature_take_indices
 
 from .._checks import check_tensor
 from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
+from ..masks import RMT_STAGE_DECAYS, get_mask
 
 __all__ = ["PPMA", "checkpoint_filter_fn", "published_state_dict"]
 
@@ -64,11 +65,13 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         layer_scale_init: float | None = None,
         backend: str = "auto",
+        mask: str = "polyline",
+        rmt_decay: tuple[float, float] = RMT_STAGE_DECAYS[0],
     ) -> None:
         super().__init__()
         self.pos = DWConv(dim, 3)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = PolylineAttention(dim, num_heads, mode=mode, backend=backend)
+        self.attn = PolylineAttention(dim, num_heads, mode=mode, backend=backend, mask=mask, rmt_decay=rmt_decay)
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.ffn = ConvFFN(dim, int(mlp_ratio * dim))
@@ -96,12 +99,15 @@ class Stage(nn.Module):
         layer_scale_init: float | None,
         downsample: bool,
         backend: str = "auto",
+        mask: str = "polyline",
+        rmt_decay: tuple[float, float] = RMT_STAGE_DECAYS[0],
     ) -> None:
         super().__init__()
         self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
         self.rotary = FlatRotary(dim // num_heads)
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, mode, drop_path[j], layer_scale_init, backend) for j in range(depth)
+            Block(dim, num_heads, mlp_ratio, mode, drop_path[j], layer_scale_init, backend, mask, rmt_decay)
+            for j in range(depth)
         )
         self.grad_checkpointing = False
 
@@ -149,6 +155,10 @@ class PPMA(nn.Module):
         head_hidden_size: width of the classifier's per-token projection.
         feature_norms: add a LayerNorm on each stage output for dense tasks (``features_only`` sets it).
         backend: attention backend for every layer (see ``ppma.ops``); ``set_backend`` changes it later.
+        mask: the attention mask of every layer, a ``ppma.masks.MASKS`` name: ``"polyline"`` (published),
+            ``"none"``, ``"h2v"``, ``"v2h"``, ``"polyline_shared"``, ``"rmt"`` (stage i uses RMT's
+            ``RMT_STAGE_DECAYS[i]``), or a full-attention-only scan mask ``"raster"``, ``"cross_scan"``,
+            ``"hilbert"``, ``"zorder"``.
         checkpoint_ema: with ``pretrained=True``, load a training checkpoint's EMA weights.
         global_pool: only ``"avg"`` (timm convention).
     """
@@ -168,6 +178,7 @@ class PPMA(nn.Module):
         head_hidden_size: int = 1024,
         feature_norms: bool = False,
         backend: str = "auto",
+        mask: str = "polyline",
         checkpoint_ema: bool = False,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
@@ -179,6 +190,13 @@ class PPMA(nn.Module):
                             ("decomposed", decomposed), ("layer_scale", layer_scale)):  # fmt: skip
             if len(value) != len(embed_dims):
                 raise ValueError(f"{name}: expected {len(embed_dims)} entries (one per stage), got {len(value)}")
+        if get_mask(mask).full_only and any(decomposed):
+            stages = ", ".join(str(i + 1) for i, d in enumerate(decomposed) if d)
+            raise ValueError(
+                f"mask: {mask!r} is a 1D scan mask and needs full attention, but stages {stages} use decomposed "
+                f"(criss-cross) attention; pass decomposed={tuple(False for _ in decomposed)}"
+            )
+        self.mask = mask
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.checkpoint_ema = checkpoint_ema
@@ -203,6 +221,8 @@ class PPMA(nn.Module):
                     layer_scale_init if layer_scale[i] else None,
                     downsample=i > 0,
                     backend=backend,
+                    mask=mask,
+                    rmt_decay=RMT_STAGE_DECAYS[min(i, len(RMT_STAGE_DECAYS) - 1)],
                 )
             )
             start += depths[i]

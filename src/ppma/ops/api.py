@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import importlib
 import os
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -104,6 +105,23 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+PATHS = ("both", "h2v", "v2h")
+
+
+def _resolve_paths(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool, paths: str):
+    """``_resolve`` for ``paths="both"``; a single path runs on the stored-mask backends only."""
+    if paths not in PATHS:
+        raise ValueError(f"paths: expected one of {', '.join(map(repr, PATHS))}, got {paths!r}")
+    if paths == "both":
+        return _resolve(backend, op, q, needs_grad), {}
+    backend = Backend.parse(backend)
+    if backend == Backend.AUTO:
+        backend = Backend.REFERENCE if os.environ.get("PPMA_BACKEND") == "reference" else Backend.DENSE
+    if backend not in (Backend.REFERENCE, Backend.DENSE):
+        raise ValueError(f"backend: {backend.value!r} runs paths='both' only; use 'dense' or 'reference' for paths={paths!r}")
+    return importlib.import_module(f".{backend.value}", __package__), {"paths": paths}
+
+
 def polyline_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -114,6 +132,7 @@ def polyline_attention(
     scale: float | None = None,
     backend: str | Backend = "auto",
     check_values: bool = True,
+    paths: str = "both",
 ) -> torch.Tensor:
     """Full attention with the 2D polyline path mask, SPEC section 3.
 
@@ -127,14 +146,16 @@ def polyline_attention(
         scale: factor on q k^T; default d^-0.5 (pass 1.0 when k is already scaled).
         backend: see the module docstring.
         check_values: check that the log-decays are finite and <= 0 (one device sync).
+        paths: ``"both"`` (the published average), ``"h2v"`` (``softmax(S + M)`` only) or ``"v2h"``
+            (``softmax(S + M^T)`` only); a single path runs on ``dense`` or ``reference``.
 
     Returns:
         (B, heads, H, W, dv) in the dtype of q.
     """
     _check_inputs(q, k, v, log_alpha, log_beta, check_values)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    impl = _resolve(backend, "full", q, _needs_grad(q, k, v, log_alpha, log_beta))
-    return impl.full(q, k, v, log_alpha, log_beta, scale).to(q.dtype)
+    impl, extra = _resolve_paths(backend, "full", q, _needs_grad(q, k, v, log_alpha, log_beta), paths)
+    return impl.full(q, k, v, log_alpha, log_beta, scale, **extra).to(q.dtype)
 
 
 def criss_cross_polyline_attention(
@@ -147,6 +168,7 @@ def criss_cross_polyline_attention(
     scale: float | None = None,
     backend: str | Backend = "auto",
     check_values: bool = True,
+    paths: str = "both",
 ) -> torch.Tensor:
     """Decomposed ("criss-cross") attention with 1D masks, SPEC section 4.
 
@@ -154,9 +176,55 @@ def criss_cross_polyline_attention(
     attention ``Ah_j = softmax(S_col + line_log_mask(log_beta[:, j]))`` on each column j, and
     ``out = 0.5 * Ah(Aw v) + 0.5 * Aw(Ah v)``: every token reaches every other along an L-shaped path.
 
-    Args and Returns as ``polyline_attention``.
+    Args and Returns as ``polyline_attention``; ``paths="h2v"`` keeps ``Aw(Ah v)`` (the query's path
+    leaves along its row), ``"v2h"`` keeps ``Ah(Aw v)``.
     """
     _check_inputs(q, k, v, log_alpha, log_beta, check_values)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    impl = _resolve(backend, "criss_cross", q, _needs_grad(q, k, v, log_alpha, log_beta))
-    return impl.criss_cross(q, k, v, log_alpha, log_beta, scale).to(q.dtype)
+    impl, extra = _resolve_paths(backend, "criss_cross", q, _needs_grad(q, k, v, log_alpha, log_beta), paths)
+    return impl.criss_cross(q, k, v, log_alpha, log_beta, scale, **extra).to(q.dtype)
+
+
+def log_mask_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_masks: Sequence[torch.Tensor],
+    *,
+    scale: float | None = None,
+    backend: str | Backend = "auto",
+) -> torch.Tensor:
+    """Attention averaged over given dense log-masks: ``mean_i softmax(S + M_i) @ v``.
+
+    The generic form behind masks that are not polyline paths (the scan masks of ``ppma.masks``)
+    and behind sequences with tokens off the grid (``ppma.integrations``). Stores the masks.
+
+    Args:
+        q, k: (B, heads, N, d) token sequences.
+        v: (B, heads, N, dv).
+        log_masks: one or more log-masks, each broadcastable to (B, heads, N, N), row = query.
+        scale: factor on q k^T; default d^-0.5.
+        backend: ``"dense"`` (SDPA per mask), ``"reference"`` or ``"auto"`` (= dense).
+
+    Returns:
+        (B, heads, N, dv) in the dtype of q.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=4)
+    if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, N, d)")
+    if len(log_masks) == 0:
+        raise ValueError("log_masks: expected at least one log-mask")
+    N = q.shape[2]
+    for t in log_masks:
+        check_tensor("log_masks", t, min_ndim=2)
+        if t.shape[-2:] != (N, N):
+            raise ValueError(f"log_masks: expected (..., {N}, {N}) for {N} tokens, got {tuple(t.shape)}")
+    backend = Backend.parse(backend)
+    if backend == Backend.AUTO:
+        backend = Backend.REFERENCE if os.environ.get("PPMA_BACKEND") == "reference" else Backend.DENSE
+    if backend not in (Backend.REFERENCE, Backend.DENSE):
+        raise ValueError(f"backend: {backend.value!r} cannot run log-mask attention; use 'dense' or 'reference'")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    impl = importlib.import_module(f".{backend.value}", __package__)
+    return impl.masked(q, k, v, list(log_masks), scale).to(q.dtype)

@@ -15,17 +15,27 @@ from ..mask import _line_log_mask, _polyline_log_mask
 from ._common import upcast
 
 
-def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     B, heads, H, W, d = q.shape
     with upcast(q, k, v) as (q, k, v):
         q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))  # tokens row-major
         mask = _polyline_log_mask(log_alpha, log_beta).to(q.dtype)
+        if paths != "both":  # one path only: M (h2v) or M^T (v2h)
+            mask = mask if paths == "h2v" else mask.transpose(-1, -2)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).reshape(B, heads, H, W, -1)
         h2v = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         v2h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.transpose(-1, -2), scale=scale)
         return (0.5 * (h2v + v2h)).reshape(B, heads, H, W, -1)
 
 
-def criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+def masked(q, k, v, log_masks, scale: float) -> torch.Tensor:
+    """``mean_i softmax(S + M_i) @ v``: one SDPA call per given log-mask; q, k, v (B, heads, N, d)."""
+    with upcast(q, k, v) as (q, k, v):
+        outs = [F.scaled_dot_product_attention(q, k, v, attn_mask=m.to(q.dtype), scale=scale) for m in log_masks]
+        return sum(outs) / len(outs)
+
+
+def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     B, heads, H, W, d = q.shape
     with upcast(q, k, v) as (q, k, v):
         row_mask = _line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W)
@@ -38,6 +48,10 @@ def criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
         def along_cols(u):  # Ah u: each column is a length-H sequence
             return F.scaled_dot_product_attention(q_cols, k_cols, u.transpose(2, 3), attn_mask=col_mask, scale=scale).transpose(2, 3)
 
+        if paths == "h2v":  # Aw(Ah v) only
+            return along_rows(along_cols(v))
+        if paths == "v2h":  # Ah(Aw v) only
+            return along_cols(along_rows(v))
         cols_v = along_cols(v)
         # One row pass serves both orders: Aw [v | Ah v] along the channel axis.
         rows_both = along_rows(torch.cat([v, cols_v], dim=-1))
