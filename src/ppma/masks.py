@@ -341,17 +341,17 @@ def rmt_log_gamma(num_heads: int, init_value: float = 2.0, heads_range: float = 
     adds one ``log gamma_h``, and the path has ``|j - l|`` horizontal and ``|i - k|`` vertical steps.
 
     Returns:
-        (heads,) float32 tensor, every entry < 0.
+        (heads,) float64 tensor, every entry < 0.
     """
     h = torch.arange(num_heads, dtype=torch.float64)
-    return torch.log1p(-(2.0 ** (-init_value - heads_range * h / num_heads))).float()
+    return torch.log1p(-(2.0 ** (-init_value - heads_range * h / num_heads)))
 
 
 class FixedDecay(nn.Module):
     """RMT's data-independent decay: (B, H, W, C) -> constant log_alpha = log_beta = log(gamma_h).
 
-    No parameters; the per-head table is a non-persistent buffer, so state dicts equal the
-    ``none`` kind's (no decay generator).
+    No parameters; the per-head table is a non-persistent float64 buffer, so state dicts equal the
+    ``none`` kind's (no decay generator). Decays come out in float32, or float64 for float64 input.
     """
 
     def __init__(self, num_heads: int, init_value: float = 2.0, heads_range: float = 4.0) -> None:
@@ -360,9 +360,10 @@ class FixedDecay(nn.Module):
         self.register_buffer("log_gamma", rmt_log_gamma(num_heads, init_value, heads_range), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32."""
+        """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32 (float64 for float64 x)."""
         B, H, W, _ = x.shape
-        log = self.log_gamma.float()[None, :, None, None].expand(B, self.num_heads, H, W)
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        log = self.log_gamma.to(dtype)[None, :, None, None].expand(B, self.num_heads, H, W)
         return log, log
 
 
