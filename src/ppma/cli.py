@@ -17,6 +17,7 @@ from .errors import PPMAError
 # Modules with a `register(subparsers)` function; each adds its own sub-commands.
 _COMMAND_MODULES = [
     "ppma.cli_core",
+    "ppma.dense.cli",
 ]
 
 
