@@ -137,7 +137,7 @@ class PolylineAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.lepe = DWConv(dim, 5)
         self.out_proj = nn.Linear(dim, dim)
-        self.decay = _decay_for(self.mask, dim, num_heads, rmt_decay)
+        self.decay = decay_for_mask(self.mask, dim, num_heads, rmt_decay)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
@@ -177,8 +177,12 @@ class PolylineAttention(nn.Module):
         return op(q, k, v, log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False, paths=paths)
 
 
-def _decay_for(kind: MaskKind, dim: int, num_heads: int, rmt_decay: tuple[float, float]) -> nn.Module:
-    """The decay source of a mask kind: learned (2 or 1 channels), RMT's fixed gammas, or none."""
+def decay_for_mask(
+    kind: str | MaskKind, dim: int, num_heads: int, rmt_decay: tuple[float, float] = RMT_STAGE_DECAYS[0]
+) -> nn.Module:
+    """The decay source of a mask kind, (B, H, W, C) -> log_alpha, log_beta (B, heads, H, W):
+    ``PathDecay`` (2 channels, or 1 for ``polyline_shared``), RMT's fixed gammas, or zeros."""
+    kind = get_mask(kind)
     if kind.decay == "learned":
         return PathDecay(dim, num_heads)
     if kind.decay == "shared":
