@@ -1,0 +1,128 @@
+"""Polyline-masked linear attention: ``((phi(Q) phi(K)^T) * L) V`` with its normaliser, never forming N x N.
+
+The masked linear-attention form the authors state (Mamba2's structured masked attention with the
+2D polyline mask in place of the 1D one), with ``L = exp(M)`` the polyline mask of SPEC section 3:
+
+    out_i = sum_j (phi(q_i) . phi(k_j)) L_ij v_j  /  sum_j (phi(q_i) . phi(k_j)) L_ij
+
+Since ``(phi(q_i) . phi(k_j)) L_ij v_j = phi(q_i)^T (L_ij phi(k_j) v_j^T)``, numerator and
+normaliser come from ONE mask product ``L @ [phi(K) (x) V | phi(K)]`` per path, done by
+``ppma.polyline_mask_matmul`` (the paper's Theorem 2: a column pass then a row pass) in
+O(N^1.5 d dv) time and O(N d dv) memory. ``paths="both"`` averages the normalised h2v (``L``) and
+v2h (``L^T``) outputs, as PPMA averages its two softmaxes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import check_log_decay, check_tensor
+from .layers import PathDecay
+from .mask import polyline_mask_matmul
+
+__all__ = ["PolylineLinearAttention", "elu_feature_map", "polyline_linear_attention"]
+
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """``elu(x) + 1``: positive features (Katharopoulos et al., 2020), so the normaliser is positive."""
+    return F.elu(x) + 1
+
+
+def _grid_transpose(t: torch.Tensor) -> torch.Tensor:
+    """(B, heads, H, W, ...) -> (B, heads, W, H, ...): the v2h path is the h2v path of the transposed grid."""
+    return t.transpose(2, 3)
+
+
+def _masked_sums(
+    phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """One path (h2v of this grid): ``(phi_q phi_k^T * L) v / ((phi_q phi_k^T * L) 1 + eps)``, each (B, heads, H, W, .)."""
+    B, heads, H, W, d = phi_k.shape
+    dv = v.shape[-1]
+    kv = (phi_k.unsqueeze(-1) * v.unsqueeze(-2)).reshape(B, heads, H * W, d * dv)  # phi(k_j) v_j^T, flattened
+    both = torch.cat([kv, phi_k.reshape(B, heads, H * W, d)], dim=-1)  # (B, heads, N, d*dv + d)
+    summed = polyline_mask_matmul(log_alpha, log_beta, both)  # L @ [phi(K) (x) V | phi(K)], never N x N
+    state, norm = summed.split([d * dv, d], dim=-1)
+    q = phi_q.reshape(B, heads, H * W, d).to(summed.dtype)
+    num = torch.einsum("bhnd,bhnde->bhne", q, state.reshape(B, heads, H * W, d, dv))
+    den = torch.einsum("bhnd,bhnd->bhn", q, norm)
+    return (num / (den.unsqueeze(-1) + eps)).reshape(B, heads, H, W, dv)
+
+
+def polyline_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    log_beta: torch.Tensor,
+    *,
+    paths: str = "both",
+    feature_map=elu_feature_map,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Linear attention masked by the polyline mask ``L = exp(M)``, normalised per query.
+
+    For a 1x2 grid with ``a = log_alpha[0, 1]``, ``L = [[1, e^a], [e^a, 1]]``; query 0's output is
+    ``(s00 v0 + s01 e^a v1) / (s00 + s01 e^a + eps)`` with ``s_ij = phi(q_i) . phi(k_j)``.
+
+    Args:
+        q, k: (B, heads, H, W, d) on the token grid.
+        v: (B, heads, H, W, dv).
+        log_alpha, log_beta: (B, heads, H, W) horizontal and vertical log-decays, <= 0.
+        paths: ``"both"`` (average of the h2v and v2h outputs), ``"h2v"`` (``L``) or ``"v2h"`` (``L^T``).
+        feature_map: phi, applied to q and k; must give non-negative features for a positive normaliser.
+        eps: added to the normaliser.
+
+    Returns:
+        (B, heads, H, W, dv) in the dtype of q (computed in at least float32).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=5)
+    if k.shape != q.shape or v.shape[:4] != q.shape[:4]:
+        raise ValueError(f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, H, W, d)")
+    for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
+        check_tensor(name, t, ndim=4)
+        if t.shape != q.shape[:4]:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}")
+        check_log_decay(name, t)
+    if paths not in ("both", "h2v", "v2h"):
+        raise ValueError(f"paths: expected 'both', 'h2v' or 'v2h', got {paths!r}")
+    phi_q, phi_k = feature_map(q), feature_map(k)
+    outs = []
+    if paths in ("both", "h2v"):
+        outs.append(_masked_sums(phi_q, phi_k, v, log_alpha, log_beta, eps))
+    if paths in ("both", "v2h"):  # L^T on this grid = L on the transposed grid with the decays swapped
+        t = _grid_transpose
+        out = _masked_sums(t(phi_q), t(phi_k), t(v), log_beta.transpose(-1, -2), log_alpha.transpose(-1, -2), eps)
+        outs.append(t(out))
+    return (sum(outs) / len(outs)).to(q.dtype)
+
+
+class PolylineLinearAttention(nn.Module):
+    """A linear-attention layer with the polyline mask: q/k/v projections, ``PathDecay``, the masked op, out_proj.
+
+    Args:
+        dim: channels C.
+        num_heads: heads; head dimension d = C / heads.
+        paths: ``"both"``, ``"h2v"`` or ``"v2h"`` (see ``polyline_linear_attention``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, paths: str = "both") -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads: {num_heads} does not divide dim {dim}")
+        self.num_heads, self.head_dim, self.paths = num_heads, dim // num_heads, paths
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.decay = PathDecay(dim, num_heads)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        B, H, W, C = x.shape
+        # (B, H, W, 3C) -> (3, B, heads, H, W, d)
+        q, k, v = self.qkv(x).reshape(B, H, W, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
+        log_alpha, log_beta = self.decay(x)
+        out = polyline_linear_attention(q, k, v, log_alpha, log_beta, paths=self.paths)
+        return self.out_proj(out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))  # merge heads
