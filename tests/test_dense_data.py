@@ -20,12 +20,23 @@ def _coco(tmp_path, images=None, annotations=None, categories=None, sizes=((30, 
     for i, (h, w) in enumerate(sizes):
         Image.fromarray(np.random.randint(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
     data = dict(
-        images=images if images is not None else [dict(id=i + 1, file_name=f"{i}.png", height=h, width=w)
-                                                  for i, (h, w) in enumerate(sizes)],
-        annotations=annotations if annotations is not None else [
-            dict(id=1, image_id=1, category_id=3, bbox=[2, 3, 10, 12], iscrowd=0, segmentation=[[2, 3, 12, 3, 12, 15, 2, 15]])],
+        images=images
+        if images is not None
+        else [dict(id=i + 1, file_name=f"{i}.png", height=h, width=w) for i, (h, w) in enumerate(sizes)],
+        annotations=annotations
+        if annotations is not None
+        else [
+            dict(
+                id=1,
+                image_id=1,
+                category_id=3,
+                bbox=[2, 3, 10, 12],
+                iscrowd=0,
+                segmentation=[[2, 3, 12, 3, 12, 15, 2, 15]],
+            )
+        ],
         categories=categories if categories is not None else [dict(id=3, name="thing")],
-    )  # fmt: skip
+    )
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(data))
     return tmp_path / "img", path
@@ -54,14 +65,25 @@ def test_malformed_annotation_json_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (dict(annotations=[dict(image_id=9, category_id=3, bbox=[0, 0, 4, 4])]), ValueError, "image_id 9, not in 'images'"),
+        (
+            dict(annotations=[dict(image_id=9, category_id=3, bbox=[0, 0, 4, 4])]),
+            ValueError,
+            "image_id 9, not in 'images'",
+        ),
         (dict(annotations=[dict(image_id=1, category_id=5, bbox=[0, 0, 4, 4])]), ValueError, "category_id 5, not in"),
-        (dict(annotations=[dict(image_id=1, category_id=3, bbox=[0, 0, 4])]), ValueError, r"bbox must be \[x, y, w, h\]"),
-        (dict(images=[dict(id=1, file_name="missing.png", height=30, width=40)], annotations=[]), FileNotFoundError,
-         "1 image.* not in .* e.g. missing.png"),
+        (
+            dict(annotations=[dict(image_id=1, category_id=3, bbox=[0, 0, 4])]),
+            ValueError,
+            r"bbox must be \[x, y, w, h\]",
+        ),
+        (
+            dict(images=[dict(id=1, file_name="missing.png", height=30, width=40)], annotations=[]),
+            FileNotFoundError,
+            "1 image.* not in .* e.g. missing.png",
+        ),
         (dict(categories=[]), ValueError, "'categories' is empty"),
     ],
-)  # fmt: skip
+)
 def test_image_annotation_mismatches_are_named(tmp_path, change, error, message):
     img_dir, ann = _coco(tmp_path, **change)
     with pytest.raises(error, match=message):
@@ -91,7 +113,9 @@ def _ade(tmp_path, n=2, size=(20, 30), max_label=3, extra_image=False):
         (tmp_path / "images" / split).mkdir(parents=True, exist_ok=True)
         (tmp_path / "annotations" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n + extra_image):
-            Image.fromarray(np.random.randint(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / "images" / split / f"{i}.jpg")
+            Image.fromarray(np.random.randint(0, 255, (*size, 3), dtype=np.uint8)).save(
+                tmp_path / "images" / split / f"{i}.jpg"
+            )
             if i < n:
                 label = np.random.randint(0, max_label + 1, size).astype(np.uint8)
                 Image.fromarray(label).save(tmp_path / "annotations" / split / f"{i}.png")
@@ -108,8 +132,15 @@ def test_ade20k_labels_shift_down_with_zero_ignored(tmp_path):
 
 def test_images_smaller_than_the_crop_are_padded_with_ignored_labels(tmp_path):
     root = _ade(tmp_path, n=1, size=(20, 30))
-    ds = SegmentationSet(segmentation_pairs(root, "training", "ade20k"), 3, True, train=True, crop_size=(64, 64),
-                         scale=(30, 20), ratio_range=(1.0, 1.0))  # fmt: skip
+    ds = SegmentationSet(
+        segmentation_pairs(root, "training", "ade20k"),
+        3,
+        True,
+        train=True,
+        crop_size=(64, 64),
+        scale=(30, 20),
+        ratio_range=(1.0, 1.0),
+    )
     image, label = ds[0]
     assert image.shape == (3, 64, 64) and label.shape == (64, 64)
     assert (label[20:] == IGNORE).all() and (label[:, 30:] == IGNORE).all()
@@ -139,7 +170,10 @@ def test_cityscapes_layout_pairs_by_city_and_name(tmp_path):
             mode = "RGB" if sub == "leftImg8bit" else "L"
             Image.new(mode, (16, 8)).save(d / f"{name}{suffix}")
     pairs = segmentation_pairs(tmp_path, "val", "cityscapes")
-    assert [p[0].name for p in pairs] == ["aachen_000000_000019_leftImg8bit.png", "aachen_000001_000019_leftImg8bit.png"]
+    assert [p[0].name for p in pairs] == [
+        "aachen_000000_000019_leftImg8bit.png",
+        "aachen_000001_000019_leftImg8bit.png",
+    ]
     assert all(p[1].name.startswith(p[0].name.removesuffix("_leftImg8bit.png")) for p in pairs)
 
 

@@ -24,10 +24,25 @@ def _square_rle(h: int, w: int, x0: int, y0: int, size: int) -> dict:
 
 def _gt(boxes: list[tuple[int, int, int]]) -> object:
     """One 200x200 image with squares (x0, y0, size) of category 1."""
-    anns = [dict(id=i + 1, image_id=1, category_id=1, bbox=[x, y, s, s], area=float(s * s), iscrowd=0,
-                 segmentation=_square_rle(200, 200, x, y, s)) for i, (x, y, s) in enumerate(boxes)]  # fmt: skip
-    return coco_from_dict(dict(images=[dict(id=1, file_name="a.png", width=200, height=200)], annotations=anns,
-                               categories=[dict(id=1, name="thing")]))  # fmt: skip
+    anns = [
+        dict(
+            id=i + 1,
+            image_id=1,
+            category_id=1,
+            bbox=[x, y, s, s],
+            area=float(s * s),
+            iscrowd=0,
+            segmentation=_square_rle(200, 200, x, y, s),
+        )
+        for i, (x, y, s) in enumerate(boxes)
+    ]
+    return coco_from_dict(
+        dict(
+            images=[dict(id=1, file_name="a.png", width=200, height=200)],
+            annotations=anns,
+            categories=[dict(id=1, name="thing")],
+        )
+    )
 
 
 def _result(x: int, y: int, s: int, score: float = 0.9) -> dict:

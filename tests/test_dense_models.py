@@ -32,11 +32,22 @@ def make_coco(root, n_images: int = 3, size: tuple[int, int] = (72, 88), empty: 
                 x, y = int(np.random.randint(0, w - bw)), int(np.random.randint(0, h - bh))
                 pixels[y : y + bh, x : x + bw] = 230
                 poly = [x, y, x + bw, y, x + bw, y + bh, x, y + bh]
-                anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=7, bbox=[x, y, bw, bh], area=float(bw * bh),
-                                 iscrowd=0, segmentation=[[float(v) for v in poly]]))  # fmt: skip
+                anns.append(
+                    dict(
+                        id=len(anns) + 1,
+                        image_id=i + 1,
+                        category_id=7,
+                        bbox=[x, y, bw, bh],
+                        area=float(bw * bh),
+                        iscrowd=0,
+                        segmentation=[[float(v) for v in poly]],
+                    )
+                )
         Image.fromarray(pixels).save(root / "img" / f"{i}.png")
         images.append(dict(id=i + 1, file_name=f"{i}.png", width=w, height=h))
-    (root / "ann.json").write_text(json.dumps(dict(images=images, annotations=anns, categories=[dict(id=7, name="box")])))
+    (root / "ann.json").write_text(
+        json.dumps(dict(images=images, annotations=anns, categories=[dict(id=7, name="box")]))
+    )
     return CocoDetection(root / "img", root / "ann.json", train=False)
 
 
@@ -178,3 +189,21 @@ def test_parse_stage_flags_accepts_names_and_rejects_bad_stages():
         parse_stage_flags("0,5")
     with pytest.raises(ValueError, match="expected 4 per-stage flags"):
         parse_stage_flags([True, False])
+
+
+def test_bf16_autocast_training_step_runs_for_both_models(tmp_path):
+    from ppma.dense.engine import autocast
+
+    data = make_coco(tmp_path, n_images=1)
+    rcnn = _light_rcnn().train()
+    with autocast(torch.device("cpu"), True):
+        losses = rcnn([data[0][0]], [data[0][1]])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    upernet = build_upernet(3, "ppma_nano", channels=16, aux_channels=8).train()
+    with autocast(torch.device("cpu"), True):
+        main_logits, aux_logits = upernet(torch.randn(2, 3, 32, 32))
+    assert main_logits.dtype == torch.bfloat16
+    loss, _ = segmentation_loss((main_logits, aux_logits), torch.randint(0, 3, (2, 32, 32)), 0.4)
+    loss.backward()
+    assert torch.isfinite(loss)

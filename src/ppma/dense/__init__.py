@@ -6,10 +6,23 @@ Needs the ``dense`` extra (pycocotools) for detection.
 """
 
 from .backbone import create_backbone, set_stage_checkpointing
-from .detection import DetectConfig, PPMABackboneWithFPN, build_mask_rcnn, evaluate_detection, predict_detection, train_detection
+from .detection import (
+    DetectConfig,
+    PPMABackboneWithFPN,
+    build_mask_rcnn,
+    evaluate_detection,
+    predict_detection,
+    train_detection,
+)
 from .metrics import coco_evaluate, confusion_matrix, segmentation_scores
-from .segmentation import (SegmentConfig, UPerNet, build_upernet, evaluate_segmentation, predict_segmentation,
-                           train_segmentation)  # fmt: skip
+from .segmentation import (
+    SegmentConfig,
+    UPerNet,
+    build_upernet,
+    evaluate_segmentation,
+    predict_segmentation,
+    train_segmentation,
+)
 
 __all__ = [
     "DetectConfig",

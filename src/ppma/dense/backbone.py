@@ -20,7 +20,7 @@ __all__ = ["create_backbone", "set_stage_checkpointing", "parse_stage_flags"]
 
 
 def parse_stage_flags(value: bool | str | Sequence[bool] | None, num_stages: int = 4) -> list[bool]:
-    """Per-stage booleans from ``True``/``False``, a list, or text like ``"all"``, ``"none"``, ``"1,2"`` (1-based stages).
+    """Per-stage booleans from ``True``/``False``, a list, or text: ``"all"``, ``"none"``, ``"1,2"`` (1-based).
 
     Raises:
         ValueError: a stage number outside 1..num_stages or a list of the wrong length.
@@ -38,7 +38,9 @@ def parse_stage_flags(value: bool | str | Sequence[bool] | None, num_stages: int
         try:
             stages = {int(s) for s in text.split(",") if s.strip()}
         except ValueError:
-            raise ValueError(f"grad_checkpointing: expected 'all', 'none' or stage numbers like '1,2', got {value!r}") from None
+            raise ValueError(
+                f"grad_checkpointing: expected 'all', 'none' or stage numbers like '1,2', got {value!r}"
+            ) from None
         if not stages <= set(range(1, num_stages + 1)):
             raise ValueError(f"grad_checkpointing: stages are numbered 1..{num_stages}, got {value!r}")
         return [i + 1 in stages for i in range(num_stages)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,16 @@ def _add_config_flags(p: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         hint = str(hints[f.name])
-        kw: dict[str, Any] = dict(dest=f"cfg_{f.name}", default=argparse.SUPPRESS, metavar=f.name.upper(),
-                                  help=_HELP.get(f.name, "") + f" (default {f.default!r})")  # fmt: skip
+        kw: dict[str, Any] = dict(
+            dest=f"cfg_{f.name}",
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper(),
+            help=_HELP.get(f.name, "") + f" (default {f.default!r})",
+        )
         if "bool" in hint:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **{k: v for k, v in kw.items() if k != "metavar"})
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, **{k: v for k, v in kw.items() if k != "metavar"}
+            )
         elif "tuple" in hint:
             p.add_argument(flag, type=_parse_tuple, **kw)
         elif "float" in hint:
@@ -67,8 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .detection import DetectConfig
     from .segmentation import SegmentConfig
 
-    for task, cls, what in (("detect", DetectConfig, "Mask R-CNN (torchvision) on a PPMA backbone, COCO format"),
-                            ("segment", SegmentConfig, "UPerNet on a PPMA backbone, ADE20K / Cityscapes layouts")):  # fmt: skip
+    for task, cls, what in (
+        ("detect", DetectConfig, "Mask R-CNN (torchvision) on a PPMA backbone, COCO format"),
+        ("segment", SegmentConfig, "UPerNet on a PPMA backbone, ADE20K / Cityscapes layouts"),
+    ):
         p = sub.add_parser(task, help=what, description=what)
         actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
         t = actions.add_parser("train", help="train (torchrun for several processes)")
@@ -99,6 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         r.set_defaults(func=_detect_predict if task == "detect" else _segment_predict)
 
 
+def _is_main() -> bool:
+    """Rank 0 of a torchrun launch, or a single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _write_json(path: str | None, scores: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -110,9 +124,11 @@ def _detect_train(args: argparse.Namespace) -> None:
 
     config = _config_from_args(DetectConfig, args)
     scores = train_detection(config)
-    if scores:
-        print(f"done: box mAP {100 * scores['bbox_mAP']:.1f}, mask mAP {100 * scores['segm_mAP']:.1f} "
-              f"(weights in {Path(config.output) / 'last.pth'})")  # fmt: skip
+    if scores and _is_main():
+        print(
+            f"done: box mAP {100 * scores['bbox_mAP']:.1f}, mask mAP {100 * scores['segm_mAP']:.1f} "
+            f"(weights in {Path(config.output) / 'last.pth'})"
+        )
 
 
 def _detect_eval(args: argparse.Namespace) -> None:
@@ -130,8 +146,10 @@ def _detect_eval(args: argparse.Namespace) -> None:
     if dataset.category_ids != meta["category_ids"]:
         raise ValueError(f"data: categories {dataset.category_ids} differ from the model's {meta['category_ids']}")
     scores = evaluate_detection(model, dataset, DistInfo(device=torch.device(args.device)))
-    print(f"{len(dataset)} images: box mAP {100 * scores['bbox_mAP']:.1f} (AP50 {100 * scores['bbox_mAP_50']:.1f}), "
-          f"mask mAP {100 * scores['segm_mAP']:.1f} (AP50 {100 * scores['segm_mAP_50']:.1f})")  # fmt: skip
+    print(
+        f"{len(dataset)} images: box mAP {100 * scores['bbox_mAP']:.1f} (AP50 {100 * scores['bbox_mAP_50']:.1f}), "
+        f"mask mAP {100 * scores['segm_mAP']:.1f} (AP50 {100 * scores['segm_mAP_50']:.1f})"
+    )
     _write_json(args.json, scores)
 
 
@@ -148,7 +166,7 @@ def _segment_train(args: argparse.Namespace) -> None:
 
     config = _config_from_args(SegmentConfig, args)
     scores = train_segmentation(config)
-    if scores:
+    if scores and _is_main():
         print(f"done: mIoU {100 * scores['mIoU']:.1f} (weights in {Path(config.output) / 'last.pth'})")
 
 
@@ -164,10 +182,13 @@ def _segment_eval(args: argparse.Namespace) -> None:
     config = dataclasses.replace(config, **changes).resolved()
     root, names = resolve_data(dataclasses.replace(config, num_classes=len(meta["class_names"])))
     dataset = make_dataset(root, config, len(names), train=False)
-    scores = evaluate_segmentation(model, dataset, multiscale=args.aug, flip=args.aug,
-                                   info=DistInfo(device=torch.device(args.device)))  # fmt: skip
-    print(f"{len(dataset)} images, {'multi-scale + flip' if args.aug else 'single scale'}: "
-          f"mIoU {100 * scores['mIoU']:.2f}  mAcc {100 * scores['mAcc']:.2f}  aAcc {100 * scores['aAcc']:.2f}")
+    scores = evaluate_segmentation(
+        model, dataset, multiscale=args.aug, flip=args.aug, info=DistInfo(device=torch.device(args.device))
+    )
+    print(
+        f"{len(dataset)} images, {'multi-scale + flip' if args.aug else 'single scale'}: "
+        f"mIoU {100 * scores['mIoU']:.2f}  mAcc {100 * scores['mAcc']:.2f}  aAcc {100 * scores['aAcc']:.2f}"
+    )
     for name, iou in zip(meta["class_names"], scores["IoU"]):
         print(f"  {name:20s} IoU {'   n/a' if iou != iou else f'{100 * iou:6.2f}'}")
     _write_json(args.json, scores)

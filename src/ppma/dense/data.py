@@ -30,8 +30,21 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["IGNORE", "IMAGENET_MEAN", "IMAGENET_STD", "CocoDetection", "SegmentationSet", "segmentation_pairs",
-           "read_class_names", "detection_collate", "segmentation_collate", "load_rgb", "normalize", "to_tensor", "palette"]  # fmt: skip
+__all__ = [
+    "IGNORE",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CocoDetection",
+    "SegmentationSet",
+    "segmentation_pairs",
+    "read_class_names",
+    "detection_collate",
+    "segmentation_collate",
+    "load_rgb",
+    "normalize",
+    "to_tensor",
+    "palette",
+]
 
 IGNORE = 255  # label of pixels that count for neither loss nor metric
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,10 +104,14 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
         if not {"image_id", "category_id", "bbox"} <= set(ann):
             raise ValueError(f"annotations {path}: annotations[{i}] lacks one of image_id, category_id, bbox")
         if ann["image_id"] not in image_ids:
-            raise ValueError(f"annotations {path}: annotations[{i}] refers to image_id {ann['image_id']}, not in 'images'")
+            raise ValueError(
+                f"annotations {path}: annotations[{i}] refers to image_id {ann['image_id']}, not in 'images'"
+            )
         if ann["category_id"] not in cat_ids:
-            raise ValueError(f"annotations {path}: annotations[{i}] has category_id {ann['category_id']}, "
-                             f"not in 'categories' {sorted(cat_ids)}")  # fmt: skip
+            raise ValueError(
+                f"annotations {path}: annotations[{i}] has category_id {ann['category_id']}, "
+                f"not in 'categories' {sorted(cat_ids)}"
+            )
         box = ann["bbox"]
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
             raise ValueError(f"annotations {path}: annotations[{i}] bbox must be [x, y, w, h], got {box!r}")
@@ -129,8 +146,9 @@ class CocoDetection(Dataset):
     ``image_id``. ``category_ids[label - 1]`` gives the COCO category id back.
     """
 
-    def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, train: bool = False,
-                 with_masks: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, train: bool = False, with_masks: bool = True
+    ) -> None:
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"images: no folder at {self.image_dir}")
@@ -143,8 +161,10 @@ class CocoDetection(Dataset):
         self.label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
         missing = [im["file_name"] for im in self.data["images"] if not (self.image_dir / im["file_name"]).is_file()]
         if missing:
-            raise FileNotFoundError(f"images: {len(missing)} image(s) listed in {self.ann_file} are not in "
-                                    f"{self.image_dir}, e.g. {missing[0]}")  # fmt: skip
+            raise FileNotFoundError(
+                f"images: {len(missing)} image(s) listed in {self.ann_file} are not in "
+                f"{self.image_dir}, e.g. {missing[0]}"
+            )
         ids = sorted(self.coco.imgs)
         if train:
             usable = [i for i in ids if any(self._usable(a) for a in self.coco.imgToAnns.get(i, []))]
@@ -171,8 +191,10 @@ class CocoDetection(Dataset):
         info = self.coco.imgs[image_id]
         pil = load_rgb(self.image_dir / info["file_name"])
         if (pil.height, pil.width) != (info["height"], info["width"]):
-            raise ValueError(f"image {info['file_name']}: file is {pil.width}x{pil.height} but {self.ann_file} says "
-                             f"{info['width']}x{info['height']}")  # fmt: skip
+            raise ValueError(
+                f"image {info['file_name']}: file is {pil.width}x{pil.height} but {self.ann_file} says "
+                f"{info['width']}x{info['height']}"
+            )
         image = to_tensor(pil)
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -187,8 +209,10 @@ class CocoDetection(Dataset):
         if self.with_masks:
             for a in anns:
                 if "segmentation" not in a:
-                    raise ValueError(f"annotations {self.ann_file}: annotation {a['id']} has no 'segmentation' "
-                                     f"(Mask R-CNN needs instance masks)")  # fmt: skip
+                    raise ValueError(
+                        f"annotations {self.ann_file}: annotation {a['id']} has no 'segmentation' "
+                        f"(Mask R-CNN needs instance masks)"
+                    )
             masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, pil.height, pil.width))
             target["masks"] = torch.from_numpy(masks.astype(np.uint8))
         if self.train and random.random() < 0.5:  # horizontal flip
@@ -252,10 +276,13 @@ def segmentation_pairs(root: str | os.PathLike, split: str, layout: str) -> list
         for d in (img_dir, ann_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"{layout} data: no folder {d}")
-        images = {str(p.relative_to(img_dir)).removesuffix("_leftImg8bit.png"): p
-                  for p in img_dir.glob("*/*_leftImg8bit.png")}  # fmt: skip
-        labels = {str(p.relative_to(ann_dir)).removesuffix("_gtFine_labelTrainIds.png"): p
-                  for p in ann_dir.glob("*/*_gtFine_labelTrainIds.png")}  # fmt: skip
+        images = {
+            str(p.relative_to(img_dir)).removesuffix("_leftImg8bit.png"): p for p in img_dir.glob("*/*_leftImg8bit.png")
+        }
+        labels = {
+            str(p.relative_to(ann_dir)).removesuffix("_gtFine_labelTrainIds.png"): p
+            for p in ann_dir.glob("*/*_gtFine_labelTrainIds.png")
+        }
     else:
         raise ValueError(f"layout: expected 'ade20k' or 'cityscapes', got {layout!r}")
     if not images:
@@ -263,12 +290,14 @@ def segmentation_pairs(root: str | os.PathLike, split: str, layout: str) -> list
     lonely_images, lonely_labels = sorted(set(images) - set(labels)), sorted(set(labels) - set(images))
     if lonely_images or lonely_labels:
         what = lonely_images[0] if lonely_images else lonely_labels[0]
-        raise ValueError(f"{layout} data: {len(lonely_images)} image(s) without a label and {len(lonely_labels)} "
-                         f"label(s) without an image in {root} (split {split}), e.g. {what}")  # fmt: skip
+        raise ValueError(
+            f"{layout} data: {len(lonely_images)} image(s) without a label and {len(lonely_labels)} "
+            f"label(s) without an image in {root} (split {split}), e.g. {what}"
+        )
     return [(images[k], labels[k]) for k in sorted(images)]
 
 
-def _resize_keep_ratio_scale(h: int, w: int, scale: tuple[int, int]) -> float:
+def keep_ratio_scale(h: int, w: int, scale: tuple[int, int]) -> float:
     """MMSegmentation's keep-ratio rescale factor: fit (h, w) inside (long, short) = ``scale``."""
     long_edge, short_edge = max(scale), min(scale)
     return min(long_edge / max(h, w), short_edge / min(h, w))
@@ -294,9 +323,16 @@ class SegmentationSet(Dataset):
     Items: ``(image (3, h, w) float normalised, label (H, W) int64)``.
     """
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], num_classes: int, reduce_zero_label: bool, train: bool,
-                 crop_size: tuple[int, int] = (512, 512), scale: tuple[int, int] = (2048, 512),
-                 ratio_range: tuple[float, float] = (0.5, 2.0)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        num_classes: int,
+        reduce_zero_label: bool,
+        train: bool,
+        crop_size: tuple[int, int] = (512, 512),
+        scale: tuple[int, int] = (2048, 512),
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+    ) -> None:
         if not pairs:
             raise ValueError("segmentation data: no (image, label) pairs")
         if num_classes < 1 or num_classes >= IGNORE:
@@ -319,28 +355,32 @@ class SegmentationSet(Dataset):
         if label.ndim != 2:
             raise ValueError(f"label {ann_path}: expected a single-channel class-index PNG, got shape {label.shape}")
         if label.shape != (image.height, image.width):
-            raise ValueError(f"label {ann_path}: size {label.shape[1]}x{label.shape[0]} differs from its image "
-                             f"{img_path.name} ({image.width}x{image.height})")  # fmt: skip
+            raise ValueError(
+                f"label {ann_path}: size {label.shape[1]}x{label.shape[0]} differs from its image "
+                f"{img_path.name} ({image.width}x{image.height})"
+            )
         label = torch.from_numpy(label)
         if self.reduce_zero_label:  # ADE20K: 0 = other -> ignore, 1..K -> 0..K-1
             label = torch.where(label == 0, IGNORE, label - 1)
         valid = label[label != IGNORE]
         if valid.numel() and valid.max() >= self.num_classes:
             raw = int(valid.max()) + (1 if self.reduce_zero_label else 0)
-            raise ValueError(f"label {ann_path}: class {raw} found but the dataset has {self.num_classes} classes "
-                             f"(check --num-classes / classes.json)")  # fmt: skip
+            raise ValueError(
+                f"label {ann_path}: class {raw} found but the dataset has {self.num_classes} classes "
+                f"(check --num-classes / classes.json)"
+            )
         return image, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         pil, label = self.read(index)
         image = to_tensor(pil)
         if not self.train:
-            s = _resize_keep_ratio_scale(pil.height, pil.width, self.scale)
+            s = keep_ratio_scale(pil.height, pil.width, self.scale)
             size = (max(1, round(pil.height * s)), max(1, round(pil.width * s)))
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             return normalize(image), label
         ratio = random.uniform(*self.ratio_range)
-        s = _resize_keep_ratio_scale(pil.height, pil.width, (int(self.scale[0] * ratio), int(self.scale[1] * ratio)))
+        s = keep_ratio_scale(pil.height, pil.width, (int(self.scale[0] * ratio), int(self.scale[1] * ratio)))
         size = (max(1, round(pil.height * s)), max(1, round(pil.width * s)))
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()

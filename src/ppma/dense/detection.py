@@ -33,12 +33,31 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from ..errors import PPMAError
 from .backbone import create_backbone
 from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import (DistInfo, autocast, cleanup_distributed, load_state, log_line, param_groups, read_run_info,
-                     save_state, seed_everything, setup_distributed, unwrap)  # fmt: skip
+from .engine import (
+    DistInfo,
+    autocast,
+    cleanup_distributed,
+    load_state,
+    log_line,
+    main_process_first,
+    param_groups,
+    read_run_info,
+    save_state,
+    seed_everything,
+    setup_distributed,
+    unwrap,
+)
 from .metrics import coco_evaluate
 
-__all__ = ["DetectConfig", "PPMABackboneWithFPN", "build_mask_rcnn", "train_detection", "evaluate_detection",
-           "predict_detection", "model_from_checkpoint"]  # fmt: skip
+__all__ = [
+    "DetectConfig",
+    "PPMABackboneWithFPN",
+    "build_mask_rcnn",
+    "train_detection",
+    "evaluate_detection",
+    "predict_detection",
+    "model_from_checkpoint",
+]
 
 
 @dataclass
@@ -91,8 +110,19 @@ class DetectConfig:
     @classmethod
     def builtin_example(cls) -> DetectConfig:
         """The built-in coins run: ppma_nano, light heads, small images, a short schedule (a few CPU minutes)."""
-        return cls(data="builtin", output="runs/detect_coins", backbone="ppma_nano", heads="light", epochs=12,
-                   lr_steps=(8, 11), lr=1e-3, warmup_iters=50, min_size=256, max_size=640, workers=0)  # fmt: skip
+        return cls(
+            data="builtin",
+            output="runs/detect_coins",
+            backbone="ppma_nano",
+            heads="light",
+            epochs=12,
+            lr_steps=(8, 11),
+            lr=1e-3,
+            warmup_iters=50,
+            min_size=256,
+            max_size=640,
+            workers=0,
+        )
 
 
 _SHOWN = ("epoch", "iteration", "seconds", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")  # printed scores
@@ -100,10 +130,17 @@ _SHOWN = ("epoch", "iteration", "seconds", "bbox_mAP", "bbox_mAP_50", "segm_mAP"
 # Head widths: the published Mask R-CNN, and a light one for CPU examples (fewer RoIs and channels).
 HEADS: dict[str, dict[str, Any]] = {
     "published": {},
-    "light": dict(fpn_channels=64, box_head_dim=256, mask_head_dims=(64, 64), box_batch_size_per_image=128,
-                  rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
-                  rpn_post_nms_top_n_test=100),
-}  # fmt: skip
+    "light": dict(
+        fpn_channels=64,
+        box_head_dim=256,
+        mask_head_dims=(64, 64),
+        box_batch_size_per_image=128,
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+    ),
+}
 
 
 class PPMABackboneWithFPN(nn.Module):
@@ -163,11 +200,19 @@ def build_mask_rcnn(
             sizes = (*sizes, min_size)
     box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)  # on 7x7 RoIAlign features
     mask_head = MaskRCNNHeads(fpn_channels, list(mask_head_dims), dilation=1)  # on 14x14 RoIAlign features
-    return MaskRCNN(PPMABackboneWithFPN(body, fpn_channels), num_classes=None, min_size=sizes,
-                    max_size=max_size, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-                    box_head=box_head, box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1),
-                    mask_head=mask_head, mask_predictor=MaskRCNNPredictor(mask_head_dims[-1], mask_head_dims[-1],
-                                                                          num_classes + 1), **kwargs)  # fmt: skip
+    return MaskRCNN(
+        PPMABackboneWithFPN(body, fpn_channels),
+        num_classes=None,
+        min_size=sizes,
+        max_size=max_size,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1),
+        mask_head=mask_head,
+        mask_predictor=MaskRCNNPredictor(mask_head_dims[-1], mask_head_dims[-1], num_classes + 1),
+        **kwargs,
+    )
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -225,19 +270,38 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
     seed_everything(config.seed + info.rank)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    root, train_split, val_split = resolve_data(config)
+    with main_process_first(info):  # rank 0 writes the built-in set, if asked for, before the others read it
+        root, train_split, val_split = resolve_data(config)
     train_set = coco_split(root, train_split, train=True)
     val_set = coco_split(root, val_split, train=False)
     if val_set.category_ids != train_set.category_ids:
         raise ValueError(f"data: train and val categories differ ({train_set.category_ids} vs {val_set.category_ids})")
-    model = build_mask_rcnn(train_set.num_classes, config.backbone, config.pretrained or None, config.min_size,
-                            config.max_size, bool(config.multiscale), config.grad_checkpointing,
-                            config.drop_path_rate, **HEADS[config.heads]).to(info.device)  # fmt: skip
+    model = build_mask_rcnn(
+        train_set.num_classes,
+        config.backbone,
+        config.pretrained or None,
+        config.min_size,
+        config.max_size,
+        bool(config.multiscale),
+        config.grad_checkpointing,
+        config.drop_path_rate,
+        **HEADS[config.heads],
+    ).to(info.device)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-    sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.seed) \
-        if info.distributed else None  # fmt: skip
-    loader = DataLoader(train_set, config.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=config.workers, collate_fn=detection_collate, drop_last=False)  # fmt: skip
+    sampler = (
+        DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.seed)
+        if info.distributed
+        else None
+    )
+    loader = DataLoader(
+        train_set,
+        config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=detection_collate,
+        drop_last=False,
+    )
     iters_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, iters_per_epoch))
     meta = dict(task="detect", class_names=train_set.class_names, category_ids=train_set.category_ids)
@@ -250,14 +314,17 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
     elif config.resume and config.resume != "auto":
         raise FileNotFoundError(f"resume: no checkpoint at {config.resume}")
     if info.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
-                                                    else None)  # fmt: skip
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
     if info.is_main:
         (out / "config.json").write_text(json.dumps(dict(vars(config)), indent=2, default=str))
         if not config.quiet:
-            print(f"detect: {len(train_set)} train images ({train_set.skipped} without annotations skipped), "
-                  f"{len(val_set)} val images, {train_set.num_classes} classes, {config.epochs} epochs "
-                  f"x {iters_per_epoch} iterations, device {info.device}, {info.world_size} process(es)")  # fmt: skip
+            print(
+                f"detect: {len(train_set)} train images ({train_set.skipped} without annotations skipped), "
+                f"{len(val_set)} val images, {train_set.num_classes} classes, {config.epochs} epochs "
+                f"x {iters_per_epoch} iterations, device {info.device}, {info.world_size} process(es)"
+            )
     scores: dict[str, float] = {}
     it = progress["iteration"]
     done = False
@@ -282,8 +349,17 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
             scheduler.step()
             it += 1
             if info.is_main and (it % 20 == 0 or it == 1):
-                log_line(out, dict(epoch=epoch, iteration=it, lr=scheduler.get_last_lr()[0], loss=loss.item(),
-                                   **{k: v.item() for k, v in losses.items()}), config.quiet)  # fmt: skip
+                log_line(
+                    out,
+                    dict(
+                        epoch=epoch,
+                        iteration=it,
+                        lr=scheduler.get_last_lr()[0],
+                        loss=loss.item(),
+                        **{k: v.item() for k, v in losses.items()},
+                    ),
+                    config.quiet,
+                )
             if config.max_iters and it >= config.max_iters:
                 done = True
                 break
@@ -293,8 +369,12 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
         if done or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             scores = evaluate_detection(unwrap(model), val_set, info, config.amp)
             if info.is_main:
-                log_line(out, dict(epoch=epoch + 1, iteration=it, seconds=round(time.time() - t0, 1), **scores),
-                         config.quiet, show=_SHOWN)  # fmt: skip
+                log_line(
+                    out,
+                    dict(epoch=epoch + 1, iteration=it, seconds=round(time.time() - t0, 1), **scores),
+                    config.quiet,
+                    show=_SHOWN,
+                )
         if done:
             break
     return scores
@@ -314,8 +394,12 @@ def _to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_id
     results = []
     for i in range(len(boxes)):
         x0, y0, x1, y1 = boxes[i].tolist()
-        r = dict(image_id=int(image_id), category_id=int(category_ids[labels[i] - 1]), score=float(scores[i]),
-                 bbox=[x0, y0, x1 - x0, y1 - y0])  # fmt: skip
+        r = dict(
+            image_id=int(image_id),
+            category_id=int(category_ids[labels[i] - 1]),
+            score=float(scores[i]),
+            bbox=[x0, y0, x1 - x0, y1 - y0],
+        )
         if masks is not None:
             rle = mask_utils.encode(np.asfortranarray(masks[i].astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")  # bytes -> str: JSON-able
@@ -325,8 +409,9 @@ def _to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_id
 
 
 @torch.no_grad()
-def evaluate_detection(model: MaskRCNN, dataset: CocoDetection, info: DistInfo | None = None, amp: bool = False,
-                       batch_size: int = 1) -> dict[str, float]:  # fmt: skip
+def evaluate_detection(
+    model: MaskRCNN, dataset: CocoDetection, info: DistInfo | None = None, amp: bool = False, batch_size: int = 1
+) -> dict[str, float]:
     """COCO box and mask mAP of ``model`` on ``dataset`` (each rank scores its share; rank 0 gathers).
 
     Returns:
@@ -334,8 +419,10 @@ def evaluate_detection(model: MaskRCNN, dataset: CocoDetection, info: DistInfo |
     """
     info = info or DistInfo(device=next(model.parameters()).device)
     if len(dataset.category_ids) != model.roi_heads.box_predictor.cls_score.out_features - 1:
-        raise ValueError(f"data: {len(dataset.category_ids)} categories but the model predicts "
-                         f"{model.roi_heads.box_predictor.cls_score.out_features - 1} classes")  # fmt: skip
+        raise ValueError(
+            f"data: {len(dataset.category_ids)} categories but the model predicts "
+            f"{model.roi_heads.box_predictor.cls_score.out_features - 1} classes"
+        )
     was_training = model.training
     model.eval()
     share = Subset(dataset, range(info.rank, len(dataset), info.world_size))  # no padding: no duplicate images
@@ -354,20 +441,33 @@ def evaluate_detection(model: MaskRCNN, dataset: CocoDetection, info: DistInfo |
     return coco_evaluate(dataset.coco, results, ("bbox", "segm"))
 
 
-def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu", weights: bool = True) -> tuple[MaskRCNN, dict, dict]:
+def model_from_checkpoint(
+    path: str | os.PathLike, device: str = "cpu", weights: bool = True
+) -> tuple[MaskRCNN, dict, dict]:
     """Rebuild a trained Mask R-CNN from its ``last.pth``: (model in eval mode, config dict, meta dict)."""
     config, meta = read_run_info(path)
     if meta.get("task") != "detect":
         raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma detect train'")
-    model = build_mask_rcnn(len(meta["class_names"]), config["backbone"], None, config["min_size"],
-                            config["max_size"], **HEADS[config.get("heads", "published")])  # fmt: skip
+    model = build_mask_rcnn(
+        len(meta["class_names"]),
+        config["backbone"],
+        None,
+        config["min_size"],
+        config["max_size"],
+        **HEADS[config.get("heads", "published")],
+    )
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
         load_state(path, model)
     return model.to(device).eval(), config, meta
 
 
-def predict_detection(checkpoint: str | os.PathLike, images: list[str | os.PathLike], output: str | os.PathLike,
-                      score_threshold: float = 0.5, device: str = "cpu") -> list[dict]:  # fmt: skip
+def predict_detection(
+    checkpoint: str | os.PathLike,
+    images: list[str | os.PathLike],
+    output: str | os.PathLike,
+    score_threshold: float = 0.5,
+    device: str = "cpu",
+) -> list[dict]:
     """Detect objects in image files and draw boxes, labels and masks on them (``output/NAME_pred.png``).
 
     Returns:
@@ -396,8 +496,14 @@ def predict_detection(checkpoint: str | os.PathLike, images: list[str | os.PathL
             canvas = draw_bounding_boxes(canvas, boxes, labels=text, colors=cols, width=2)
         dst = out_dir / f"{Path(path).stem}_pred.png"
         Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(dst)  # CHW -> HWC
-        records.append(dict(file=str(path), drawn=str(dst), boxes=boxes.tolist(),
-                            labels=[names[int(lab) - 1] for lab in labels], scores=scores.tolist()))  # fmt: skip
+        records.append(
+            dict(
+                file=str(path),
+                drawn=str(dst),
+                boxes=boxes.tolist(),
+                labels=[names[int(lab) - 1] for lab in labels],
+                scores=scores.tolist(),
+            )
+        )
     (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
     return records
-

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,21 @@ import torch.nn as nn
 
 from ..checkpoint import atomic_save, read_checkpoint
 
-__all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "autocast", "param_groups", "save_state",
-           "load_state", "read_run_info", "seed_everything", "unwrap", "log_line", "pick_device"]  # fmt: skip
+__all__ = [
+    "DistInfo",
+    "setup_distributed",
+    "cleanup_distributed",
+    "autocast",
+    "param_groups",
+    "save_state",
+    "load_state",
+    "main_process_first",
+    "read_run_info",
+    "seed_everything",
+    "unwrap",
+    "log_line",
+    "pick_device",
+]
 
 
 @dataclass
@@ -83,6 +97,16 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+@contextlib.contextmanager
+def main_process_first(info: DistInfo) -> Iterator[None]:
+    """Rank 0 runs the body first (e.g. writes the built-in data set), the other ranks after it."""
+    if info.distributed and not info.is_main:
+        dist.barrier()
+    yield
+    if info.distributed and info.is_main:
+        dist.barrier()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -107,8 +131,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, progress: dict[str, Any], config: Any, meta: dict[str, Any] | None = None) -> None:  # fmt: skip
+def save_state(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: dict[str, Any],
+    config: Any,
+    meta: dict[str, Any] | None = None,
+) -> None:
     """Write a resumable checkpoint atomically: weights (``model``), optimizer, scheduler, progress, config.
 
     ``config`` (a dataclass) and ``meta`` (class names, ...) are stored as JSON text, so the file
@@ -126,15 +157,18 @@ def save_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim
     atomic_save(state, path)
 
 
-def load_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-               scheduler: Any = None) -> dict[str, Any]:  # fmt: skip
+def load_state(
+    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None
+) -> dict[str, Any]:
     """Restore what ``save_state`` wrote; returns its ``progress`` dict (empty for a weights-only file)."""
     state = read_checkpoint(path)
     weights = state.get("model", state)
     missing, unexpected = unwrap(model).load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-                         f" (was it written for another backbone or class count?)")  # fmt: skip
+        raise ValueError(
+            f"checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f" (was it written for another backbone or class count?)"
+        )
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and "scheduler" in state:
@@ -152,8 +186,10 @@ def read_run_info(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, An
     """
     state = read_checkpoint(path)
     if not isinstance(state.get("config"), str) or not isinstance(state.get("meta"), str):
-        raise ValueError(f"checkpoint {path}: not a dense-task training checkpoint (no config/meta); "
-                         f"backbone-only files go to --pretrained")  # fmt: skip
+        raise ValueError(
+            f"checkpoint {path}: not a dense-task training checkpoint (no config/meta); "
+            f"backbone-only files go to --pretrained"
+        )
     return json.loads(state["config"]), json.loads(state["meta"])
 
 
@@ -165,4 +201,3 @@ def log_line(out_dir: Path | None, record: dict[str, Any], quiet: bool = False, 
     if out_dir is not None:
         with open(out_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-

@@ -106,8 +106,17 @@ def build_coins_detection(root: str | Path, train_crops: int = 12, seed: int = 0
                 x0, y0, w, h = (float(v) for v in mask_utils.toBbox(rle))
                 rle["counts"] = rle["counts"].decode("ascii")
                 crowd = int(m.sum() < 0.6 * full_area[int(i)])  # cut by the edge: ignore, do not score
-                anns.append(dict(id=len(anns) + 1, image_id=k + 1, category_id=1, bbox=[x0, y0, w, h],
-                                 area=float(m.sum()), iscrowd=crowd, segmentation=rle))  # fmt: skip
+                anns.append(
+                    dict(
+                        id=len(anns) + 1,
+                        image_id=k + 1,
+                        category_id=1,
+                        bbox=[x0, y0, w, h],
+                        area=float(m.sum()),
+                        iscrowd=crowd,
+                        segmentation=rle,
+                    )
+                )
         data = dict(images=images, annotations=anns, categories=[dict(id=1, name="coin", supercategory="object")])
         tmp = root / "annotations" / f".instances_{split}.json.tmp"
         tmp.write_text(json.dumps(data))
@@ -141,10 +150,13 @@ def build_builtin_segmentation(root: str | Path) -> Path:
     splits = {
         "training": list(zip(_variants(coins[:cut]), _variants(coin_labels[:cut])))
         + list(zip(_variants(page[:, :_PAGE_COLS_SPLIT]), _variants(page_labels[:, :_PAGE_COLS_SPLIT]))),
-        "validation": [(coins[cut - 3 :], coin_labels[cut - 3 :]), (coins[cut - 3 :, ::-1], coin_labels[cut - 3 :, ::-1]),
-                       (page[:, _PAGE_COLS_SPLIT:], page_labels[:, _PAGE_COLS_SPLIT:]),
-                       (page[:, _PAGE_COLS_SPLIT:][:, ::-1], page_labels[:, _PAGE_COLS_SPLIT:][:, ::-1])],
-    }  # fmt: skip
+        "validation": [
+            (coins[cut - 3 :], coin_labels[cut - 3 :]),
+            (coins[cut - 3 :, ::-1], coin_labels[cut - 3 :, ::-1]),
+            (page[:, _PAGE_COLS_SPLIT:], page_labels[:, _PAGE_COLS_SPLIT:]),
+            (page[:, _PAGE_COLS_SPLIT:][:, ::-1], page_labels[:, _PAGE_COLS_SPLIT:][:, ::-1]),
+        ],
+    }
     for split, items in splits.items():
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "annotations" / split).mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,13 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure_backbone_memory(name: str = "ppma_tiny", size: tuple[int, int] = (800, 1344), batch: int = 1,
-                            train: bool = False, grad_checkpointing: str | None = None) -> dict[str, float]:  # fmt: skip
+def measure_backbone_memory(
+    name: str = "ppma_tiny",
+    size: tuple[int, int] = (800, 1344),
+    batch: int = 1,
+    train: bool = False,
+    grad_checkpointing: str | None = None,
+) -> dict[str, float]:
     """Peak extra resident memory of one backbone pass over a (batch, 3, H, W) input, in MiB.
 
     ``train``: forward with autograd, then backward (train-mode BatchNorm); otherwise ``torch.no_grad``.
@@ -53,9 +58,17 @@ def measure_backbone_memory(name: str = "ppma_tiny", size: tuple[int, int] = (80
         with torch.no_grad():
             feats = backbone(x)
     seconds = time.time() - t0
-    return dict(model=name, height=size[0], width=size[1], batch=batch, train=train,
-                grad_checkpointing=grad_checkpointing or "none", baseline_mib=round(before, 1),
-                peak_extra_mib=round(_peak_rss_mib() - before, 1), seconds=round(seconds, 1))  # fmt: skip
+    return dict(
+        model=name,
+        height=size[0],
+        width=size[1],
+        batch=batch,
+        train=train,
+        grad_checkpointing=grad_checkpointing or "none",
+        baseline_mib=round(before, 1),
+        peak_extra_mib=round(_peak_rss_mib() - before, 1),
+        seconds=round(seconds, 1),
+    )
 
 
 def main() -> None:

@@ -15,7 +15,20 @@ import torch
 __all__ = ["COCO_STAT_NAMES", "coco_evaluate", "confusion_matrix", "segmentation_scores"]
 
 # The 12 numbers COCOeval.summarize() prints, in its order.
-COCO_STAT_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l", "AR_1", "AR_10", "AR_100", "AR_s", "AR_m", "AR_l")
+COCO_STAT_NAMES = (
+    "mAP",
+    "mAP_50",
+    "mAP_75",
+    "mAP_s",
+    "mAP_m",
+    "mAP_l",
+    "AR_1",
+    "AR_10",
+    "AR_100",
+    "AR_s",
+    "AR_m",
+    "AR_l",
+)
 
 
 def coco_evaluate(coco_gt: Any, results: list[dict], iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict[str, float]:
@@ -52,7 +65,9 @@ def coco_evaluate(coco_gt: Any, results: list[dict], iou_types: tuple[str, ...] 
     return scores
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """Pixel confusion matrix, rows = true class, columns = predicted class.
 
     Args:

@@ -34,14 +34,48 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import PPMAError
 from .backbone import create_backbone
-from .data import (ADE20K_CLASSES, CITYSCAPES_CLASSES, IGNORE, SegmentationSet, _resize_keep_ratio_scale, load_rgb,
-                   normalize, palette, read_class_names, segmentation_collate, segmentation_pairs, to_tensor)  # fmt: skip
-from .engine import (DistInfo, autocast, cleanup_distributed, load_state, log_line, param_groups, read_run_info,
-                     save_state, seed_everything, setup_distributed, unwrap)  # fmt: skip
+from .data import (
+    ADE20K_CLASSES,
+    CITYSCAPES_CLASSES,
+    IGNORE,
+    SegmentationSet,
+    keep_ratio_scale,
+    load_rgb,
+    normalize,
+    palette,
+    read_class_names,
+    segmentation_collate,
+    segmentation_pairs,
+    to_tensor,
+)
+from .engine import (
+    DistInfo,
+    autocast,
+    cleanup_distributed,
+    load_state,
+    log_line,
+    main_process_first,
+    param_groups,
+    read_run_info,
+    save_state,
+    seed_everything,
+    setup_distributed,
+    unwrap,
+)
 from .metrics import confusion_matrix, segmentation_scores
 
-__all__ = ["SegmentConfig", "UPerHead", "FCNHead", "UPerNet", "build_upernet", "train_segmentation",
-           "evaluate_segmentation", "predict_segmentation", "infer_logits", "MS_RATIOS"]  # fmt: skip
+__all__ = [
+    "SegmentConfig",
+    "UPerHead",
+    "FCNHead",
+    "UPerNet",
+    "build_upernet",
+    "train_segmentation",
+    "evaluate_segmentation",
+    "predict_segmentation",
+    "infer_logits",
+    "MS_RATIOS",
+]
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the published multi-scale test ratios
 
@@ -73,8 +107,14 @@ class UPerHead(nn.Module):
     Input: four (B, C_i, H_i, W_i) maps; output: (B, K, H_0, W_0) logits at the first map's size.
     """
 
-    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: int,
+        num_classes: int,
+        pool_scales: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.psp_modules = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels[-1], channels, 1)) for s in pool_scales
@@ -120,8 +160,9 @@ class UPerNet(nn.Module):
     returns ``(logits, aux_logits)``, both at (H, W).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, channels: int = 512, aux_channels: int = 256,
-                 aux_index: int = 2) -> None:  # fmt: skip
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, channels: int = 512, aux_channels: int = 256, aux_index: int = 2
+    ) -> None:
         super().__init__()
         in_channels = backbone.feature_info.channels()
         self.backbone = backbone
@@ -138,10 +179,16 @@ class UPerNet(nn.Module):
         return logits
 
 
-def build_upernet(num_classes: int, backbone: str = "ppma_tiny", pretrained: str | None = None,
-                  grad_checkpointing: bool | str | Sequence[bool] | None = None, drop_path_rate: float | None = None,
-                  channels: int = 512, aux_channels: int = 256) -> UPerNet:  # fmt: skip
-    """UPerNet on a PPMA backbone (``pretrained``: see ``ppma.dense.backbone.create_backbone``); ``aux_channels=0``: no aux head."""
+def build_upernet(
+    num_classes: int,
+    backbone: str = "ppma_tiny",
+    pretrained: str | None = None,
+    grad_checkpointing: bool | str | Sequence[bool] | None = None,
+    drop_path_rate: float | None = None,
+    channels: int = 512,
+    aux_channels: int = 256,
+) -> UPerNet:
+    """UPerNet on a PPMA backbone (``pretrained``: see ``create_backbone``); ``aux_channels=0``: no aux head."""
     if num_classes < 1:
         raise ValueError(f"num_classes: expected at least 1, got {num_classes}")
     body = create_backbone(backbone, pretrained, grad_checkpointing, drop_path_rate)
@@ -202,9 +249,22 @@ class SegmentConfig:
     @classmethod
     def builtin_example(cls) -> SegmentConfig:
         """The built-in coins + page run: ppma_nano, 128x128 crops, narrow heads, a few CPU minutes."""
-        return cls(data="builtin", output="runs/segment_builtin", backbone="ppma_nano", iters=500, lr=1e-3,
-                   weight_decay=0.01, warmup_iters=30, batch_size=4, crop_size=128, scale=(512, 128), channels=64,
-                   aux_channels=32, eval_every=100, workers=0)  # fmt: skip
+        return cls(
+            data="builtin",
+            output="runs/segment_builtin",
+            backbone="ppma_nano",
+            iters=500,
+            lr=1e-3,
+            weight_decay=0.01,
+            warmup_iters=30,
+            batch_size=4,
+            crop_size=128,
+            scale=(512, 128),
+            channels=64,
+            aux_channels=32,
+            eval_every=100,
+            workers=0,
+        )
 
 
 def resolve_data(config: SegmentConfig) -> tuple[Path, list[str]]:
@@ -220,7 +280,9 @@ def resolve_data(config: SegmentConfig) -> tuple[Path, list[str]]:
     if not root.is_dir():
         raise FileNotFoundError(f"data: no folder at {root}")
     names = read_class_names(root)
-    k = config.num_classes or (len(names) if names else ADE20K_CLASSES if config.layout == "ade20k" else CITYSCAPES_CLASSES)
+    k = config.num_classes or (
+        len(names) if names else ADE20K_CLASSES if config.layout == "ade20k" else CITYSCAPES_CLASSES
+    )
     if names and len(names) != k:
         raise ValueError(f"num_classes: {k} given but {root / 'classes.json'} names {len(names)} classes")
     return root, names or [f"class_{i}" for i in range(k)]
@@ -230,8 +292,9 @@ def make_dataset(root: Path, config: SegmentConfig, num_classes: int, train: boo
     split = config.train_split if train else config.val_split
     pairs = segmentation_pairs(root, split, config.layout)
     crop = (config.crop_size, config.crop_size)
-    return SegmentationSet(pairs, num_classes, reduce_zero_label=config.layout == "ade20k", train=train,
-                           crop_size=crop, scale=config.scale)  # fmt: skip
+    return SegmentationSet(
+        pairs, num_classes, reduce_zero_label=config.layout == "ade20k", train=train, crop_size=crop, scale=config.scale
+    )
 
 
 # ---- training ----------------------------------------------------------------------------------------------
@@ -250,8 +313,9 @@ def _lr_lambda(config: SegmentConfig):
     return factor
 
 
-def segmentation_loss(outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], label: torch.Tensor,
-                      aux_weight: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def segmentation_loss(
+    outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], label: torch.Tensor, aux_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy (``IGNORE`` skipped) of the main logits plus ``aux_weight`` times the auxiliary one's."""
     main, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
     loss_main = F.cross_entropy(main.float(), label, ignore_index=IGNORE)
@@ -273,6 +337,11 @@ def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
     config = config.resolved()
     info = setup_distributed(config.device)
     try:
+        if config.batch_size < 2 and not (info.distributed and info.device.type == "cuda"):
+            raise ValueError(
+                f"batch_size: the heads' BatchNorm (the 1x1 pyramid pooling level) needs at least 2 images "
+                f"per step, got {config.batch_size} (1 per GPU works only with SyncBatchNorm: multi-GPU)"
+            )
         return _train(config, info)
     finally:
         cleanup_distributed()
@@ -291,11 +360,19 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
     seed_everything(config.seed + info.rank)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    root, names = resolve_data(config)
+    with main_process_first(info):  # rank 0 writes the built-in set, if asked for, before the others read it
+        root, names = resolve_data(config)
     train_set = make_dataset(root, config, len(names), train=True)
     val_set = make_dataset(root, config, len(names), train=False)
-    model = build_upernet(len(names), config.backbone, config.pretrained or None, config.grad_checkpointing,
-                          config.drop_path_rate, config.channels, config.aux_channels).to(info.device)  # fmt: skip
+    model = build_upernet(
+        len(names),
+        config.backbone,
+        config.pretrained or None,
+        config.grad_checkpointing,
+        config.drop_path_rate,
+        config.channels,
+        config.aux_channels,
+    ).to(info.device)
     if info.distributed and info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all GPUs, as published
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
@@ -310,20 +387,34 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
     elif config.resume and config.resume != "auto":
         raise FileNotFoundError(f"resume: no checkpoint at {config.resume}")
     if info.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
-                                                    else None)  # fmt: skip
-    sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.seed) \
-        if info.distributed else None  # fmt: skip
-    loader = DataLoader(train_set, config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                        num_workers=config.workers, collate_fn=segmentation_collate)  # fmt: skip
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    sampler = (
+        DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.seed)
+        if info.distributed
+        else None
+    )
+    loader = DataLoader(
+        train_set,
+        config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=config.workers,
+        collate_fn=segmentation_collate,
+    )
     if len(loader) == 0:
-        raise ValueError(f"batch_size: {config.batch_size} per process is more than the {len(train_set)} training "
-                         f"images allow")  # fmt: skip
+        raise ValueError(
+            f"batch_size: {config.batch_size} per process is more than the {len(train_set)} training images allow"
+        )
     if info.is_main:
         (out / "config.json").write_text(json.dumps(dict(vars(config)), indent=2, default=str))
         if not config.quiet:
-            print(f"segment: {len(train_set)} train / {len(val_set)} val images, {len(names)} classes, "
-                  f"{config.iters} iterations, device {info.device}, {info.world_size} process(es)")  # fmt: skip
+            print(
+                f"segment: {len(train_set)} train / {len(val_set)} val images, {len(names)} classes, "
+                f"{config.iters} iterations, device {info.device}, {info.world_size} process(es)"
+            )
     it = progress["iteration"]
     scores: dict[str, Any] = {}
     model.train()
@@ -349,8 +440,11 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
                 save_state(out / "last.pth", model, optimizer, scheduler, dict(iteration=it), config, meta)
             scores = evaluate_segmentation(unwrap(model), val_set, info=info, amp=config.amp)
             if info.is_main:
-                record = dict(iteration=it, seconds=round(time.time() - t0, 1),
-                              **{k: v for k, v in scores.items() if k in ("mIoU", "mAcc", "aAcc")})  # fmt: skip
+                record = dict(
+                    iteration=it,
+                    seconds=round(time.time() - t0, 1),
+                    **{k: v for k, v in scores.items() if k in ("mIoU", "mAcc", "aAcc")},
+                )
                 log_line(out, record, config.quiet)
             model.train()
     return scores
@@ -360,8 +454,14 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def infer_logits(model: UPerNet, image: torch.Tensor, scale: tuple[int, int], ratios: Sequence[float] = (1.0,),
-                 flip: bool = False, amp: bool = False) -> torch.Tensor:  # fmt: skip
+def infer_logits(
+    model: UPerNet,
+    image: torch.Tensor,
+    scale: tuple[int, int],
+    ratios: Sequence[float] = (1.0,),
+    flip: bool = False,
+    amp: bool = False,
+) -> torch.Tensor:
     """Class probabilities of one image, whole-image inference at each scale (and flipped), averaged.
 
     Args:
@@ -378,7 +478,7 @@ def infer_logits(model: UPerNet, image: torch.Tensor, scale: tuple[int, int], ra
     device = next(model.parameters()).device
     total = None
     for r in ratios:
-        s = _resize_keep_ratio_scale(h, w, (int(scale[0] * r), int(scale[1] * r)))
+        s = keep_ratio_scale(h, w, (int(scale[0] * r), int(scale[1] * r)))
         x = _resize(image[None].to(device), (max(1, round(h * s)), max(1, round(w * s))))
         for flipped in (False, True) if flip else (False,):
             inp = x.flip(-1) if flipped else x
@@ -391,8 +491,14 @@ def infer_logits(model: UPerNet, image: torch.Tensor, scale: tuple[int, int], ra
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: UPerNet, dataset: SegmentationSet, multiscale: bool = False, flip: bool = False,
-                          info: DistInfo | None = None, amp: bool = False) -> dict[str, Any]:  # fmt: skip
+def evaluate_segmentation(
+    model: UPerNet,
+    dataset: SegmentationSet,
+    multiscale: bool = False,
+    flip: bool = False,
+    info: DistInfo | None = None,
+    amp: bool = False,
+) -> dict[str, Any]:
     """mIoU of ``model`` on ``dataset`` (evaluation mode), single-scale or multi-scale (``MS_RATIOS``) with flip.
 
     Each rank scores its share; the confusion matrices are summed across ranks.
@@ -421,13 +527,16 @@ def evaluate_segmentation(model: UPerNet, dataset: SegmentationSet, multiscale: 
     return scores
 
 
-def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu", weights: bool = True) -> tuple[UPerNet, dict, dict]:
+def model_from_checkpoint(
+    path: str | os.PathLike, device: str = "cpu", weights: bool = True
+) -> tuple[UPerNet, dict, dict]:
     """Rebuild a trained UPerNet from its ``last.pth``: (model in eval mode, config dict, meta dict)."""
     config, meta = read_run_info(path)
     if meta.get("task") != "segment":
         raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma segment train'")
-    model = build_upernet(len(meta["class_names"]), config["backbone"], channels=config["channels"],
-                          aux_channels=config["aux_channels"])  # fmt: skip
+    model = build_upernet(
+        len(meta["class_names"]), config["backbone"], channels=config["channels"], aux_channels=config["aux_channels"]
+    )
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
         load_state(path, model)
     return model.to(device).eval(), config, meta
@@ -440,8 +549,14 @@ def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return table[labels]
 
 
-def predict_segmentation(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], output: str | os.PathLike,
-                         multiscale: bool = False, flip: bool = False, device: str = "cpu") -> list[dict]:  # fmt: skip
+def predict_segmentation(
+    checkpoint: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    multiscale: bool = False,
+    flip: bool = False,
+    device: str = "cpu",
+) -> list[dict]:
     """Segment image files; writes ``NAME_labels.png`` (class index per pixel), ``NAME_color.png`` and
     ``NAME_overlay.png`` (colours blended 50% over the image) into ``output``, plus ``legend.json``.
 
@@ -455,8 +570,9 @@ def predict_segmentation(checkpoint: str | os.PathLike, images: Sequence[str | o
     records = []
     for path in images:
         pil = load_rgb(path)
-        prob = infer_logits(model, normalize(to_tensor(pil)), tuple(config["scale"]),
-                            MS_RATIOS if multiscale else (1.0,), flip)  # fmt: skip
+        prob = infer_logits(
+            model, normalize(to_tensor(pil)), tuple(config["scale"]), MS_RATIOS if multiscale else (1.0,), flip
+        )
         labels = prob.argmax(0).cpu().numpy().astype(np.uint8)
         color = colorize(labels, len(names))
         overlay = (0.5 * np.asarray(pil, dtype=np.float32) + 0.5 * color).astype(np.uint8)
@@ -465,8 +581,9 @@ def predict_segmentation(checkpoint: str | os.PathLike, images: Sequence[str | o
         Image.fromarray(color).save(out_dir / f"{stem}_color.png")
         Image.fromarray(overlay).save(out_dir / f"{stem}_overlay.png")
         counts = np.bincount(labels.ravel(), minlength=len(names)) / labels.size
-        records.append(dict(file=str(path), fractions={names[k]: round(float(c), 4) for k, c in enumerate(counts) if c}))
+        records.append(
+            dict(file=str(path), fractions={names[k]: round(float(c), 4) for k, c in enumerate(counts) if c})
+        )
     legend = {n: list(c) for n, c in zip(names, palette(len(names)))}
     (out_dir / "legend.json").write_text(json.dumps(legend, indent=1))
     return records
-
