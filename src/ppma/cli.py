@@ -18,6 +18,7 @@ from .errors import PPMAError
 _COMMAND_MODULES = [
     "ppma.cli_core",
     "ppma.dense.cli",
+    "ppma.cli_ablate",
 ]
 
 
