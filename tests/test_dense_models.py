@@ -207,3 +207,30 @@ def test_bf16_autocast_training_step_runs_for_both_models(tmp_path):
     loss, _ = segmentation_loss((main_logits, aux_logits), torch.randint(0, 3, (2, 32, 32)), 0.4)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_schedules_follow_the_published_recipes():
+    from ppma.dense.detection import DetectConfig
+    from ppma.dense.detection import _lr_lambda as det_lr
+    from ppma.dense.segmentation import SegmentConfig
+    from ppma.dense.segmentation import _lr_lambda as seg_lr
+
+    one = DetectConfig().resolved()
+    assert (one.epochs, one.lr_steps, one.multiscale, one.lr, one.weight_decay) == (12, (8, 11), False, 1e-4, 0.05)
+    three = DetectConfig(schedule="3x").resolved()
+    assert (three.epochs, three.lr_steps, three.multiscale) == (36, (27, 33), True)
+    f = det_lr(one, iters_per_epoch=1000)
+    assert f(0) == pytest.approx(0.001) and f(250) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert [f(e * 1000) for e in (1, 7, 8, 10, 11)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    seg = SegmentConfig(warmup_iters=0)
+    g = seg_lr(seg)
+    assert (seg.iters, seg.crop_size, seg.aux_weight) == (160_000, 512, 0.4)
+    assert [g(0), g(40_000), g(80_000), g(160_000)] == pytest.approx([1, 0.75, 0.5, 0])
+    with pytest.raises(ValueError, match="schedule: expected '1x' or '3x'"):
+        DetectConfig(schedule="2x").resolved()
+
+
+def test_multiscale_training_draws_short_sides_from_480_to_800():
+    model = build_mask_rcnn(1, "ppma_nano", multiscale=True, **HEADS["light"])
+    assert model.transform.min_size == tuple(range(480, 801, 32))
+    assert model.transform.max_size == 1333
