@@ -22,6 +22,7 @@ from ppma.masks import (
     rmt_log_gamma,
     scan_order,
     zoo_log_masks,
+    zoo_query_maps,
     zorder_order,
 )
 from ppma.ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention
@@ -300,3 +301,30 @@ def test_unknown_mask_and_scan_mask_in_decomposed_blocks_raise_one_line_errors()
         timm.create_model("ppma_nano", mask="hilbert")
     with pytest.raises(ValueError, match="needs full attention"):
         PolylineAttention(16, 2, mode="criss_cross", mask="zorder")
+
+
+# ---- pictures ---------------------------------------------------------------------------------------------
+
+
+def test_zoo_query_maps_are_the_query_rows_averaged_over_the_kinds_masks():
+    a, b = random_decays(3, 5), random_decays(3, 5)
+    maps = zoo_query_maps(list(MASKS), 3, 5, (1, 2), a, b)
+    assert list(maps) == list(MASKS)
+    m = naive_polyline_log_mask(a[None, None], b[None, None])[0, 0]
+    torch.testing.assert_close(maps["polyline"], 0.5 * (m[7].exp() + m[:, 7].exp()).reshape(3, 5))
+    torch.testing.assert_close(maps["h2v"], m[7].exp().reshape(3, 5))
+    for values in maps.values():
+        assert values.shape == (3, 5) and values[1, 2] == 1 and (values <= 1).all() and (values > 0).all()
+    with pytest.raises(ValueError, match="outside the 3x5 grid"):
+        zoo_query_maps(["none"], 3, 5, (3, 0))
+
+
+def test_viz_mask_flag_draws_zoo_masks_side_by_side(tmp_path, capsys):
+    pytest.importorskip("ppma.viz")
+    from ppma.cli import main
+
+    out = tmp_path / "zoo.png"
+    assert main(["viz", "mask", "--mask", "all", "--model", "ppma_nano", "--size", "64", "--stage", "0", "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    assert main(["viz", "mask", "--mask", "hilbert,spiral", "-o", str(out)]) == 2
+    assert "valid masks are" in capsys.readouterr().err

@@ -66,6 +66,7 @@ __all__ = [
     "scan_log_mask",
     "scan_order",
     "zoo_log_masks",
+    "zoo_query_maps",
     "zorder_order",
 ]
 
@@ -426,3 +427,35 @@ def zoo_log_masks(
         log_alpha = log_beta = torch.zeros_like(log_alpha)
     return [m[0, 0] for m in kind.log_masks(log_alpha, log_beta)]
 
+
+
+def zoo_query_maps(
+    names: list[str] | tuple[str, ...],
+    H: int,
+    W: int,
+    token: tuple[int, int],
+    log_alpha: torch.Tensor | None = None,
+    log_beta: torch.Tensor | None = None,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """What one query sees under each zoo mask: ``mean_i exp(M_i[query])`` over the grid (the paper's Figure 6).
+
+    Args:
+        names: zoo names.
+        H, W: grid size.
+        token: the query's (row, column).
+        log_alpha, log_beta, seed: as ``zoo_log_masks`` (the same decays for every learned kind).
+
+    Returns:
+        name -> (H, W) float64 map in (0, 1]: the multiplicative weight the mask puts on each key
+        (averaged over the kind's masks, e.g. H2V and V2H for ``polyline``); 1 at the query.
+    """
+    i, j = token
+    if not (0 <= i < H and 0 <= j < W):
+        raise ValueError(f"token: ({i}, {j}) is outside the {H}x{W} grid")
+    n = i * W + j
+    out = {}
+    for name in names:
+        masks = zoo_log_masks(name, H, W, log_alpha, log_beta, seed)
+        out[get_mask(name).name] = torch.stack([m[n].exp() for m in masks]).mean(0).reshape(H, W)
+    return out
