@@ -33,7 +33,9 @@ def _base(data):
 
 def test_tiny_ablation_writes_its_table_and_reuses_finished_runs(tiny_folder, tmp_path):
     out = tmp_path / "ablate"
-    table = ablate(masks=["none", "polyline", "hilbert"], seeds=[0, 1], base=_base(tiny_folder), output_dir=out, log=lambda s: None)
+    table = ablate(
+        masks=["none", "polyline", "hilbert"], seeds=[0, 1], base=_base(tiny_folder), output_dir=out, log=lambda s: None
+    )
     rows = table.rows()
     assert [r["mask"] for r in rows] == ["none", "polyline", "hilbert"]
     assert rows[1]["params"] == rows[2]["params"] > rows[0]["params"]  # none drops the decay generators
@@ -50,7 +52,9 @@ def test_tiny_ablation_writes_its_table_and_reuses_finished_runs(tiny_folder, tm
     assert saved["setup"]["model_kwargs"]["decomposed"] == [False] * 4
     # started again: every run is read back, nothing retrains
     lines = []
-    again = ablate(masks=["none", "polyline", "hilbert"], seeds=[0, 1], base=_base(tiny_folder), output_dir=out, log=lines.append)
+    again = ablate(
+        masks=["none", "polyline", "hilbert"], seeds=[0, 1], base=_base(tiny_folder), output_dir=out, log=lines.append
+    )
     assert sum("done earlier" in line for line in lines) == 6 and again.rows() == rows
 
 
@@ -71,9 +75,9 @@ def test_cli_ablate_runs_and_reports_bad_input(tiny_folder, tmp_path, capsys):
 
 
 def test_table_statistics_and_markdown():
-    runs = [dict(mask="rmt", seed=s, best_top1=t, final_top1=t, params=2_000_000, train_images_per_s=10.0 * (s + 1),
-                 eval_images_per_s=100.0, output_dir="x") for s, t in ((0, 90.0), (1, 92.0), (2, 94.0))]  # fmt: skip
-    table = AblationTable(runs=runs, setup=dict(model="ppma_nano", data="digits", epochs=1, seeds=[0, 1, 2]))
+    runs = [{"mask": "rmt", "seed": s, "best_top1": t, "final_top1": t, "params": 2_000_000, "train_images_per_s": 10.0 * (s + 1),
+                 "eval_images_per_s": 100.0, "output_dir": "x"} for s, t in ((0, 90.0), (1, 92.0), (2, 94.0))]  # fmt: skip
+    table = AblationTable(runs=runs, setup={"model": "ppma_nano", "data": "digits", "epochs": 1, "seeds": [0, 1, 2]})
     (row,) = table.rows()
     assert row["top1_mean"] == 92.0 and row["top1_std"] == 2.0 and row["train_images_per_s"] == 20.0
     assert "| rmt | RMT: fixed Manhattan decay" in table.markdown() and "92.00 ± 2.00" in table.markdown()

@@ -15,7 +15,7 @@ from ppma.masks import MASKS
 
 
 def _vit(**kwargs) -> torch.nn.Module:
-    args = dict(pretrained=False, img_size=64, depth=3)
+    args = {"pretrained": False, "img_size": 64, "depth": 3}
     return timm.create_model("vit_tiny_patch16_224", **dict(args, **kwargs)).double().eval()
 
 
@@ -28,7 +28,11 @@ def _zero_decays(model: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize(
     "kwargs,size",
-    [(dict(), (64, 64)), (dict(reg_tokens=2, dynamic_img_size=True), (48, 80)), (dict(class_token=False, global_pool="avg"), (64, 64))],
+    [
+        ({}, (64, 64)),
+        ({"reg_tokens": 2, "dynamic_img_size": True}, (48, 80)),
+        ({"class_token": False, "global_pool": "avg"}, (64, 64)),
+    ],
 )
 def test_vit_plugin_with_zero_decays_equals_the_unmodified_model(kwargs, size):
     plain = _vit(**kwargs)

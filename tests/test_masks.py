@@ -34,7 +34,9 @@ SCAN_KINDS = [name for name, kind in MASKS.items() if kind.full_only]
 # ---- naive definitions ------------------------------------------------------------------------------
 
 
-def naive_scan_log_mask(log_alpha: torch.Tensor, log_beta: torch.Tensor, order: list[int], W: int, along: str) -> torch.Tensor:
+def naive_scan_log_mask(
+    log_alpha: torch.Tensor, log_beta: torch.Tensor, order: list[int], W: int, along: str
+) -> torch.Tensor:
     """Walk the scan from one token to the other, adding the decay of each step entered (plain Python floats)."""
     B, heads, H, _ = log_alpha.shape
     N = H * W
@@ -204,7 +206,9 @@ def test_single_path_criss_cross_keeps_one_order_of_the_average(backend):
     q1, k1, v1 = _qkv(1, 1, 1, 5)
     a1, b1 = random_decays(1, 1, 1, 5), random_decays(1, 1, 1, 5)
     row_only = polyline_attention(q1, k1, v1, a1, b1, paths="h2v", backend="reference")
-    torch.testing.assert_close(criss_cross_polyline_attention(q1, k1, v1, a1, b1, paths="h2v", backend=backend), row_only)
+    torch.testing.assert_close(
+        criss_cross_polyline_attention(q1, k1, v1, a1, b1, paths="h2v", backend=backend), row_only
+    )
 
 
 def test_paths_and_log_mask_attention_reject_bad_arguments():
@@ -228,7 +232,7 @@ def test_attention_layer_computes_the_kinds_definition(name):
     try:
         layer = PolylineAttention(16, 2, mode="full", mask=name, backend="reference")
         x = torch.randn(2, 3, 4, 16)
-        B, H, W, C = x.shape
+        B, H, W, _C = x.shape
         q, k, v = (torch.randn(B, 2, H, W, 8) for _ in range(3))
         log_alpha, log_beta = layer.decay(x)
         out = layer._attend(q, k, v, log_alpha, log_beta)
@@ -291,7 +295,9 @@ def test_rmt_uses_rmts_per_stage_gammas():
         heads_range = (4.0, 4.0, 6.0, 6.0)[i]
         for block in stage.blocks:
             decay = block.attn.decay
-            torch.testing.assert_close(decay.log_gamma, rmt_log_gamma(decay.num_heads, 2.0, heads_range), rtol=0, atol=0)
+            torch.testing.assert_close(
+                decay.log_gamma, rmt_log_gamma(decay.num_heads, 2.0, heads_range), rtol=0, atol=0
+            )
 
 
 def test_unknown_mask_and_scan_mask_in_decomposed_blocks_raise_one_line_errors():
@@ -324,7 +330,10 @@ def test_viz_mask_flag_draws_zoo_masks_side_by_side(tmp_path, capsys):
     from ppma.cli import main
 
     out = tmp_path / "zoo.png"
-    assert main(["viz", "mask", "--mask", "all", "--model", "ppma_nano", "--size", "64", "--stage", "0", "-o", str(out)]) == 0
+    assert (
+        main(["viz", "mask", "--mask", "all", "--model", "ppma_nano", "--size", "64", "--stage", "0", "-o", str(out)])
+        == 0
+    )
     assert out.stat().st_size > 10_000
     assert main(["viz", "mask", "--mask", "hilbert,spiral", "-o", str(out)]) == 2
     assert "valid masks are" in capsys.readouterr().err

@@ -88,9 +88,11 @@ class AblationTable:
         s = self.setup
         lines += [
             "",
-            f"{s.get('model')} on {s.get('data')}, {s.get('epochs')} epochs, seeds {s.get('seeds')}, device "
-            f"{s.get('device')}, {s.get('attention')}. Top-1: best epoch of each run "
-            f"({'EMA' if s.get('ema') else 'model'} weights). Differences below about two stds are noise.",
+            (
+                f"{s.get('model')} on {s.get('data')}, {s.get('epochs')} epochs, seeds {s.get('seeds')}, device "
+                f"{s.get('device')}, {s.get('attention')}. Top-1: best epoch of each run "
+                f"({'EMA' if s.get('ema') else 'model'} weights). Differences below about two stds are noise."
+            ),
         ]
         return "\n".join(lines) + "\n"
 
@@ -106,7 +108,9 @@ def _num_stages(config) -> int:
     import ppma  # noqa: F401  (registers the models)
 
     if config.model not in timm.list_models("ppma_*"):
-        raise ValueError(f"model: the ablation swaps PPMA's mask; expected one of {', '.join(timm.list_models('ppma_*'))}")
+        raise ValueError(
+            f"model: the ablation swaps PPMA's mask; expected one of {', '.join(timm.list_models('ppma_*'))}"
+        )
     kwargs = {k: v for k, v in config.model_kwargs.items() if k not in ("mask", "decomposed")}
     return len(timm.create_model(config.model, **kwargs).stages)
 
@@ -152,7 +156,9 @@ def ablate(
         model_kwargs["decomposed"] = [False] * _num_stages(base)
     elif any(MASKS[m].full_only for m in masks):
         scans = [m for m in masks if MASKS[m].full_only]
-        raise ValueError(f"masks: {', '.join(scans)} need full attention; drop full_attention=False (--keep-decomposed)")
+        raise ValueError(
+            f"masks: {', '.join(scans)} need full attention; drop full_attention=False (--keep-decomposed)"
+        )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = AblationTable(setup={
@@ -170,12 +176,16 @@ def ablate(
             log(f"[{n}/{total}] mask={mask} seed={seed}: done earlier, {table.runs[-1]['best_top1']:.2f} top-1")
             continue
         log(f"[{n}/{total}] mask={mask} seed={seed} -> {run_dir}")
-        config = base.replace(seed=seed, output_dir=str(run_dir), model_kwargs=dict(model_kwargs, mask=mask), resume=None)
+        config = base.replace(
+            seed=seed, output_dir=str(run_dir), model_kwargs=dict(model_kwargs, mask=mask), resume=None
+        )
         summary = run(config)
         if summary["best_top1"] is None:
             raise ValueError(f"mask {mask} seed {seed}: the run stopped before its first evaluation")
         result = {"mask": mask, "seed": seed, "output_dir": str(run_dir)}
-        result.update({k: summary[k] for k in ("best_top1", "final_top1", "params", "train_images_per_s", "eval_images_per_s")})
+        result.update(
+            {k: summary[k] for k in ("best_top1", "final_top1", "params", "train_images_per_s", "eval_images_per_s")}
+        )
         result_file.write_text(json.dumps(result, indent=1))
         table.runs.append(result)
     (out / "ablation.md").write_text(table.markdown())

@@ -27,15 +27,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--masks", type=_names, help="comma-separated zoo names, or all (default)")
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="comma-separated seeds (default 0,1)")
-    p.add_argument("--output-dir", default="runs/ablate", help="runs and ablation.md / ablation.json (default runs/ablate)")
+    p.add_argument(
+        "--output-dir", default="runs/ablate", help="runs and ablation.md / ablation.json (default runs/ablate)"
+    )
     p.add_argument("--config", help="YAML or JSON file of training options (ppma train's), applied before the flags")
     p.add_argument("--model", help="PPMA variant (default ppma_nano; ppma_tiny/small/base on GPU)")
     p.add_argument("--data-path", help="ImageNet-layout folder (train/, val/); default the built-in digits")
     p.add_argument("--epochs", type=int, help="epochs per run (default 4 on digits)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="cpu (default on digits), cuda, auto")
-    p.add_argument("--keep-decomposed", action="store_true",
-                   help="keep the variant's decomposed stages (polyline-family masks only; scan masks need full attention)")
+    p.add_argument(
+        "--keep-decomposed",
+        action="store_true",
+        help="keep the variant's decomposed stages (polyline-family masks only; scan masks need full attention)",
+    )
     p.set_defaults(func=_ablate)
 
 

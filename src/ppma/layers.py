@@ -158,15 +158,16 @@ class PolylineAttention(nn.Module):
         return self.out_proj(out + lepe)
 
 
-    def _attend(self, q, k, v, log_alpha, log_beta) -> torch.Tensor:
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor
+    ) -> torch.Tensor:
         """The masked op for this layer's mask kind; q, k, v (B, heads, H, W, d) -> (B, heads, H, W, d)."""
+        B, heads, H, W, _ = q.shape
         if self.mask.full_only:  # scan masks: stored dense log-masks, averaged softmaxes
-            B, heads, H, W, d = q.shape
             seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
             out = log_mask_attention(*seq, self.mask.log_masks(log_alpha, log_beta), scale=1.0, backend=self.backend)
             return out.reshape(B, heads, H, W, -1)
         if self.mask.decay == "none" and self.mode == "full":  # no mask at all: plain SDPA
-            B, heads, H, W, d = q.shape
             seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
             return F.scaled_dot_product_attention(*seq, scale=1.0).reshape(B, heads, H, W, -1)
         op = polyline_attention if self.mode == "full" else criss_cross_polyline_attention

@@ -15,8 +15,8 @@ v2h (``L^T``) outputs, as PPMA averages its two softmaxes.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ._checks import check_log_decay, check_tensor
 from .layers import PathDecay
@@ -36,7 +36,12 @@ def _grid_transpose(t: torch.Tensor) -> torch.Tensor:
 
 
 def _masked_sums(
-    phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor, eps: float
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    log_beta: torch.Tensor,
+    eps: float,
 ) -> torch.Tensor:
     """One path (h2v of this grid): ``(phi_q phi_k^T * L) v / ((phi_q phi_k^T * L) 1 + eps)``, each (B, heads, H, W, .)."""
     B, heads, H, W, d = phi_k.shape
@@ -81,7 +86,9 @@ def polyline_linear_attention(
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=5)
     if k.shape != q.shape or v.shape[:4] != q.shape[:4]:
-        raise ValueError(f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, H, W, d)")
+        raise ValueError(
+            f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, H, W, d)"
+        )
     for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
         check_tensor(name, t, ndim=4)
         if t.shape != q.shape[:4]:

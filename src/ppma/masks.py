@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ._checks import check_log_decay, check_tensor
 from .mask import _acc_dtype, _polyline_log_mask
@@ -173,7 +173,9 @@ def scan_order(name: str, H: int, W: int) -> torch.Tensor:
     return _ORDERS[name](H, W)
 
 
-def scan_log_mask(log_alpha: torch.Tensor, log_beta: torch.Tensor, order: torch.Tensor, along: str = "row") -> torch.Tensor:
+def scan_log_mask(
+    log_alpha: torch.Tensor, log_beta: torch.Tensor, order: torch.Tensor, along: str = "row"
+) -> torch.Tensor:
     """The 1D structured mask of SPEC section 2 taken along a scan order of the grid.
 
     The step into token ``order[t]`` has log-decay ``x[t]``: the token's ``log_alpha`` when the step
@@ -200,7 +202,9 @@ def scan_log_mask(log_alpha: torch.Tensor, log_beta: torch.Tensor, order: torch.
     N = H * W
     order = order.to(log_alpha.device)
     if order.shape != (N,):
-        raise ValueError(f"order: expected a permutation of {N} tokens for a {H}x{W} grid, got shape {tuple(order.shape)}")
+        raise ValueError(
+            f"order: expected a permutation of {N} tokens for a {H}x{W} grid, got shape {tuple(order.shape)}"
+        )
     if along not in ("row", "column"):
         raise ValueError(f"along: expected 'row' or 'column', got {along!r}")
     same, other = (log_alpha, log_beta) if along == "row" else (log_beta, log_alpha)
@@ -426,7 +430,6 @@ def zoo_log_masks(
     elif kind.decay == "none":
         log_alpha = log_beta = torch.zeros_like(log_alpha)
     return [m[0, 0] for m in kind.log_masks(log_alpha, log_beta)]
-
 
 
 def zoo_query_maps(

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import timm
 import torch
-import torch.nn as nn
 from timm.models import register_model
 from timm.models.vision_transformer import Attention, VisionTransformer
+from torch import nn
 
 from .._checks import check_tensor
 from ..layers import decay_for_mask
@@ -69,15 +69,15 @@ def masked_token_attention(
     for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
         check_tensor(name, t, ndim=4)
         if t.shape[:2] != q.shape[:2]:
-            raise ValueError(f"{name}: shape {tuple(t.shape)} needs (B, heads) = {tuple(q.shape[:2])} and the grid (H, W)")
+            raise ValueError(
+                f"{name}: shape {tuple(t.shape)} needs (B, heads) = {tuple(q.shape[:2])} and the grid (H, W)"
+            )
     if log_beta.shape != log_alpha.shape:
         raise ValueError(f"log_beta: shape {tuple(log_beta.shape)} does not match log_alpha {tuple(log_alpha.shape)}")
     H, W = log_alpha.shape[-2:]
     N, P = q.shape[2], num_prefix_tokens
     if P < 0 or P + H * W != N:
-        raise ValueError(
-            f"num_prefix_tokens: {P} prefix tokens + a {H}x{W} grid = {P + H * W} tokens, but q has {N}"
-        )
+        raise ValueError(f"num_prefix_tokens: {P} prefix tokens + a {H}x{W} grid = {P + H * W} tokens, but q has {N}")
     log_masks = kind.log_masks(log_alpha, log_beta)  # each (B, heads, H*W, H*W)
     if P:  # zero rows and columns for the prefix tokens: (B, heads, N, N)
         log_masks = [nn.functional.pad(m, (P, 0, P, 0)) for m in log_masks]
@@ -102,14 +102,28 @@ class PolylineViTAttention(nn.Module):
     def __init__(self, attn: Attention, grid: _Grid, num_prefix_tokens: int, mask: str | MaskKind = "polyline") -> None:
         super().__init__()
         if attn.attn_drop.p > 0:
-            raise ValueError(f"attn_drop: attention dropout {attn.attn_drop.p} is not supported by the masked form; use 0")
+            raise ValueError(
+                f"attn_drop: attention dropout {attn.attn_drop.p} is not supported by the masked form; use 0"
+            )
         if attn.head_dim * attn.num_heads != attn.qkv.in_features:
-            raise ValueError("attn: PPMA's decay generator reads each head's input channels; attn_head_dim must be dim / heads")
+            raise ValueError(
+                "attn: PPMA's decay generator reads each head's input channels; attn_head_dim must be dim / heads"
+            )
         self.mask = get_mask(mask)
-        self.num_heads, self.head_dim, self.attn_dim, self.scale = attn.num_heads, attn.head_dim, attn.attn_dim, attn.scale
+        self.num_heads, self.head_dim, self.attn_dim, self.scale = (
+            attn.num_heads,
+            attn.head_dim,
+            attn.attn_dim,
+            attn.scale,
+        )
         self.num_prefix_tokens = num_prefix_tokens
         self.qkv, self.q_norm, self.k_norm = attn.qkv, attn.q_norm, attn.k_norm
-        self.norm, self.gate, self.proj, self.proj_drop = attn.norm, getattr(attn, "gate", None), attn.proj, attn.proj_drop
+        self.norm, self.gate, self.proj, self.proj_drop = (
+            attn.norm,
+            getattr(attn, "gate", None),
+            attn.proj,
+            attn.proj_drop,
+        )
         self.decay = decay_for_mask(self.mask, attn.qkv.in_features, attn.num_heads)
         self._grid = grid
         self.backend = "auto"
@@ -119,12 +133,16 @@ class PolylineViTAttention(nn.Module):
         if attn_mask is not None or is_causal:
             raise ValueError("attn_mask: PolylineViTAttention takes no extra attention mask (the grid mask is its own)")
         if self._grid.size is None:
-            raise ValueError("grid: unknown; run the converted model (its patch_embed records the grid), not the layer alone")
+            raise ValueError(
+                "grid: unknown; run the converted model (its patch_embed records the grid), not the layer alone"
+            )
         B, N, C = x.shape
         H, W = self._grid.size
         P = self.num_prefix_tokens
         if N != P + H * W:
-            raise ValueError(f"num_prefix_tokens: {P} prefix tokens + a {H}x{W} patch grid = {P + H * W}, but x has {N} tokens")
+            raise ValueError(
+                f"num_prefix_tokens: {P} prefix tokens + a {H}x{W} patch grid = {P + H * W}, but x has {N} tokens"
+            )
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d)
         q, k, v = qkv.unbind(0)
@@ -139,7 +157,9 @@ class PolylineViTAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
-def to_ppma(model: VisionTransformer, mask: str | MaskKind = "polyline", num_prefix_tokens: int | None = None) -> VisionTransformer:
+def to_ppma(
+    model: VisionTransformer, mask: str | MaskKind = "polyline", num_prefix_tokens: int | None = None
+) -> VisionTransformer:
     """Put a zoo mask into every attention layer of a timm ``VisionTransformer``, in place.
 
     Args:
@@ -154,11 +174,13 @@ def to_ppma(model: VisionTransformer, mask: str | MaskKind = "polyline", num_pre
         The same model, converted (decay parameters initialised as PPMA's).
     """
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"model: expected a timm VisionTransformer, got {type(model).__name__}")
+        raise ValueError(f"model: expected a timm VisionTransformer, got {type(model).__name__}")  # noqa: TRY004  (user errors are ValueErrors)
     kind = get_mask(mask)
     own = model.num_prefix_tokens
     if num_prefix_tokens is not None and num_prefix_tokens != own:
-        raise ValueError(f"num_prefix_tokens: the model has {own} prefix tokens (class/register), got {num_prefix_tokens}")
+        raise ValueError(
+            f"num_prefix_tokens: the model has {own} prefix tokens (class/register), got {num_prefix_tokens}"
+        )
     if getattr(model.patch_embed, "flatten", True) is False and not model.dynamic_img_size:
         raise ValueError("model: patch_embed does not give a row-major token grid")
     grid = _Grid()
@@ -170,9 +192,9 @@ def to_ppma(model: VisionTransformer, mask: str | MaskKind = "polyline", num_pre
     model.patch_embed.register_forward_pre_hook(record_grid)
     for i, block in enumerate(model.blocks):
         if isinstance(block.attn, PolylineViTAttention):
-            raise ValueError(f"model: block {i} is already converted")
+            raise ValueError(f"model: block {i} is already converted")  # noqa: TRY004  (user errors are ValueErrors)
         if not isinstance(block.attn, Attention):
-            raise ValueError(f"model: block {i}'s attn is {type(block.attn).__name__}, not timm's Attention")
+            raise ValueError(f"model: block {i}'s attn is {type(block.attn).__name__}, not timm's Attention")  # noqa: TRY004  (user errors are ValueErrors)
         block.attn = PolylineViTAttention(block.attn, grid, own, kind)
     model.ppma_mask = kind.name
     return model
