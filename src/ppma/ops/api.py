@@ -4,6 +4,8 @@ Backends (``backend=``):
     reference  the oracle: forms the mask, explicit softmaxes (ops/reference.py)
     dense      stored mask + ``scaled_dot_product_attention`` (ops/dense.py)
     flex       FlexAttention, mask formed on the fly from prefix sums; full attention only (ops/flex.py)
+    triton     fused Triton kernel, one pass for both softmaxes, O(N) memory; full attention only,
+               CUDA (or CPU under ``TRITON_INTERPRET=1``) (ops/triton/full.py)
     auto       the fastest that can run for the device, dtype and op (see ``choose_backend``)
 
 The environment variable ``PPMA_BACKEND`` overrides ``auto`` everywhere (for benchmarks).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import importlib.util
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -29,6 +32,7 @@ class Backend(str, enum.Enum):
     REFERENCE = "reference"
     DENSE = "dense"
     FLEX = "flex"
+    TRITON = "triton"
 
     @classmethod
     def parse(cls, name: str | Backend) -> Backend:
@@ -62,7 +66,27 @@ def can_run(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool) -
         if q.dtype == torch.float64 and q.device.type == "cuda":
             return False, "FlexAttention kernels do not take float64 on CUDA"
         return True, ""
+    if backend == Backend.TRITON:
+        return _can_run_triton(op, q)
     return False, "auto is not a concrete backend"
+
+
+TRITON_MAX_WIDTH = 256  # ops/triton/full.py keeps a whole (padded) grid row in one tile
+
+
+def _can_run_triton(op: Op, q: torch.Tensor) -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install 'ppma[triton]')"
+    if op != "full":
+        return False, "triton implements full attention only; use 'dense' or 'reference' for criss-cross"
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if q.device.type != "cuda" and not (interpret and q.device.type == "cpu"):
+        return False, f"triton kernels need a CUDA device (got {q.device.type}; CPU runs need TRITON_INTERPRET=1)"
+    if q.dtype == torch.float64 and not interpret:
+        return False, "the triton kernel takes float32/bfloat16/float16 on CUDA (float64 only under the interpreter)"
+    if q.shape[3] > TRITON_MAX_WIDTH:
+        return False, f"grid width {q.shape[3]} exceeds the triton kernel's limit of {TRITON_MAX_WIDTH}"
+    return True, ""
 
 
 def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
@@ -70,8 +94,11 @@ def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
     override = os.environ.get("PPMA_BACKEND")
     if override:
         return Backend.parse(override)
-    if q.device.type == "cuda" and op == "full" and can_run(Backend.FLEX, op, q, needs_grad)[0]:
-        return Backend.FLEX
+    if q.device.type == "cuda" and op == "full":
+        # One fused pass for both softmaxes; FlexAttention needs two calls (benchmarks/bench_ops.py).
+        for backend in (Backend.TRITON, Backend.FLEX):
+            if can_run(backend, op, q, needs_grad)[0]:
+                return backend
     # On CPU the stored-mask SDPA path is the fastest correct one at the sizes PPMA runs.
     return Backend.DENSE
 
