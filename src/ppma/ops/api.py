@@ -4,6 +4,7 @@ Backends (``backend=``):
     reference  the oracle: forms the mask, explicit softmaxes (ops/reference.py)
     dense      stored mask + ``scaled_dot_product_attention`` (ops/dense.py)
     flex       FlexAttention, mask formed on the fly from prefix sums; full attention only (ops/flex.py)
+    cpu        explicit batched matmuls, each score matrix formed once; the fastest on CPU (ops/cpu.py)
     triton     fused Triton kernel, one pass for both softmaxes, O(N) memory; full attention only,
                CUDA (or CPU under ``TRITON_INTERPRET=1``) (ops/triton/full.py)
     auto       the fastest that can run for the device, dtype and op (see ``choose_backend``)
@@ -33,6 +34,7 @@ class Backend(str, enum.Enum):
     DENSE = "dense"
     FLEX = "flex"
     TRITON = "triton"
+    CPU = "cpu"
 
     @classmethod
     def parse(cls, name: str | Backend) -> Backend:
@@ -54,7 +56,7 @@ def _has_flex_attention() -> bool:
 def can_run(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool) -> tuple[bool, str]:
     """Whether ``backend`` can run ``op`` on tensors like ``q``; the reason when it cannot."""
     backend = Backend.parse(backend)
-    if backend in (Backend.REFERENCE, Backend.DENSE):
+    if backend in (Backend.REFERENCE, Backend.DENSE, Backend.CPU):
         return True, ""
     if backend == Backend.FLEX:
         if not _has_flex_attention():
@@ -99,7 +101,9 @@ def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
         for backend in (Backend.TRITON, Backend.FLEX):
             if can_run(backend, op, q, needs_grad)[0]:
                 return backend
-    # On CPU the stored-mask SDPA path is the fastest correct one at the sizes PPMA runs.
+    if q.device.type == "cpu":
+        # Measured on 2 cores (BENCHMARKS.md): explicit matmuls beat SDPA with a float mask on CPU.
+        return Backend.CPU
     return Backend.DENSE
 
 
