@@ -1,0 +1,165 @@
+"""The fused Triton kernel (ops/triton/full.py) against the float64 reference.
+
+On CPU the kernels run under the Triton interpreter, which must be switched on before Triton is
+first imported: ``test_interpreter_suite`` re-runs this file in a fresh pytest process with
+``TRITON_INTERPRET=1`` (the other tests here are skipped in a process without it). Sizes are small
+and chosen so that tiles are partly filled (W not a power of two, H not a multiple of the rows per
+tile). Tests marked ``cuda`` run the compiled kernels on a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from ppma.ops import can_run, polyline_attention  # noqa: E402
+from ppma.ops import reference  # noqa: E402
+
+from conftest import random_decays  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs inside test_interpreter_suite (TRITON_INTERPRET=1)")
+
+
+@pytest.mark.skipif(INTERPRETED, reason="already the interpreter process")
+def test_interpreter_suite():
+    """Every ``interpreted`` test below, in a child pytest with TRITON_INTERPRET=1 set before Triton loads."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-m", "not cuda"]
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """The kernel module (built for the interpreter in the child process)."""
+    return importlib.import_module("ppma.ops.triton.full")
+
+
+def _case(B, heads, H, W, d, dv, dtype=torch.float64, decay_scale=2.0):
+    q, k, v = (torch.randn(B, heads, H, W, n, dtype=dtype) for n in (d, d, dv))
+    la, lb = random_decays(B, heads, H, W, dtype=dtype, scale=decay_scale), random_decays(B, heads, H, W, dtype=dtype, scale=decay_scale)
+    return [t.requires_grad_() for t in (q, k, v, la, lb)]
+
+
+def _fwd_bwd(fn, inputs, grad_out):
+    out = fn(*inputs)
+    return [out, *torch.autograd.grad(out, inputs, grad_out)]
+
+
+NAMES = ["out", "dq", "dk", "dv", "dlog_alpha", "dlog_beta"]
+
+
+@interpreted
+@pytest.mark.parametrize(
+    "B, heads, H, W, d, dv, tile",
+    [
+        (2, 2, 5, 7, 8, 8, 16),  # 2 rows per tile, last tile half empty, W padded to 8
+        (1, 2, 3, 5, 16, 12, 64),  # one tile for the whole grid, dv != d
+        (1, 1, 1, 37, 8, 8, 16),  # a single long row
+        (1, 1, 9, 1, 8, 8, 16),  # a single column
+    ],
+)
+def test_forward_and_every_gradient_match_reference_float64(kernels, B, heads, H, W, d, dv, tile):
+    inputs = _case(B, heads, H, W, d, dv)
+    scale = d**-0.5
+    grad_out = torch.randn(B, heads, H, W, dv, dtype=torch.float64)
+    got = _fwd_bwd(lambda *a: kernels.full(*a, scale, tile_tokens=tile), inputs, grad_out)
+    want = _fwd_bwd(lambda *a: reference.full(*a, scale), inputs, grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+@interpreted
+def test_non_contiguous_inputs_and_dispatch(kernels):
+    """q, k, v as the model passes them (head-split permutes) through polyline_attention(backend='triton')."""
+    B, H, W, heads, d = 1, 4, 6, 2, 8
+    qkv = [torch.randn(B, H, W, heads, d, dtype=torch.float64).permute(0, 3, 1, 2, 4).requires_grad_() for _ in range(3)]
+    assert not qkv[0].is_contiguous()
+    decays = [random_decays(B, heads, H, W).requires_grad_() for _ in range(2)]
+    inputs = [*qkv, *decays]
+    grad_out = torch.randn(B, heads, H, W, d, dtype=torch.float64)
+    got = _fwd_bwd(lambda *a: polyline_attention(*a, backend="triton"), inputs, grad_out)
+    want = _fwd_bwd(lambda *a: polyline_attention(*a, backend="reference"), inputs, grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+@interpreted
+def test_float32_long_row_keeps_prefix_sum_accuracy(kernels):
+    """A 150-token row with strong decays: prefix sums reach -300; float32 stays within 1e-4 of float64."""
+    inputs64 = _case(1, 1, 1, 150, 16, 16, decay_scale=4.0)
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
+    grad_out = torch.randn(1, 1, 1, 150, 16, dtype=torch.float64)
+    got = _fwd_bwd(lambda *a: kernels.full(*a, 0.25), inputs32, grad_out.float())
+    want = _fwd_bwd(lambda *a: reference.full(*a, 0.25), inputs64, grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@interpreted
+def test_can_run_explains_what_triton_does_not_do(kernels):
+    q = torch.randn(1, 1, 2, 3, 8)
+    assert can_run("triton", "full", q, needs_grad=True) == (True, "")
+    ok, why = can_run("triton", "criss_cross", q, needs_grad=False)
+    assert not ok and "full attention only" in why
+    ok, why = can_run("triton", "full", torch.randn(1, 1, 1, 300, 8), needs_grad=False)
+    assert not ok and "300" in why
+
+
+def test_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ok, why = can_run("triton", "full", torch.randn(1, 1, 2, 3, 8), needs_grad=False)
+    assert not ok and "TRITON_INTERPRET=1" in why
+    q, k, v = (torch.randn(1, 1, 2, 3, 8) for _ in range(3))
+    with pytest.raises(ValueError, match="backend: 'triton' cannot run"):
+        polyline_attention(q, k, v, random_decays(1, 1, 2, 3).float(), random_decays(1, 1, 2, 3).float(), backend="triton")
+
+
+@interpreted
+def test_model_logits_equal_with_triton_backend(kernels):
+    """ppma_nano with its full-attention layers on the kernel: logits equal the cpu backend's (float32)."""
+    import timm
+
+    model = timm.create_model("ppma_nano").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        for m in model.modules():
+            if getattr(m, "mode", None) == "full":
+                m.backend = "triton"
+        got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("H, W", [(14, 14), (7, 13), (1, 200), (33, 64)])
+def test_cuda_kernel_matches_reference(H, W, dtype):
+    """Compiled kernel on a GPU: error at most ~2x that of the reference run in the same dtype (float32 reference)."""
+    if INTERPRETED:
+        pytest.skip("interpreter mode is set for this process")
+    from ppma.ops.triton.full import full
+
+    B, heads, d = 2, 4, 32
+    base = [t.cuda() for t in _case(B, heads, H, W, d, d, dtype=torch.float32)]
+    grad_out = torch.randn(B, heads, H, W, d, device="cuda")
+    exact = _fwd_bwd(lambda *a: reference.full(*a, d**-0.5), [t.detach().double().requires_grad_() for t in base], grad_out.double())
+    low = [t.detach().to(dtype if i < 3 else torch.float32).requires_grad_() for i, t in enumerate(base)]
+    got = _fwd_bwd(lambda *a: full(*a, d**-0.5), low, grad_out)
+    ref_low = _fwd_bwd(lambda *a: reference.full(*a, d**-0.5), low, grad_out)
+    for name, g, r, e in zip(NAMES, got, ref_low, exact):
+        err = (g.double() - e).abs().max().item()
+        ref_err = (r.double() - e).abs().max().item()
+        assert err <= 2 * ref_err + 1e-5, f"{name}: kernel error {err:.3g} vs reference error {ref_err:.3g}"
