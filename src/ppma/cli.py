@@ -17,6 +17,8 @@ from .errors import PPMAError
 # Modules with a `register(subparsers)` function; each adds its own sub-commands.
 _COMMAND_MODULES = [
     "ppma.cli_core",
+    "ppma.train.cli",
+    "ppma.viz.cli",
     "ppma.dense.cli",
     "ppma.cli_ablate",
 ]
