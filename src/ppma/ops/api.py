@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 
 from .._checks import check_log_decay, check_tensor
+from . import cpu, dense, flex, reference
 
 Op = Literal["full", "criss_cross"]
 
@@ -114,7 +115,18 @@ def _resolve(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool):
     ok, why = can_run(backend, op, q, needs_grad)
     if not ok:
         raise ValueError(f"backend: {backend.value!r} cannot run {op} attention here: {why}")
-    return importlib.import_module(f".{backend.value}", __package__)
+    return _module(backend)
+
+
+# Plain-torch backends are imported up front so that torch.compile traces the dispatch without a
+# graph break (dynamo cannot trace importlib); triton is imported on first use.
+_MODULES = {Backend.REFERENCE: reference, Backend.DENSE: dense, Backend.FLEX: flex, Backend.CPU: cpu}
+
+
+def _module(backend: Backend):
+    if backend not in _MODULES:
+        _MODULES[backend] = importlib.import_module(f".{backend.value}", __package__)
+    return _MODULES[backend]
 
 
 def _check_inputs(q, k, v, log_alpha, log_beta, check_values: bool) -> None:
@@ -150,7 +162,7 @@ def _resolve_paths(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: 
         backend = Backend.REFERENCE if os.environ.get("PPMA_BACKEND") == "reference" else Backend.DENSE
     if backend not in (Backend.REFERENCE, Backend.DENSE):
         raise ValueError(f"backend: {backend.value!r} runs paths='both' only; use 'dense' or 'reference' for paths={paths!r}")
-    return importlib.import_module(f".{backend.value}", __package__), {"paths": paths}
+    return _module(backend), {"paths": paths}
 
 
 def polyline_attention(
@@ -257,5 +269,5 @@ def log_mask_attention(
     if backend not in (Backend.REFERENCE, Backend.DENSE):
         raise ValueError(f"backend: {backend.value!r} cannot run log-mask attention; use 'dense' or 'reference'")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    impl = importlib.import_module(f".{backend.value}", __package__)
+    impl = _module(backend)
     return impl.masked(q, k, v, list(log_masks), scale).to(q.dtype)

@@ -1,0 +1,135 @@
+"""Backend equivalence: every CPU backend against the float64 reference, forward and every gradient.
+
+One helper runs the reference once per case (forward and backward in float64); each backend is then
+compared on the output and the gradients to q, k, v and both log-decays. The Triton kernel has its
+own module (tests/test_triton.py, interpreter in a child process). Model-level: equal logits with
+every backend, bf16 autocast close to float32, channels-last input, and no graph breaks in the
+attention under torch.compile.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from ppma.ops import can_run, choose_backend, criss_cross_polyline_attention, polyline_attention
+
+from conftest import random_decays
+
+NAMES = ["out", "dq", "dk", "dv", "dlog_alpha", "dlog_beta"]
+OPS = {"full": polyline_attention, "criss_cross": criss_cross_polyline_attention}
+# (B, heads, H, W, d, dv): non-square, not multiples of any block size, a long single row, a column
+SHAPES = [(2, 2, 5, 7, 8, 8), (1, 3, 4, 4, 16, 12), (1, 1, 1, 61, 8, 8), (1, 2, 9, 1, 8, 4)]
+
+
+def _run(op, backend, inputs, grad_out, **kw):
+    out = OPS[op](*inputs, backend=backend, **kw)
+    return [out, *torch.autograd.grad(out, inputs, grad_out)]
+
+
+def _case(B, heads, H, W, d, dv, dtype=torch.float64):
+    q, k, v = (torch.randn(B, heads, H, W, n, dtype=dtype) for n in (d, d, dv))
+    decays = [random_decays(B, heads, H, W, dtype=dtype) for _ in range(2)]
+    return [t.requires_grad_() for t in (q, k, v, *decays)], torch.randn(B, heads, H, W, dv, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("op", ["full", "criss_cross"])
+@pytest.mark.parametrize("backend", ["dense", "cpu"])
+def test_backend_matches_reference_float64(backend, op, shape):
+    inputs, grad_out = _case(*shape)
+    want = _run(op, "reference", inputs, grad_out)
+    got = _run(op, backend, inputs, grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=lambda m: f"{backend} {op} {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["dense", "cpu"])
+def test_float32_backends_match_float64_reference(backend):
+    inputs, grad_out = _case(2, 2, 6, 11, 16, 16)
+    want = _run("full", "reference", inputs, grad_out)
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs]
+    got = _run("full", backend, inputs32, grad_out.float())
+    for name, g, w in zip(NAMES, got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_flex_forward_matches_reference_on_cpu():
+    """FlexAttention runs forward only on CPU (its backward is CUDA-only); float32."""
+    inputs = [t.detach() for t in _case(1, 2, 5, 7, 16, 16, dtype=torch.float32)[0]]
+    with torch.no_grad():
+        got = polyline_attention(*inputs, backend="flex")
+        want = polyline_attention(*inputs, backend="reference")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_picks_cpu_backend_on_cpu(monkeypatch):
+    monkeypatch.delenv("PPMA_BACKEND", raising=False)
+    q = torch.randn(1, 1, 3, 3, 8)
+    for op in ("full", "criss_cross"):
+        assert choose_backend(op, q, needs_grad=True).value == "cpu"
+        assert can_run("cpu", op, q, needs_grad=True) == (True, "")
+
+
+@pytest.fixture(scope="module")
+def nano():
+    torch.manual_seed(0)
+    model = timm.create_model("ppma_nano").eval()
+    for p in model.parameters():  # trained-like magnitudes, so that backends differ if they can
+        p.data.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_model_logits_equal_with_every_backend(nano):
+    x = torch.randn(2, 3, 32, 32)
+    logits = {}
+    with torch.no_grad():
+        for backend in ("reference", "dense", "cpu", "auto"):
+            nano.set_backend(backend)
+            logits[backend] = nano(x)
+    nano.set_backend("auto")
+    for backend, got in logits.items():
+        torch.testing.assert_close(got, logits["reference"], rtol=1e-4, atol=1e-4, msg=lambda m: f"{backend}: {m}")
+
+
+def test_bf16_autocast_logits_close_to_float32_and_decays_stay_float32(nano):
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.extend(t.dtype for t in o)) for m in nano.modules()
+             if type(m).__name__ == "PathDecay"]  # fmt: skip
+    try:
+        with torch.no_grad():
+            want = nano(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = nano(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and all(dt == torch.float32 for dt in seen)
+    assert torch.isfinite(got).all()
+    err = (got.float() - want).abs().max() / want.abs().max()
+    assert err < 0.05, f"bf16 logits differ from float32 by {err:.3g} (relative to max logit)"
+
+
+def test_channels_last_input_gives_same_logits(nano):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = nano(x)
+        got = nano(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["full", "criss_cross"])
+def test_attention_layer_traces_without_graph_breaks(mode):
+    """torch._dynamo.explain on one attention layer (CPU, small): one graph, no breaks."""
+    from ppma.layers import FlatRotary, PolylineAttention
+
+    torch._dynamo.reset()
+    layer = PolylineAttention(32, 4, mode=mode)
+    x = torch.randn(1, 5, 6, 32, requires_grad=True)
+    rotary = FlatRotary(8)(5, 6)
+    explanation = torch._dynamo.explain(layer)(x, rotary)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
