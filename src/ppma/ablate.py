@@ -35,10 +35,10 @@ DEFAULT_MASKS: tuple[str, ...] = tuple(MASKS)
 
 
 def default_base_config(**overrides: Any):
-    """The default ablation recipe: ``ppma train``'s digits recipe with ppma_nano on CPU, 4 epochs, no plots."""
+    """The default ablation recipe: ``ppma train``'s digits recipe with ppma_nano on CPU, 3 epochs, no plots."""
     from .train import digits_config
 
-    return digits_config(**{"epochs": 4, "device": "cpu", "plot": False, "progress": False, **overrides})
+    return digits_config(**{"epochs": 3, "device": "cpu", "plot": False, "progress": False, **overrides})
 
 
 @dataclass

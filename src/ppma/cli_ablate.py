@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ablate",
         help="train the same network once per mask and seed; write a Table-4-like table",
-        description="Default: every zoo mask, seeds 0,1, ppma_nano on the built-in digits on CPU (4 epochs each). "
+        description="Default: every zoo mask, seeds 0,1, ppma_nano on the built-in digits on CPU (3 epochs each). "
         "With --data-path: the published recipe on an ImageNet-layout folder (set --model, --epochs, --device).",
     )
     p.add_argument("--masks", type=_names, help="comma-separated zoo names, or all (default)")
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML or JSON file of training options (ppma train's), applied before the flags")
     p.add_argument("--model", help="PPMA variant (default ppma_nano; ppma_tiny/small/base on GPU)")
     p.add_argument("--data-path", help="ImageNet-layout folder (train/, val/); default the built-in digits")
-    p.add_argument("--epochs", type=int, help="epochs per run (default 4 on digits)")
+    p.add_argument("--epochs", type=int, help="epochs per run (default 3 on digits)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="cpu (default on digits), cuda, auto")
     p.add_argument(
