@@ -12,6 +12,7 @@ from conftest import PUBLISHED_NANO, random_decays
 from PIL import Image
 
 import ppma
+import ppma.errors
 from ppma import viz
 from ppma.cli import main
 
@@ -212,7 +213,7 @@ def test_sweep_writes_an_animated_gif(cli, tmp_path, image_file, capsys):
                "--steps", "2", "--dpi", "40", "--what", "mask", "-o", str(out)])  # fmt: skip
     assert rc == 0 and capsys.readouterr().out.strip() == str(out)
     with Image.open(out) as im:
-        assert im.format == "GIF" and im.size == (200, 200) and im.n_frames == 4
+        assert im.format == "GIF" and im.size == (240, 208) and im.n_frames == 4
         frames = []
         for t in range(im.n_frames):
             im.seek(t)
@@ -264,3 +265,11 @@ def test_bad_input_is_a_one_line_error(cli, tmp_path, image_file, capsys, args, 
 def test_bad_arguments_name_what_is_wrong(cap, call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call(dataclasses.replace(cap, model_name="ppma_nano"))
+
+
+def test_attention_maps_refuse_other_mask_kinds(cap):
+    rmt = dataclasses.replace(cap.block(2, 0), mask="rmt")
+    other = dataclasses.replace(cap, blocks=[*cap.blocks[:2], [rmt, *cap.blocks[2][1:]], *cap.blocks[3:]])
+    with pytest.raises(ppma.errors.PPMAError, match="mask='polyline'"):
+        viz.attention_maps(other, (0.5, 0.5), 2, 0)
+    assert cap.block(2, 0).mask == "polyline" and viz.attention_maps(cap, (0.5, 0.5), 2, 0)["masked"].shape == (4, 4)

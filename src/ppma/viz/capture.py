@@ -201,6 +201,7 @@ class BlockCapture:
         k: (heads, H, W, d) rotated keys, already scaled by d^-0.5 (so scores are ``q k^T``).
         log_alpha, log_beta: (heads, H, W) horizontal and vertical log-decays.
         stride: image pixels (of the padded, resized image) per token.
+        mask: the layer's mask kind (``ppma.masks``); the published model's is ``"polyline"``.
     """
 
     stage: int
@@ -211,6 +212,7 @@ class BlockCapture:
     log_alpha: torch.Tensor
     log_beta: torch.Tensor
     stride: int
+    mask: str = "polyline"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -276,7 +278,7 @@ def capture_blocks(model: nn.Module, image: torch.Tensor) -> list[list[dict]]:
         image: (1, 3, H, W) normalised image.
 
     Returns:
-        ``out[stage][block]`` = dict(mode, q, k, log_alpha, log_beta, stride); see ``BlockCapture``.
+        ``out[stage][block]`` = dict(mode, q, k, log_alpha, log_beta, stride, mask); see ``BlockCapture``.
     """
     found: dict[tuple[int, int], dict] = {}
     handles = []
@@ -286,8 +288,9 @@ def capture_blocks(model: nn.Module, image: torch.Tensor) -> list[list[dict]]:
             x, rotary = args[0], args[1]
             q, k, log_alpha, log_beta = _recompute(module, x, rotary)
             stride = image.shape[-2] // x.shape[1]
-            found[stage, block] = {"mode": module.mode, "q": q, "k": k, "log_alpha": log_alpha, "log_beta": log_beta,
-                                       "stride": stride}  # fmt: skip
+            mask = getattr(getattr(module, "mask", None), "name", "polyline")
+            found[stage, block] = {"mode": module.mode, "q": q, "k": k, "log_alpha": log_alpha,
+                                   "log_beta": log_beta, "stride": stride, "mask": mask}  # fmt: skip
 
         return hook
 

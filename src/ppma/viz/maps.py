@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..errors import PPMAError
 from ..mask import line_log_mask, polyline_log_mask
 from .capture import BlockCapture, Capture
 
@@ -218,6 +219,8 @@ def attention_maps(cap: Capture, query: tuple[float, float], stage: int, block: 
         dict with ``masked`` and ``unmasked`` (H, W) arrays, each summing to 1; ``token``; ``block``.
     """
     bc = cap.block(stage, block)
+    if bc.mask != "polyline":  # the formulas below are SPEC 3-4 (both paths averaged)
+        raise PPMAError(f"block: attention maps are drawn for mask='polyline' layers; this one uses {bc.mask!r}")
     token = cap.image.query_token(query, bc.stride)
     masked, unmasked = [], []
     for h in _heads(bc, head):

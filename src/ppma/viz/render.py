@@ -9,6 +9,7 @@ saying what they measure and a colour bar; the figure's bottom line says which w
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,11 @@ def _describe(bc: BlockCapture, head: int | None) -> str:
 
 
 def _finish(fig: Figure, cap: Capture, title: str) -> Figure:
-    fig.suptitle(title, fontsize=11)
-    fig.supxlabel(cap.caption(), fontsize=7, color="firebrick" if cap.weights is None else "black")
+    """Title on top, the weights' caption at the bottom, both wrapped to the figure's width."""
+    width = fig.get_figwidth()  # about 12 characters per inch at 11 pt, 19 at 7 pt
+    fig.suptitle("\n".join(textwrap.wrap(title, int(width * 12))), fontsize=11)
+    fig.supxlabel("\n".join(textwrap.wrap(cap.caption(), int(width * 17))), fontsize=7,
+                  color="firebrick" if cap.weights is None else "black")  # fmt: skip
     return fig
 
 
@@ -279,11 +283,11 @@ def decay_figure(
         ax.set_title(f"image (stage {s}: {bc.grid[0]}x{bc.grid[1]} tokens)", fontsize=9)
         ax.set_xlabel("x (image pixels)")
         ax.set_ylabel("y (image pixels)")
-        heads = "mean of heads" if head is None else f"head {head % bc.heads}"
-        for col, (key, name) in enumerate((("alpha", "horizontal decay alpha"), ("beta", "vertical decay beta"))):
-            _overlay_panel(axes[row, col + 1], cap, bc, d[key], f"{name}: stage {s}, block {bc.block}, {heads}",
+        for col, (key, name) in enumerate((("alpha", "horizontal alpha"), ("beta", "vertical beta"))):
+            _overlay_panel(axes[row, col + 1], cap, bc, d[key], f"{name}, stage {s} block {bc.block}",
                            _DECAY_CMAP, key)  # fmt: skip
-    return _finish(fig, cap, "learned decay factors per token (near 1: the mask passes; small: it cuts)")
+    heads = "mean over heads" if head is None else f"head {head}"
+    return _finish(fig, cap, f"learned decay factors per token, {heads} (near 1: the mask passes; small: it cuts)")
 
 
 # ---- sweep ------------------------------------------------------------------------------------------
@@ -326,7 +330,7 @@ def sweep_frames(
         else:
             m = mask_maps(cap, query, stage, block, head)
             values, cmap, label = m["average"], _MASK_CMAP, "mask value (H2V and V2H averaged)"
-        fig, axes = _figure(1, 1, (5.0, 4.4), dpi)
+        fig, axes = _figure(1, 1, (6.0, 4.6), dpi)
         _overlay_panel(axes[0, 0], cap, m["block"], values, f"query token {m['token']}", cmap, label, query)
         _finish(fig, cap, f"{what}: {_describe(m['block'], head)}")
         canvas = FigureCanvasAgg(fig)
