@@ -92,6 +92,9 @@ def _can_run_triton(op: Op, q: torch.Tensor) -> tuple[bool, str]:
     return True, ""
 
 
+CPU_FULL_MAX_TOKENS = 512  # auto on CPU: full attention above this many tokens goes to dense
+
+
 def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
     """The backend ``auto`` means for this op, device, dtype and size."""
     override = os.environ.get("PPMA_BACKEND")
@@ -103,7 +106,10 @@ def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
             if can_run(backend, op, q, needs_grad)[0]:
                 return backend
     if q.device.type == "cpu":
-        # Measured on 2 cores (BENCHMARKS.md): explicit matmuls beat SDPA with a float mask on CPU.
+        # Measured on 2 cores (BENCHMARKS.md): explicit matmuls beat SDPA with a float mask for
+        # decomposed attention and small full attention; SDPA's fused softmax wins from N ~ 1024.
+        if op == "full" and q.shape[2] * q.shape[3] > CPU_FULL_MAX_TOKENS:
+            return Backend.DENSE
         return Backend.CPU
     return Backend.DENSE
 
