@@ -1,0 +1,67 @@
+"""``ppma train`` and ``ppma eval``: parse, call ``ppma.train.run`` / ``evaluate_checkpoint``, print."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .config import add_config_flags
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (no arguments: ppma_nano on the built-in digits, a few minutes on CPU)",
+        description="Train with the published recipe (ImageNet-layout --data-path) or the digits recipe (no data). "
+        "Options layer as: recipe <- resumed run's config <- --config file <- flags. "
+        "Multi-GPU / multi-node: torchrun --nproc-per-node N -m ppma.cli train ...",
+    )
+    p.add_argument("--config", help="YAML or JSON file of options (e.g. configs/in1k_ppma_tiny.yaml)")
+    add_config_flags(p)
+    # --resume takes an optional value: alone, it means the output folder's last.pth
+    for action in p._actions:
+        if action.dest == "resume":
+            action.nargs, action.const = "?", ""
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="top-1 / top-5 / loss / images/s of a checkpoint (ours or a published .pth)")
+    p.add_argument("--checkpoint", required=True, help="a .pth or .safetensors file")
+    p.add_argument("--data-path", help="class folders, or an ImageNet root with val/ (default: the digits val split)")
+    p.add_argument("--model", help="timm model name (default: the one stored in the checkpoint)")
+    p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
+                   help="auto: the EMA weights where the file has them")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"))
+    p.add_argument("--input-size", type=int, help="evaluation size (default: the checkpoint's or the model's)")
+    p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
+    p.set_defaults(func=_eval)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import config_from_args
+    from .engine import run
+
+    base = None
+    if getattr(args, "resume", None) is not None:  # start from the resumed run's own options
+        from ..checkpoint import read_checkpoint
+        from .state import find_resume_checkpoint
+
+        saved = read_checkpoint(find_resume_checkpoint(args.resume, getattr(args, "output_dir", None))).get("config")
+        base = {k: v for k, v in (saved or {}).items() if k not in ("resume", "stop_after_steps")}
+    summary = run(config_from_args(args, base))
+    if summary["best_top1"] is not None:
+        print(f"best top-1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']}), final top-1 "
+              f"{summary['final_top1']:.2f}; checkpoints in {summary['output_dir']}")  # fmt: skip
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .engine import evaluate_checkpoint
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    m = evaluate_checkpoint(args.checkpoint, args.data_path, args.model, args.weights, args.batch_size, args.workers,
+                            args.device, args.input_size, args.crop_pct, args.amp)  # fmt: skip
+    print(f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f}) on {m['images']} images: "
+          f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
+          + (f"  ({m['skipped']} unreadable images skipped)" if m["skipped"] else ""))  # fmt: skip

@@ -1,0 +1,330 @@
+"""Datasets and loaders: ImageNet-layout folders (checked), the built-in digits, timm transforms.
+
+Augmentation is seeded per sample from (seed, epoch, index), so it does not depend on how many
+loader processes run or where a run was resumed: a resumed run sees the same images as one that was
+never stopped. Unreadable images are skipped in the loader and counted; the count travels with the
+batch so the training loop can report it at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import PPMAError
+from .config import TrainConfig
+
+__all__ = [
+    "DigitsDataset",
+    "SafeImageFolder",
+    "Batch",
+    "build_datasets",
+    "build_eval_dataset",
+    "build_transform",
+    "check_image_folder",
+    "make_loader",
+    "ResumableSampler",
+    "ShardSampler",
+]
+
+DIGITS_CLASSES = [str(i) for i in range(10)]
+
+
+# ---- datasets -------------------------------------------------------------------------------------------
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes) as RGB PIL images.
+
+    A fixed stratified split (80 % train: 1,437 images, 20 % val: 360) that never changes with the run's
+    seed, so accuracies of different runs compare. Images are upscaled to ``size`` once (bicubic), so
+    random crops have sub-pixel granularity.
+
+    Args:
+        split: ``"train"`` or ``"val"``.
+        size: side of the stored images.
+    """
+
+    classes = DIGITS_CLASSES
+
+    def __init__(self, split: str, size: int = 32) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        if split not in ("train", "val"):
+            raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
+        digits = load_digits()
+        idx_train, idx_val = train_test_split(
+            np.arange(len(digits.target)), test_size=0.2, random_state=0, stratify=digits.target
+        )
+        idx = idx_train if split == "train" else idx_val
+        pixels = (digits.images[idx] * (255 / 16)).round().astype(np.uint8)  # (n, 8, 8), 0..16 -> 0..255
+        self.images = [Image.fromarray(p, "L").resize((size, size), Image.BICUBIC).convert("RGB") for p in pixels]
+        self.targets = [int(t) for t in digits.target[idx]]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.images[index], self.targets[index]
+
+
+def _path_only(path: str) -> str:
+    return path
+
+
+class SafeImageFolder(Dataset):
+    """torchvision's ``ImageFolder`` whose unreadable images come back as ``None`` instead of raising.
+
+    Returns (PIL image or None, class index, path).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        from torchvision.datasets import ImageFolder
+
+        try:
+            self.folder = ImageFolder(str(root), loader=_path_only)  # paths only: __getitem__ opens them
+        except FileNotFoundError as e:
+            raise PPMAError(f"data: {root}: {str(e).splitlines()[0]}") from e
+        self.classes = self.folder.classes
+        self.targets = self.folder.targets
+
+    def __len__(self) -> int:
+        return len(self.folder.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image | None, int, str]:
+        path, target = self.folder.samples[index]
+        try:
+            with open(path, "rb") as f:
+                image = Image.open(f).convert("RGB")  # convert() forces the full decode inside the try
+        except (OSError, ValueError, Image.DecompressionBombError):
+            image = None
+        return image, target, path
+
+
+def check_image_folder(root: str | Path, splits: Sequence[str]) -> list[str]:
+    """Check an ImageNet-layout folder and return its class names.
+
+    Raises a one-line error for: no folder, a missing split, a split without class folders, a class
+    folder without files, or class folders that differ between splits.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data: no folder at {root}")
+    classes: dict[str, list[str]] = {}
+    for split in splits:
+        folder = root / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data: {root} has no '{split}' folder (expected {root}/{split}/<class>/<image>)")
+        names = sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith("."))
+        if not names:
+            raise PPMAError(f"data: {folder} has no class folders (expected {folder}/<class>/<image>)")
+        empty = [n for n in names if not any(e.is_file() for e in os.scandir(folder / n))]
+        if empty:
+            raise PPMAError(f"data: {folder} has empty class folders: {', '.join(empty[:5])}")
+        classes[split] = names
+    first, *rest = splits
+    for split in rest:
+        if classes[split] != classes[first]:
+            only_a = sorted(set(classes[first]) - set(classes[split]))
+            only_b = sorted(set(classes[split]) - set(classes[first]))
+            raise PPMAError(
+                f"data: class folders differ between {first}/ and {split}/: only in {first}: {only_a[:5]}, "
+                f"only in {split}: {only_b[:5]}"
+            )
+    return classes[first]
+
+
+# ---- transforms and seeded augmentation -----------------------------------------------------------------
+
+
+def build_transform(config: TrainConfig, is_training: bool) -> Callable:
+    """timm's train transform (RandomResizedCrop, flip, RandAugment, random erasing) or the eval one
+    (resize to ``input_size / crop_pct``, centre crop), both ending in a normalised (3, S, S) tensor."""
+    from timm.data import create_transform
+
+    if not is_training:
+        return create_transform(config.input_size, is_training=False, interpolation=config.interpolation,
+                                mean=config.mean, std=config.std, crop_pct=config.crop_pct)  # fmt: skip
+    return create_transform(
+        config.input_size,
+        is_training=True,
+        scale=config.scale,
+        ratio=config.ratio,
+        hflip=config.hflip,
+        color_jitter=config.color_jitter,
+        auto_augment=config.auto_augment,
+        interpolation=config.interpolation,
+        mean=config.mean,
+        std=config.std,
+        re_prob=config.reprob,
+        re_mode=config.remode,
+        re_count=config.recount,
+    )
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch, numpy and random for a block, then give the caller's states back."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class Transformed(Dataset):
+    """Applies a transform with randomness seeded by (seed, epoch, index); items are (image, target, path).
+
+    ``image`` is None where the source could not read the file.
+    """
+
+    def __init__(self, source: Dataset, transform: Callable, seed: int = 0) -> None:
+        self.source, self.transform, self.seed, self.epoch = source, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str]:
+        item = self.source[index]
+        image, target = item[0], item[1]
+        path = item[2] if len(item) > 2 else str(index)
+        if image is None:
+            return None, target, path
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0])
+        with _seeded(seed):
+            return self.transform(image), target, path
+
+
+@dataclass
+class Batch:
+    """A collated batch: images (B, 3, S, S), targets (B,), and the paths of images that could not be read."""
+
+    images: torch.Tensor | None
+    targets: torch.Tensor | None
+    skipped: list[str]
+
+    def __len__(self) -> int:
+        return 0 if self.targets is None else len(self.targets)
+
+
+def collate(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
+    """Stack the readable items; list the paths of the others."""
+    good = [(x, t) for x, t, _ in items if x is not None]
+    skipped = [p for x, _, p in items if x is None]
+    if not good:
+        return Batch(None, None, skipped)
+    return Batch(torch.stack([x for x, _ in good]), torch.tensor([t for _, t in good]), skipped)
+
+
+# ---- samplers -------------------------------------------------------------------------------------------
+
+
+class ResumableSampler(Sampler[int]):
+    """torch's ``DistributedSampler`` (shuffled by seed and epoch, one shard per process) that can start
+    ``skip`` items into the epoch, to resume mid-epoch. It also tells the dataset the epoch."""
+
+    def __init__(self, dataset: Transformed, num_replicas: int, rank: int, seed: int) -> None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        self.dataset = dataset
+        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.inner)[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.skip
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``num_replicas``-th index from ``rank``, in order, without padding: exact metrics after a sum."""
+
+    def __init__(self, n: int, num_replicas: int, rank: int) -> None:
+        self.indices = list(range(rank, n, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, drop_last: bool,
+                pin_memory: bool = False) -> DataLoader:  # fmt: skip
+    """A DataLoader that draws its worker seed from a private generator: the global RNG stays untouched."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),  # no draw from the global RNG when an epoch starts
+        persistent_workers=False,  # workers must see the dataset's new epoch
+    )
+
+
+# ---- building the datasets of a run -----------------------------------------------------------------------
+
+
+def _source(config: TrainConfig, split: str) -> Dataset:
+    if config.data_path is None:
+        return DigitsDataset(split, size=config.input_size)
+    return SafeImageFolder(Path(config.data_path) / (config.train_split if split == "train" else config.val_split))
+
+
+def build_datasets(config: TrainConfig) -> tuple[Transformed, Transformed, list[str]]:
+    """(train, val, class names) for a run: the digits when ``config.data_path`` is None."""
+    if config.data_path is None:
+        classes = DIGITS_CLASSES
+    else:
+        classes = check_image_folder(config.data_path, [config.train_split, config.val_split])
+    train = Transformed(_source(config, "train"), build_transform(config, True), config.seed)
+    val = Transformed(_source(config, "val"), build_transform(config, False), config.seed)
+    return train, val, classes
+
+
+def build_eval_dataset(data_path: str | None, config: TrainConfig) -> tuple[Transformed, list[str]]:
+    """The evaluation set: the digits' val split (no path), ``data_path/val`` if it exists, else ``data_path``."""
+    if data_path is None:
+        return Transformed(DigitsDataset("val", size=config.input_size), build_transform(config, False)), DIGITS_CLASSES
+    root = Path(data_path)
+    if (root / config.val_split).is_dir():
+        classes = check_image_folder(root, [config.val_split])
+        root = root / config.val_split
+    else:
+        classes = check_image_folder(root.parent, [root.name])
+    return Transformed(SafeImageFolder(root), build_transform(config, False)), classes
+
+
+def describe_skipped(paths: list[str], limit: int = 3) -> str:
+    """'N unreadable images skipped (a, b, c, ...)' or ''."""
+    if not paths:
+        return ""
+    shown = ", ".join(paths[:limit]) + (", ..." if len(paths) > limit else "")
+    return f"{len(paths)} unreadable image(s) skipped ({shown})"

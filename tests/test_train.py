@@ -1,0 +1,176 @@
+"""ppma train: the digits main job, an ImageFolder end to end, the recipe's parts, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from imagefolder import make_image_folder, one_thread  # noqa: F401  (one_thread: autouse fixture)
+
+import ppma  # noqa: F401
+from ppma.cli import main
+from ppma.train import DIGITS_RECIPE, TrainConfig, digits_config, evaluate_checkpoint, run
+from ppma.train.config import load_config_file
+from ppma.train.engine import build_optimizer, resolve_lr
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """One short ImageNet-recipe run on a generated ImageFolder with an unreadable image, shared by tests."""
+    root = make_image_folder(tmp_path_factory.mktemp("data"))
+    (root / "train" / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    summary = run(TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=2,
+                              warmup_epochs=1, lr=1e-3, workers=1, output_dir=str(out), drop_path=0.1))  # fmt: skip
+    return root, out, summary
+
+
+def test_digits_default_run_learns_and_writes_checkpoint_log_plot(tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert main(["train", "--epochs", "1", "--warmup-epochs", "0", "--output-dir", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "ppma_nano" in stdout and "digits" in stdout
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["val_images"] == 360 and records[0]["train_images"] == 22 * 64
+    assert records[0]["top1"] > 40, records[0]  # chance is 10 %
+    for name in ("last.pth", "best.pth", "curves.png", "config.yaml"):
+        assert (out / name).stat().st_size > 0, name
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert TrainConfig(**saved) == digits_config(epochs=1, warmup_epochs=0, output_dir=str(out))
+
+
+def test_image_folder_trains_and_evaluates_end_to_end(folder_run, capsys):
+    root, out, summary = folder_run
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * (25 // 4) and not summary["stopped"]
+    assert summary["params"] == sum(p.numel() for p in timm.create_model("ppma_nano", num_classes=3).parameters())
+    assert summary["train_images_per_s"] > 0 and summary["eval_images_per_s"] > 0
+    assert summary["final_top1"] == summary["final_top1_ema"]  # EMA on: the EMA decides
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(r["skipped_images"] == 1 and r["val_images"] == 12 for r in history)  # broken.jpg, every epoch
+    assert summary["best_top1"] == max(r["ema_top1"] for r in history)
+    # ppma eval on the best checkpoint reproduces the logged EMA top-1 of the best epoch
+    metrics = evaluate_checkpoint(out / "best.pth", str(root), workers=0)
+    assert metrics["weights"] == "ema" and metrics["images"] == 12
+    assert metrics["top1"] == pytest.approx(summary["best_top1"])
+    assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data-path", str(root / "val"), "--workers", "0"]) == 0
+    assert f"top-1 {summary['best_top1']:.2f}" in capsys.readouterr().out
+
+
+def test_optimizer_exempts_norms_biases_and_decays_from_weight_decay():
+    model = timm.create_model("ppma_nano", num_classes=10)
+    optimizer = build_optimizer(model, TrainConfig(), lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    no_decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.05}
+    assert decay | no_decay == set(names.values()) and not decay & no_decay
+    assert {n for n in names.values() if n.endswith(("dt_bias", "A_log", ".bias"))} <= no_decay
+    assert {n for n, m in model.named_modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))} == {
+        n.rsplit(".", 1)[0] for n in no_decay if n.endswith(".weight")}
+    gammas = {n for n in names.values() if n.endswith("gamma")}
+    assert gammas and gammas <= decay  # (1, 1, 1, C) layer scale is decayed, as published
+    assert all(model.get_parameter(n).ndim >= 2 for n in decay)
+
+
+def test_learning_rate_scales_linearly_with_total_batch():
+    assert resolve_lr(TrainConfig(), total_batch=1024) == pytest.approx(1e-3)  # the published 8 x 128
+    assert resolve_lr(TrainConfig(), total_batch=512) == pytest.approx(5e-4)
+    assert resolve_lr(TrainConfig(lr=3e-4), total_batch=1024) == 3e-4
+
+
+def test_recipe_defaults_are_the_published_ones():
+    c = TrainConfig()
+    assert (c.epochs, c.warmup_epochs, c.warmup_lr, c.min_lr, c.weight_decay) == (300, 5, 1e-6, 1e-5, 0.05)
+    assert (c.auto_augment, c.mixup, c.cutmix, c.smoothing, c.reprob) == ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1, 0.25)
+    assert (c.opt, c.sched, c.clip_grad, c.ema, c.ema_decay) == ("adamw", "cosine", None, True, 0.99996)
+    assert (c.input_size, c.crop_pct) == (224, 224 / 256) and c.drop_path is None  # per variant
+
+
+def test_config_files_load_and_digits_file_matches_the_builtin_recipe():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert {f.name for f in files} >= {"digits_nano.yaml", "in1k_ppma_tiny.yaml", "in1k_ppma_small.yaml",
+                                       "in1k_ppma_base.yaml"}  # fmt: skip
+    for f in files:
+        TrainConfig(**load_config_file(f))
+    assert TrainConfig(**load_config_file(CONFIGS / "digits_nano.yaml")) == digits_config()
+    tiny = TrainConfig(**load_config_file(CONFIGS / "in1k_ppma_tiny.yaml"))
+    assert tiny == TrainConfig(model="ppma_tiny", drop_path=0.1, batch_size=tiny.batch_size, workers=tiny.workers)
+
+
+def test_options_layer_recipe_then_file_then_flags(tmp_path):
+    from ppma.cli import build_parser
+    from ppma.train.config import config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["train"])) == digits_config()
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"data-path": "/data/in1k", "epochs": 7, "mean": [0.1, 0.2, 0.3]}))
+    args = parser.parse_args(["train", "--config", str(file), "--epochs", "9", "--no-ema", "--clip-grad", "none",
+                              "--model-kwargs", '{"backend": "dense"}', "--scale", "0.2,1"])  # fmt: skip
+    c = config_from_args(args)
+    assert c == TrainConfig(data_path="/data/in1k", epochs=9, mean=(0.1, 0.2, 0.3), ema=False,
+                            model_kwargs={"backend": "dense"}, scale=(0.2, 1.0))  # fmt: skip
+    assert DIGITS_RECIPE["model"] == "ppma_nano" and c.model == "ppma_tiny"  # data given: the ImageNet recipe
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
+    train = ["train", "--model", "ppma_nano", "--output-dir", str(tmp_path / "out"), "--data-path"]
+    assert "data: no folder at" in _error(capsys, train + [str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    assert "has no 'train' folder" in _error(capsys, train + [str(tmp_path / "empty")])
+    (tmp_path / "empty" / "train").mkdir()
+    (tmp_path / "empty" / "val").mkdir()
+    assert "has no class folders" in _error(capsys, train + [str(tmp_path / "empty")])
+    root = make_image_folder(tmp_path / "differ", classes=2, train=1, val=1, size=(8, 8))
+    (root / "val" / "class1").rename(root / "val" / "zebra")
+    err = _error(capsys, train + [str(root)])
+    assert "class folders differ" in err and "zebra" in err and "class1" in err
+    root = make_image_folder(tmp_path / "hollow", classes=2, train=1, val=1, size=(8, 8))
+    (root / "train" / "class9").mkdir()
+    assert "empty class folders: class9" in _error(capsys, train + [str(root)])
+    (root / "train" / "class9" / "notes.txt").write_text("no images here")  # a file, but no image
+    (root / "val" / "class9").mkdir()
+    (root / "val" / "class9" / "0.png").write_bytes((root / "val" / "class0" / "0.png").read_bytes())
+    assert "class9" in _error(capsys, train + [str(root)])
+
+
+def test_bad_checkpoints_and_resume_are_one_line_errors(folder_run, tmp_path, capsys):
+    root, out, _ = folder_run
+    err = _error(capsys, ["eval", "--checkpoint", str(out / "best.pth"), "--model", "ppma_tiny", "--data-path", str(root)])
+    assert "does not fit ppma_tiny" in err
+    err = _error(capsys, ["eval", "--checkpoint", str(out / "best.pth")])  # 3-class model, 10 digit classes
+    assert "3 classes" in err and "10 class folders" in err
+    err = _error(capsys, ["train", "--resume", str(out), "--model", "ppma_tiny", "--output-dir", str(tmp_path / "x")])
+    assert "resume:" in err and "ppma_tiny" in err
+    assert "nothing to resume" in _error(capsys, ["train", "--resume", "--output-dir", str(tmp_path / "none")])
+    assert "nothing to resume" in _error(capsys, ["train", "--resume", str(tmp_path / "none.pth")])
+    err = _error(capsys, ["train", "--data-path", str(root), "--model", "ppma_nano", "--output-dir", str(out)])
+    assert "already holds a run" in err
+    assert "unknown option(s) colour" in _error(capsys, ["train", "--config", str(_write(tmp_path, "colour: 1"))])
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unreadable_images_are_reported_at_epoch_end(folder_run):
+    _, out, summary = folder_run
+    assert summary["skipped_images"] == 2 and math.isfinite(summary["final_loss"])
