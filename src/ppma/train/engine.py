@@ -434,6 +434,12 @@ def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
         stats = state.epoch_stats
         loss_sum, images, n_skipped = d.all_reduce_sum([stats["loss_sum"], stats["images"], len(stats["skipped"])])
         train_time = max(d.all_gather(stats["time"]))
+        if d.enabled:  # each rank's last forward moved its own BatchNorm statistics: take rank 0's everywhere
+            from timm.utils import distribute_bn
+
+            distribute_bn(model, d.world_size, reduce=False)
+            if ema is not None:
+                distribute_bn(ema.module, d.world_size, reduce=False)
         metrics = evaluate(model, val_loader, d.device, amp_dtype, d)
         ema_metrics = evaluate(ema.module, val_loader, d.device, amp_dtype, d) if ema is not None else None
         record = {
