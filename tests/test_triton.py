@@ -108,6 +108,18 @@ def test_float32_long_row_keeps_prefix_sum_accuracy(kernels):
 
 
 @interpreted
+def test_autocast_runs_products_in_half_precision_and_keeps_decays_float32(kernels):
+    """Under fp16 autocast (the interpreter has no bf16) q, k, v go to fp16; decay gradients stay float32."""
+    inputs = [t.detach().float().requires_grad_() for t in _case(1, 2, 5, 7, 16, 16)]
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = kernels.full(*inputs, 0.25)
+    grads = torch.autograd.grad(out.sum(), inputs)
+    want = reference.full(*inputs, 0.25)
+    assert (out - want).abs().max() < 5e-3
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+@interpreted
 def test_can_run_explains_what_triton_does_not_do(kernels):
     q = torch.randn(1, 1, 2, 3, 8)
     assert can_run("triton", "full", q, needs_grad=True) == (True, "")

@@ -463,6 +463,12 @@ def full(q, k, v, log_alpha, log_beta, scale: float, *, tile_tokens: int = TILE_
     """
     if q.shape[3] > MAX_WIDTH:
         raise ValueError(f"q: grid width {q.shape[3]} exceeds the triton kernel's limit of {MAX_WIDTH}")
-    if q.dtype != k.dtype or q.dtype != v.dtype:  # autocast can leave v in another dtype
+    device_type = q.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Like a matmul under autocast: the products run in the autocast dtype. (The model's rotary
+        # rotation multiplies bf16 q, k by float32 tables, so they arrive here as float32.)
+        dtype = torch.get_autocast_dtype(device_type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    elif q.dtype != k.dtype or q.dtype != v.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
     return _PolylineFull.apply(q, k, v, log_alpha, log_beta, scale, tile_tokens)
