@@ -19,9 +19,10 @@ def test_torchrun_two_cpu_processes_train_and_reduce_metrics(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ppma.cli",
            "train", "--data-path", str(root), "--model", "ppma_nano", "--input-size", "32", "--batch-size", "4",
-           "--epochs", "1", "--warmup-epochs", "0", "--lr", "1e-3", "--workers", "0", "--output-dir", str(out)]  # fmt: skip
+           "--epochs", "1", "--warmup-epochs", "0", "--lr", "1e-3", "--workers", "0",
+           "--output-dir", str(out)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("ppma train: ppma_nano") == 1  # only rank 0 prints
     assert "2 process(es)" in proc.stdout

@@ -61,7 +61,8 @@ def test_image_folder_trains_and_evaluates_end_to_end(folder_run, capsys):
     metrics = evaluate_checkpoint(out / "best.pth", str(root), workers=0)
     assert metrics["weights"] == "ema" and metrics["images"] == 12
     assert metrics["top1"] == pytest.approx(summary["best_top1"])
-    assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data-path", str(root / "val"), "--workers", "0"]) == 0
+    assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data-path", str(root / "val"),
+                 "--workers", "0"]) == 0
     assert f"top-1 {summary['best_top1']:.2f}" in capsys.readouterr().out
 
 
@@ -152,7 +153,8 @@ def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
 
 def test_bad_checkpoints_and_resume_are_one_line_errors(folder_run, tmp_path, capsys):
     root, out, _ = folder_run
-    err = _error(capsys, ["eval", "--checkpoint", str(out / "best.pth"), "--model", "ppma_tiny", "--data-path", str(root)])
+    best = str(out / "best.pth")
+    err = _error(capsys, ["eval", "--checkpoint", best, "--model", "ppma_tiny", "--data-path", str(root)])
     assert "does not fit ppma_tiny" in err
     err = _error(capsys, ["eval", "--checkpoint", str(out / "best.pth")])  # 3-class model, 10 digit classes
     assert "3 classes" in err and "10 class folders" in err
@@ -172,5 +174,5 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_unreadable_images_are_reported_at_epoch_end(folder_run):
-    _, out, summary = folder_run
+    _, _, summary = folder_run
     assert summary["skipped_images"] == 2 and math.isfinite(summary["final_loss"])

@@ -62,6 +62,7 @@ def _eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
     m = evaluate_checkpoint(args.checkpoint, args.data_path, args.model, args.weights, args.batch_size, args.workers,
                             args.device, args.input_size, args.crop_pct, args.amp)  # fmt: skip
-    print(f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f}) on {m['images']} images: "
+    what = f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f})"
+    print(f"{what} on {m['images']} images: "
           f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
           + (f"  ({m['skipped']} unreadable images skipped)" if m["skipped"] else ""))  # fmt: skip

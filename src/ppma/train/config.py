@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "digits_config", "DIGITS_RECIPE", "load_config_file", "add_config_flags", "config_from_args"]
+__all__ = ["DIGITS_RECIPE", "TrainConfig", "add_config_flags", "config_from_args", "digits_config", "load_config_file"]
 
 _AMP = ("auto", "none", "bf16", "fp16")
 
@@ -35,11 +35,11 @@ class TrainConfig:
 
     # ---- model
     model: str = _f("ppma_tiny", "timm model name")
-    model_kwargs: dict = _f({}, "extra keyword arguments for timm.create_model, as JSON (e.g. '{\"backend\": \"dense\"}')")
+    model_kwargs: dict = _f({}, "more timm.create_model arguments, as JSON (e.g. '{\"mask\": \"rmt\"}')")
     drop_path: float | None = _f(None, "stochastic depth rate; none = the variant's published rate")
-    initial_checkpoint: str | None = _f(None, "start from these weights (ours or a published .pth; another class count is fine)")
+    initial_checkpoint: str | None = _f(None, "start from these weights (ours or a published .pth; any class count)")
     # ---- data
-    data_path: str | None = _f(None, "ImageNet-layout folder with train/ and val/ class folders; none = built-in digits")
+    data_path: str | None = _f(None, "folder with train/ and val/ class folders; none = built-in digits")
     train_split: str = _f("train", "sub-folder of data_path with the training class folders")
     val_split: str = _f("val", "sub-folder of data_path with the validation class folders")
     input_size: int = _f(224, "square training and evaluation size")
@@ -83,6 +83,7 @@ class TrainConfig:
     # ---- runtime
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ... (under torchrun: the local GPU)")
     amp: str = _f("auto", "autocast dtype: auto (bf16 on CUDA, none on CPU), none, bf16, fp16", choices=_AMP)
+    threads: int | None = _f(None, "CPU threads per process (torch.set_num_threads); none = torch's default")
     compile: bool = _f(False, "torch.compile the model")
     sync_bn: bool = _f(False, "SyncBatchNorm across processes")
     seed: int = _f(0, "random seed (model init, data order, augmentation)")
@@ -91,7 +92,7 @@ class TrainConfig:
     output_dir: str | None = _f(None, "run folder; none = runs/<model>-<date-time>")
     save_every_steps: int = _f(0, "also write last.pth every this many steps (0: only at epoch ends)")
     resume: str | None = _f(None, "continue from a checkpoint, or a run folder's last.pth")
-    stop_after_steps: int | None = _f(None, "stop after this many steps in total, saving nothing more (simulates a kill)")
+    stop_after_steps: int | None = _f(None, "stop after this many steps, saving nothing more (simulates a kill)")
     progress: bool | None = _f(None, "progress bar; none = only on a terminal, on rank 0")
     plot: bool = _f(True, "write curves.png at the end")
     tensorboard: bool = _f(False, "also log to TensorBoard (needs the tensorboard package)")
@@ -116,6 +117,8 @@ class TrainConfig:
         for name in ("workers", "warmup_epochs", "save_every_steps", "smoothing", "mixup", "cutmix", "reprob"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads: must be >= 1 or none, got {self.threads}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if not isinstance(self.model_kwargs, dict):
@@ -140,7 +143,7 @@ DIGITS_RECIPE: dict[str, Any] = dict(
     interpolation="bilinear",
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),
-    workers=0,
+    workers=1,  # one loader process overlaps augmentation with the single-threaded model
     scale=(0.6, 1.0),
     ratio=(0.8, 1.25),
     hflip=0.0,
@@ -156,6 +159,7 @@ DIGITS_RECIPE: dict[str, Any] = dict(
     warmup_epochs=1,
     ema_decay=0.995,
     ema_warmup=True,
+    threads=1,  # a small model: a second OpenMP thread gains little and collapses when the cores are shared
 )
 
 

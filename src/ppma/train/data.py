@@ -24,16 +24,16 @@ from ..errors import PPMAError
 from .config import TrainConfig
 
 __all__ = [
-    "DigitsDataset",
-    "SafeImageFolder",
     "Batch",
+    "DigitsDataset",
+    "ResumableSampler",
+    "SafeImageFolder",
+    "ShardSampler",
     "build_datasets",
     "build_eval_dataset",
     "build_transform",
     "check_image_folder",
     "make_loader",
-    "ResumableSampler",
-    "ShardSampler",
 ]
 
 DIGITS_CLASSES = [str(i) for i in range(10)]

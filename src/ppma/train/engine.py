@@ -33,8 +33,16 @@ from .data import ResumableSampler, ShardSampler, build_datasets, build_eval_dat
 from .report import Reporter, plot_curves, progress_bar
 from .state import RunState, capture_rng, find_resume_checkpoint, new_epoch_stats, restore_rng
 
-__all__ = ["run", "train_one_epoch", "evaluate", "evaluate_checkpoint", "build_model", "build_optimizer",
-           "resolve_lr", "Distributed"]  # fmt: skip
+__all__ = [
+    "Distributed",
+    "build_model",
+    "build_optimizer",
+    "evaluate",
+    "evaluate_checkpoint",
+    "resolve_lr",
+    "run",
+    "train_one_epoch",
+]  # fmt: skip
 
 
 # ---- processes and devices --------------------------------------------------------------------------------
@@ -114,7 +122,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """``timm.create_model(config.model, num_classes, drop_path_rate, **config.model_kwargs)``, initial weights loaded."""
+    """``timm.create_model(config.model, num_classes, drop_path_rate, **model_kwargs)`` + initial weights."""
     import timm
 
     import ppma  # noqa: F401  (registers the PPMA models)
@@ -172,7 +180,8 @@ def _build_loss(config: TrainConfig, num_classes: int) -> tuple[Any, nn.Module]:
 
     if config.mixup > 0 or config.cutmix > 0:
         mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-                      switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing, num_classes=num_classes)  # fmt: skip
+                      switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing,
+                      num_classes=num_classes)  # fmt: skip
         return mixup, SoftTargetCrossEntropy()
     if config.smoothing > 0:
         return None, LabelSmoothingCrossEntropy(config.smoothing)
@@ -221,7 +230,7 @@ def train_one_epoch(
             with _autocast(device, amp_dtype):
                 loss = loss_fn(model(images), targets)
             if not math.isfinite(loss.item()):
-                raise PPMAError(f"train: loss is {loss.item()} at step {state.step + 1}; lower the lr or use --clip-grad")
+                raise PPMAError(f"train: loss is {loss.item()} at step {state.step + 1}; lower --lr or set --clip-grad")
             state.optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()
             if clip_grad is not None:
@@ -279,7 +288,8 @@ def evaluate(
         correct5 += hits.any(dim=1).sum().item()
         n += len(targets)
     elapsed = time.perf_counter() - start
-    loss_sum, correct1, correct5, n, n_skipped = dist_info.all_reduce_sum([loss_sum, correct1, correct5, n, len(skipped)])
+    sums = dist_info.all_reduce_sum([loss_sum, correct1, correct5, n, len(skipped)])
+    loss_sum, correct1, correct5, n, n_skipped = sums
     elapsed = max(dist_info.all_gather(elapsed))
     if n == 0:
         raise PPMAError("eval: no readable images")
@@ -327,6 +337,8 @@ def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
     out = _output_dir(config, resume_path, d)
     if resume_path is None and (out / "last.pth").exists():
         raise PPMAError(f"output_dir: {out} already holds a run (last.pth); --resume it or pick another --output-dir")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -379,7 +391,8 @@ def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(train_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        device_ids = [d.device.index] if d.device.type == "cuda" else None
+        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
     if config.compile:
         train_model = torch.compile(train_model)
 
@@ -426,7 +439,8 @@ def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
     while state.epoch < config.epochs and not stopped:
         epoch = state.epoch
         train_sampler.set_epoch(epoch, skip=state.step_in_epoch * config.batch_size)
-        bar = progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{config.epochs}", config.progress, d.rank)
+        desc = f"epoch {epoch + 1}/{config.epochs}"
+        bar = progress_bar(train_loader, len(train_loader), desc, config.progress, d.rank)
         if train_one_epoch(train_model, train_loader, state, loss_fn, mixup, d.device, amp_dtype, config.clip_grad,
                            on_step, bar):  # fmt: skip
             break
@@ -567,8 +581,8 @@ def evaluate_checkpoint(
     if len(classes) != num_classes:
         raise PPMAError(f"eval: {checkpoint} has {num_classes} classes but the data has {len(classes)} class folders")
     if ckpt.get("classes") and list(ckpt["classes"]) != list(classes) and data_path is not None:
-        raise PPMAError(f"eval: the class folders differ from the ones {checkpoint} was trained on "
-                        f"(first difference: {next(a for a, b in zip(ckpt['classes'], classes) if a != b)!r})")  # fmt: skip
+        first = next(a for a, b in zip(ckpt["classes"], classes) if a != b)
+        raise PPMAError(f"eval: the class folders differ from the ones {checkpoint} was trained on (first: {first!r})")
 
     d = setup_distributed(device)
     try:

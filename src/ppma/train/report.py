@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["progress_bar", "Reporter", "plot_curves"]
+__all__ = ["Reporter", "plot_curves", "progress_bar"]
 
 
 def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool | None, rank: int) -> Any:

@@ -21,18 +21,19 @@ import torch.nn as nn
 from ..checkpoint import atomic_save, read_checkpoint
 from ..errors import PPMAError
 
-__all__ = ["RunState", "new_epoch_stats", "capture_rng", "restore_rng", "find_resume_checkpoint", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "RunState", "capture_rng", "find_resume_checkpoint", "new_epoch_stats", "restore_rng"]
 
 FORMAT_VERSION = 1
 
 
 def capture_rng() -> dict[str, Any]:
     """This process's torch (CPU and CUDA), numpy and Python RNG states, as tensors and ints."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    _, keys, pos, has_gauss, gauss = np.random.get_state()  # ("MT19937", (624,) uint32, int, int, float)
+    numpy_state = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                   "gauss": float(gauss)}  # fmt: skip
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},  # fmt: skip
+        "numpy": numpy_state,
         "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next): plain types
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
