@@ -176,3 +176,36 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_unreadable_images_are_reported_at_epoch_end(folder_run):
     _, _, summary = folder_run
     assert summary["skipped_images"] == 2 and math.isfinite(summary["final_loss"])
+
+
+def test_initial_checkpoint_loads_its_weights_into_the_new_model(folder_run):
+    from ppma.train.engine import build_model
+
+    _, out, _ = folder_run
+    model = build_model(TrainConfig(model="ppma_nano", initial_checkpoint=str(out / "best.pth")), num_classes=3)
+    saved = torch.load(out / "best.pth", weights_only=True)["model"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    finetune = build_model(TrainConfig(model="ppma_nano", initial_checkpoint=str(out / "best.pth")), num_classes=5)
+    assert finetune.head.fc.out_features == 5  # another class count keeps a new classifier
+    assert torch.equal(finetune.stem[0].weight, saved["stem.0.weight"])
+
+
+def test_progress_bar_only_on_a_terminal_and_rank_0():
+    from ppma.train.report import progress_bar
+
+    assert progress_bar(range(3), 3, "x", None, rank=0).disable  # pytest's stderr is not a terminal
+    assert progress_bar(range(3), 3, "x", True, rank=1).disable
+    assert not progress_bar(range(3), 3, "x", True, rank=0).disable
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_and_gradient_clipping_train_and_save_the_scaler(tmp_path, amp):
+    root = make_image_folder(tmp_path / "data", classes=2, train=4, val=1, size=(32, 32))
+    config = TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, lr=1e-3,
+                         workers=0, amp=amp, clip_grad=0.5, output_dir=str(tmp_path / "run"), plot=False)  # fmt: skip
+    summary = run(config)
+    assert math.isfinite(summary["final_loss"]) and summary["steps"] == 2
+    ckpt = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert ckpt["resolved"]["amp"] == {"bf16": "bfloat16", "fp16": "float16"}[amp]
+    assert bool(ckpt["scaler"]) == (amp == "fp16")  # the grad scaler only runs (and has state) for fp16
