@@ -134,8 +134,8 @@ def _detect_train(args: argparse.Namespace) -> None:
 def _detect_eval(args: argparse.Namespace) -> None:
     import torch
 
+    from ..distributed import DistInfo
     from .detection import DetectConfig, coco_split, evaluate_detection, model_from_checkpoint, resolve_data
-    from .engine import DistInfo
 
     model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)
     config = config_from_dict(DetectConfig, cfg)
@@ -173,7 +173,7 @@ def _segment_train(args: argparse.Namespace) -> None:
 def _segment_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from .engine import DistInfo
+    from ..distributed import DistInfo
     from .segmentation import SegmentConfig, evaluate_segmentation, make_dataset, model_from_checkpoint, resolve_data
 
     model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)

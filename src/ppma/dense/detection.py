@@ -30,23 +30,19 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..errors import PPMAError
-from .backbone import create_backbone
-from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import (
+from ..distributed import (
     DistInfo,
     autocast,
     cleanup_distributed,
-    load_state,
-    log_line,
     main_process_first,
-    param_groups,
-    read_run_info,
-    save_state,
     seed_everything,
     setup_distributed,
     unwrap,
 )
+from ..errors import PPMAError
+from .backbone import create_backbone
+from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
+from .engine import load_state, log_line, param_groups, read_run_info, save_state
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -263,7 +259,7 @@ def train_detection(config: DetectConfig) -> dict[str, float]:
     try:
         return _train(config, info)
     finally:
-        cleanup_distributed()
+        cleanup_distributed(info)
 
 
 def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:

@@ -1,115 +1,32 @@
 """Training plumbing shared by the detection and segmentation loops.
 
-torchrun/DDP (NCCL on CUDA, gloo on CPU), bf16 autocast, AdamW parameter groups without weight
-decay on norms, biases and the decay parameters, and atomic, resumable checkpoints.
+AdamW parameter groups without weight decay on norms, biases and the decay parameters, atomic,
+resumable checkpoints and the JSON-lines log. Processes and devices (torchrun/DDP, autocast,
+seeding) live in ``ppma.distributed``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from ..checkpoint import atomic_save, read_checkpoint
+from ..distributed import autocast, unwrap  # autocast: re-exported, tests import it from here
 
 __all__ = [
-    "DistInfo",
-    "setup_distributed",
-    "cleanup_distributed",
     "autocast",
     "param_groups",
     "save_state",
     "load_state",
-    "main_process_first",
     "read_run_info",
-    "seed_everything",
-    "unwrap",
     "log_line",
-    "pick_device",
 ]
-
-
-@dataclass
-class DistInfo:
-    """Where this process sits in a (possibly single-process) run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def pick_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available here")
-    return torch.device(device)
-
-
-def setup_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK).
-
-    Without those variables this is a single-process run. CUDA runs use NCCL and one GPU per
-    local rank; CPU runs use gloo.
-    """
-    dev = pick_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(device=dev)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if dev.type == "cuda":
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local, dev)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when ``enabled`` (CPU and CUDA); a no-op otherwise."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-@contextlib.contextmanager
-def main_process_first(info: DistInfo) -> Iterator[None]:
-    """Rank 0 runs the body first (e.g. writes the built-in data set), the other ranks after it."""
-    if info.distributed and not info.is_main:
-        dist.barrier()
-    yield
-    if info.distributed and info.is_main:
-        dist.barrier()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (or the model itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -123,12 +40,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         else:
             decay.append(p)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def save_state(

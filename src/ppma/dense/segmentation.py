@@ -32,6 +32,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..distributed import (
+    DistInfo,
+    autocast,
+    cleanup_distributed,
+    main_process_first,
+    seed_everything,
+    setup_distributed,
+    unwrap,
+)
 from ..errors import PPMAError
 from .backbone import create_backbone
 from .data import (
@@ -48,20 +57,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import (
-    DistInfo,
-    autocast,
-    cleanup_distributed,
-    load_state,
-    log_line,
-    main_process_first,
-    param_groups,
-    read_run_info,
-    save_state,
-    seed_everything,
-    setup_distributed,
-    unwrap,
-)
+from .engine import load_state, log_line, param_groups, read_run_info, save_state
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -344,7 +340,7 @@ def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
             )
         return _train(config, info)
     finally:
-        cleanup_distributed()
+        cleanup_distributed(info)
 
 
 def _infinite(loader: DataLoader, sampler: DistributedSampler | None, start_epoch: int):

@@ -10,23 +10,28 @@ Then it loops: ``train_one_epoch`` -> ``evaluate`` (model and EMA) -> checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..distributed import (
+    DistInfo,
+    amp_dtype_for,
+    autocast,
+    cleanup_distributed,
+    seed_everything,
+    setup_distributed,
+    unwrap,
+)
 from ..errors import PPMAError
 from .config import TrainConfig
 from .data import ResumableSampler, ShardSampler, build_datasets, build_eval_dataset, describe_skipped, make_loader
@@ -34,7 +39,6 @@ from .report import Reporter, plot_curves, progress_bar
 from .state import RunState, capture_rng, find_resume_checkpoint, new_epoch_stats, restore_rng
 
 __all__ = [
-    "Distributed",
     "build_model",
     "build_optimizer",
     "evaluate",
@@ -43,79 +47,6 @@ __all__ = [
     "run",
     "train_one_epoch",
 ]  # fmt: skip
-
-
-# ---- processes and devices --------------------------------------------------------------------------------
-
-
-@dataclass
-class Distributed:
-    """Where this process sits: rank, world size, its device, and whether we started the process group."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    def all_reduce_sum(self, values: list[float]) -> list[float]:
-        """Sum numbers over all processes (float64 on the process's device)."""
-        if not self.enabled:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if not self.enabled:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-
-def setup_distributed(device: str) -> Distributed:
-    """Join the process group that ``torchrun`` describes in the environment (NCCL on GPU, Gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
-    if use_cuda:
-        dev = torch.device("cuda", local_rank) if world_size > 1 or device in ("auto", "cuda") else torch.device(device)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    owns = False
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
-        owns = True
-    return Distributed(rank, world_size, local_rank, dev, owns)
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` ('auto': bf16 on CUDA, full precision on CPU)."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 # ---- building blocks --------------------------------------------------------------------------------------
@@ -216,8 +147,7 @@ def train_one_epoch(
     model.train()
     stats = state.epoch_stats
     bar = progress if progress is not None else loader
-    unwrapped = getattr(model, "module", model)
-    unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
+    unwrapped = unwrap(model)
     start = time.perf_counter() - stats["time"]
     for batch in bar:
         stats["skipped"].extend(batch.skipped)
@@ -227,7 +157,7 @@ def train_one_epoch(
                 images, targets = images[:-1], targets[:-1]
             if mixup is not None:
                 images, targets = mixup(images, targets)
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 loss = loss_fn(model(images), targets)
             if not math.isfinite(loss.item()):
                 raise PPMAError(f"train: loss is {loss.item()} at step {state.step + 1}; lower --lr or set --clip-grad")
@@ -261,14 +191,14 @@ def evaluate(
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
-    dist_info: Distributed | None = None,
+    dist_info: DistInfo | None = None,
     progress: bool | None = False,
 ) -> dict[str, Any]:
     """Top-1, top-5 (%), mean cross-entropy, images and images/s over ``loader``, summed over all processes.
 
     Each process evaluates its own shard (``ShardSampler``: no padding), so the sums are exact.
     """
-    dist_info = dist_info or Distributed(device=device)
+    dist_info = dist_info or DistInfo(device=device)
     model.eval()
     loss_sum = correct1 = correct5 = n = 0.0
     skipped: list[str] = []
@@ -278,7 +208,7 @@ def evaluate(
         if len(batch) == 0:
             continue
         images, targets = batch.images.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
@@ -300,7 +230,7 @@ def evaluate(
 # ---- a whole run ------------------------------------------------------------------------------------------
 
 
-def _output_dir(config: TrainConfig, resume_path: Path | None, dist_info: Distributed) -> Path:
+def _output_dir(config: TrainConfig, resume_path: Path | None, dist_info: DistInfo) -> Path:
     if config.output_dir is not None:
         return Path(config.output_dir)
     if resume_path is not None:
@@ -328,11 +258,10 @@ def run(config: TrainConfig) -> dict[str, Any]:
     try:
         return _run(config, dist_info)
     finally:
-        if dist_info.owns_group:
-            dist.destroy_process_group()
+        cleanup_distributed(dist_info)
 
 
-def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
+def _run(config: TrainConfig, d: DistInfo) -> dict[str, Any]:
     resume_path = find_resume_checkpoint(config.resume, config.output_dir) if config.resume is not None else None
     out = _output_dir(config, resume_path, d)
     if resume_path is None and (out / "last.pth").exists():
@@ -358,14 +287,14 @@ def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
                         f"{config.batch_size}; lower --batch-size")  # fmt: skip
 
     # Model, optimizer, schedule, EMA: the same initial weights on every rank (seeded before creation).
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     model = build_model(config, len(classes)).to(d.device)
     params = sum(p.numel() for p in model.parameters())
     total_batch = config.batch_size * d.world_size
     lr = resolve_lr(config, total_batch)
     optimizer = build_optimizer(model, config, lr)
     scheduler = _build_scheduler(optimizer, config, updates_per_epoch)
-    amp_dtype = _amp_dtype(config.amp, d.device)
+    amp_dtype = amp_dtype_for(config.amp, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
     ema_decay = config.ema_decay ** (total_batch / config.lr_base_size)  # same time constant in images
     ema = None
@@ -386,9 +315,9 @@ def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
         scheduler.step_update(num_updates=state.step)
 
     train_model: nn.Module = model
-    if config.sync_bn and d.enabled:
+    if config.sync_bn and d.distributed:
         train_model = nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
-    if d.enabled:
+    if d.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [d.device.index] if d.device.type == "cuda" else None
@@ -416,9 +345,9 @@ def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
             restore_rng(rng_states[d.rank])
         else:
             reporter.print(f"resume: saved with {len(rng_states)} processes, now {d.world_size}: RNG reseeded")
-            _seed_everything(config.seed + d.rank + 1000 * state.step)
+            seed_everything(config.seed + d.rank + 1000 * state.step)
     else:
-        _seed_everything(config.seed + d.rank)
+        seed_everything(config.seed + d.rank)
 
     def save_last() -> None:
         rng = d.all_gather(capture_rng())  # a collective: every rank calls it at the same steps
@@ -448,7 +377,7 @@ def _run(config: TrainConfig, d: Distributed) -> dict[str, Any]:
         stats = state.epoch_stats
         loss_sum, images, n_skipped = d.all_reduce_sum([stats["loss_sum"], stats["images"], len(stats["skipped"])])
         train_time = max(d.all_gather(stats["time"]))
-        if d.enabled:  # each rank's last forward moved its own BatchNorm statistics: take rank 0's everywhere
+        if d.distributed:  # each rank's last forward moved its own BatchNorm statistics: take rank 0's everywhere
             from timm.utils import distribute_bn
 
             distribute_bn(model, d.world_size, reduce=False)
@@ -594,10 +523,9 @@ def evaluate_checkpoint(
         model = model.to(d.device)
         loader = make_loader(dataset, ShardSampler(len(dataset), d.world_size, d.rank), batch_size, workers,
                              drop_last=False, pin_memory=d.device.type == "cuda")  # fmt: skip
-        metrics = evaluate(model, loader, d.device, _amp_dtype(amp, d.device), d, progress=None)
+        metrics = evaluate(model, loader, d.device, amp_dtype_for(amp, d.device), d, progress=None)
     finally:
-        if d.owns_group:
-            dist.destroy_process_group()
+        cleanup_distributed(d)
     metrics.update(model=model_name, weights="ema" if use_ema else "model", classes=num_classes,
                    input_size=config.input_size, crop_pct=config.crop_pct)  # fmt: skip
     return metrics

@@ -1,0 +1,192 @@
+"""Process and device plumbing shared by the classification and dense-task training loops.
+
+One home for: joining and leaving the process group that ``torchrun`` describes (NCCL on CUDA,
+Gloo on CPU), the ``DistInfo`` record of where this process sits, device picking, seeding,
+the autocast context, rank-0-first sections and unwrapping DDP / ``torch.compile`` wrappers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistInfo",
+    "amp_dtype_for",
+    "autocast",
+    "cleanup_distributed",
+    "main_process_first",
+    "pick_device",
+    "seed_everything",
+    "setup_distributed",
+    "unwrap",
+]  # fmt: skip
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits in a (possibly single-process) run.
+
+    Attributes:
+        rank: global rank (0 in a single process).
+        world_size: number of processes.
+        local_rank: rank on this machine; the GPU index under ``torchrun``.
+        device: the device this process computes on.
+        owns_group: True when ``setup_distributed`` started the process group (so it also ends it).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when more than one process takes part."""
+        return self.world_size > 1
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum numbers over all processes (in float64 on this process's device).
+
+        Args:
+            values: this process's numbers.
+
+        Returns:
+            The element-wise sums over processes (``values`` itself in a single process).
+        """
+        if not self.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` (picklable), in rank order."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        """Wait for all processes (a no-op in a single process)."""
+        if self.distributed:
+            dist.barrier()
+
+
+def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device a device string names.
+
+    Args:
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or any
+            other ``torch.device`` string.
+        local_rank: the GPU index that ``"auto"`` / ``"cuda"`` (no index) resolve to.
+
+    Returns:
+        ``cuda:local_rank`` for ``"auto"`` with CUDA and for ``"cuda"``; ``torch.device(device)`` otherwise.
+
+    Raises:
+        ValueError: a CUDA device is asked for but CUDA is not available.
+    """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK).
+
+    Without those variables this is a single-process run. CUDA runs use NCCL and one GPU per local
+    rank (the current CUDA device is set to it); CPU runs use Gloo.
+
+    Args:
+        device: see ``pick_device``; under ``torchrun`` a CUDA device is always the local rank's GPU.
+
+    Returns:
+        The process's ``DistInfo``; ``owns_group`` says whether this call started the group.
+
+    Raises:
+        ValueError: a CUDA device is asked for but CUDA is not available.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if dev.type == "cuda":
+        if world_size > 1:  # one GPU per process, whatever index was asked for
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    owns = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
+        owns = True
+    return DistInfo(rank, world_size, local_rank, dev, owns)
+
+
+def cleanup_distributed(info: DistInfo) -> None:
+    """Destroy the process group if ``setup_distributed`` started it (a caller's own group stays)."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's (CPU and CUDA) generators with ``seed``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp``: ``"auto"`` (bf16 on CUDA when supported, full precision on CPU),
+    ``"none"``, ``"bf16"`` or ``"fp16"``."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | bool | None) -> contextlib.AbstractContextManager:
+    """Autocast on ``device``'s type, or a no-op.
+
+    Args:
+        device: where the computation runs (CPU or CUDA).
+        dtype: the autocast dtype; ``True`` means bf16; ``None`` or ``False``: full precision (no-op).
+    """
+    if dtype is True:
+        dtype = torch.bfloat16
+    if dtype is None or dtype is False:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def main_process_first(info: DistInfo) -> Iterator[None]:
+    """Rank 0 runs the body first (e.g. writes a built-in data set), the other ranks after it."""
+    if info.distributed and not info.is_main:
+        dist.barrier()
+    yield
+    if info.distributed and info.is_main:
+        dist.barrier()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP and ``torch.compile`` wrappers (in either order), or the model itself."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
