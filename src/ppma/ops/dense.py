@@ -2,7 +2,8 @@
 
 Full attention stores the (B, heads, N, N) mask and calls ``scaled_dot_product_attention`` twice
 (M and M^T); decomposed attention stores the 1D row and column masks, O(N^1.5), and runs row and
-column attention as batched SDPA calls without forming the composed map. Half-precision inputs
+column attention as batched 4D SDPA calls (5D inputs would send CUDA to the unfused math path)
+without forming the composed map. Half-precision inputs
 run in float32 so the mask keeps its float32 precision (SDPA wants one dtype for q and the mask).
 """
 
@@ -35,18 +36,26 @@ def masked(q, k, v, log_masks, scale: float) -> torch.Tensor:
         return sum(outs) / len(outs)
 
 
+def _batched_sdpa(q, k, v, mask, scale: float) -> torch.Tensor:
+    """SDPA over (B, heads, lines, L, d) sequences; (B * heads) as SDPA's batch, so the fused 4D kernels apply."""
+    B, heads = q.shape[:2]
+    out = F.scaled_dot_product_attention(
+        q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=mask.flatten(0, 1), scale=scale
+    )  # (B * heads, lines, L, dv)
+    return out.unflatten(0, (B, heads))
+
+
 def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
-    B, heads, H, W, d = q.shape
     with upcast(q, k, v) as (q, k, v):
         row_mask = _line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W)
         col_mask = _line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)  # (B, heads, W, H, H)
         q_cols, k_cols = q.transpose(2, 3), k.transpose(2, 3)  # (B, heads, W, H, d): columns as sequences
 
         def along_rows(u):  # Aw u: each row of the grid is a length-W sequence
-            return F.scaled_dot_product_attention(q, k, u, attn_mask=row_mask, scale=scale)
+            return _batched_sdpa(q, k, u, row_mask, scale)
 
         def along_cols(u):  # Ah u: each column is a length-H sequence
-            return F.scaled_dot_product_attention(q_cols, k_cols, u.transpose(2, 3), attn_mask=col_mask, scale=scale).transpose(2, 3)
+            return _batched_sdpa(q_cols, k_cols, u.transpose(2, 3), col_mask, scale).transpose(2, 3)
 
         if paths == "h2v":  # Aw(Ah v) only
             return along_rows(along_cols(v))
