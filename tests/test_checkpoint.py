@@ -9,7 +9,7 @@ import timm
 import torch
 
 import ppma  # noqa: F401
-from ppma.checkpoint import atomic_save, convert, load_into, read_checkpoint
+from ppma.checkpoint import atomic_save, load_into, read_checkpoint
 from ppma.cli import main as cli_main
 from ppma.models import checkpoint_filter_fn, published_state_dict
 
