@@ -1,4 +1,4 @@
-"""The fused Triton kernel (ops/triton/full.py) against the float64 reference.
+"""The fused Triton kernels (ops/triton/full.py, ops/triton/criss_cross.py) against the float64 reference.
 
 On CPU the kernels run under the Triton interpreter, which must be switched on before Triton is
 first imported: ``test_interpreter_suite`` re-runs this file in a fresh pytest process with
@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from ppma.ops import can_run, polyline_attention  # noqa: E402
+from ppma.ops import can_run, criss_cross_polyline_attention, polyline_attention  # noqa: E402
 from ppma.ops import reference  # noqa: E402
 
 from conftest import random_decays  # noqa: E402
@@ -123,10 +123,12 @@ def test_autocast_runs_products_in_half_precision_and_keeps_decays_float32(kerne
 def test_can_run_explains_what_triton_does_not_do(kernels):
     q = torch.randn(1, 1, 2, 3, 8)
     assert can_run("triton", "full", q, needs_grad=True) == (True, "")
-    ok, why = can_run("triton", "criss_cross", q, needs_grad=False)
-    assert not ok and "full attention only" in why
+    assert can_run("triton", "criss_cross", q, needs_grad=True) == (True, "")
     ok, why = can_run("triton", "full", torch.randn(1, 1, 1, 300, 8), needs_grad=False)
     assert not ok and "300" in why
+    assert can_run("triton", "full", torch.randn(1, 1, 300, 2, 8), needs_grad=False)[0]
+    ok, why = can_run("triton", "criss_cross", torch.randn(1, 1, 300, 2, 8), needs_grad=False)
+    assert not ok and "300x2" in why
 
 
 def test_cpu_without_interpreter_is_refused(monkeypatch):
@@ -138,9 +140,71 @@ def test_cpu_without_interpreter_is_refused(monkeypatch):
         polyline_attention(q, k, v, random_decays(1, 1, 2, 3).float(), random_decays(1, 1, 2, 3).float(), backend="triton")
 
 
+@pytest.fixture(scope="module")
+def cc_kernels():
+    """The criss-cross module (built for the interpreter in the child process)."""
+    return importlib.import_module("ppma.ops.triton.criss_cross")
+
+
+@interpreted
+@pytest.mark.parametrize(
+    "B, heads, H, W, d, dv, block, paths",
+    [
+        (2, 2, 3, 5, 8, 8, 64, "both"),  # one block per line, padded to 16
+        (2, 2, 3, 5, 8, 8, 64, "h2v"),
+        (1, 2, 7, 4, 4, 12, 64, "both"),  # dv != d, d below the padded 16
+        (1, 2, 7, 4, 4, 12, 64, "v2h"),
+        (1, 1, 1, 9, 16, 16, 64, "both"),  # a single row: column lines of length 1
+        (1, 1, 6, 1, 8, 8, 64, "h2v"),  # a single column
+        (1, 1, 2, 37, 8, 8, 16, "both"),  # rows of 37 in three blocks of 16, the last partly filled
+        (1, 1, 2, 37, 8, 8, 16, "v2h"),
+    ],
+)
+def test_criss_cross_matches_reference_float64(cc_kernels, B, heads, H, W, d, dv, block, paths):
+    """Forward and every gradient (q, k, v, log_alpha, log_beta) against ops/reference.py."""
+    inputs = _case(B, heads, H, W, d, dv)
+    scale = d**-0.5
+    grad_out = torch.randn(B, heads, H, W, dv, dtype=torch.float64)
+    got = _fwd_bwd(lambda *a: cc_kernels.criss_cross(*a, scale, paths, block=block), inputs, grad_out)
+    want = _fwd_bwd(lambda *a: reference.criss_cross(*a, scale, paths), inputs, grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=lambda m: f"{paths} {name}: {m}")
+
+
+@interpreted
+@pytest.mark.parametrize("paths", ["both", "v2h"])
+def test_criss_cross_dispatch_non_contiguous_float32(cc_kernels, paths):
+    """Head-split permuted q, k, v in float32 through criss_cross_polyline_attention(backend='triton')."""
+    B, H, W, heads, d = 1, 5, 6, 2, 8
+    qkv = [torch.randn(B, H, W, heads, d).permute(0, 3, 1, 2, 4).requires_grad_() for _ in range(3)]
+    assert not qkv[0].is_contiguous()
+    decays = [random_decays(B, heads, H, W).float().requires_grad_() for _ in range(2)]
+    inputs = [*qkv, *decays]
+    grad_out = torch.randn(B, heads, H, W, d)
+    got = _fwd_bwd(lambda *a: criss_cross_polyline_attention(*a, backend="triton", paths=paths), inputs, grad_out)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    ref = criss_cross_polyline_attention
+    want = _fwd_bwd(lambda *a: ref(*a, backend="reference", paths=paths), inputs64, grad_out.double())
+    for name, g, w in zip(NAMES, got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@interpreted
+def test_criss_cross_autocast_products_half_decay_gradients_float32(cc_kernels):
+    """Under fp16 autocast q, k, v go to fp16; the output is close and the decay gradients stay float32."""
+    inputs = [t.detach().float().requires_grad_() for t in _case(1, 2, 5, 7, 16, 16)]
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = cc_kernels.criss_cross(*inputs, 0.25)
+    grads = torch.autograd.grad(out.sum(), inputs)
+    want = reference.criss_cross(*inputs, 0.25)
+    assert (out - want).abs().max() < 5e-3
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
 @interpreted
 def test_model_logits_equal_with_triton_backend(kernels):
-    """ppma_nano with its full-attention layers on the kernel: logits equal the cpu backend's (float32)."""
+    """ppma_nano with its full and criss-cross layers on the kernels: logits equal the cpu backend's (float32)."""
     import timm
 
     model = timm.create_model("ppma_nano").eval()
@@ -148,7 +212,7 @@ def test_model_logits_equal_with_triton_backend(kernels):
     with torch.no_grad():
         want = model(x)
         for m in model.modules():
-            if getattr(m, "mode", None) == "full":
+            if getattr(m, "mode", None) in ("full", "criss_cross"):
                 m.backend = "triton"
         got = model(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -156,8 +220,9 @@ def test_model_logits_equal_with_triton_backend(kernels):
 
 @pytest.mark.skipif(INTERPRETED, reason="compiles real GPU code; the interpreter process cannot")
 def test_kernels_compile_for_h100_without_a_gpu(tmp_path, monkeypatch):
-    """Ahead-of-time compile of the three kernels to sm_90 cubins (bf16, 4 rows of 16): catches
-    errors that the interpreter does not see (layouts, dtypes, shared memory) on a CPU-only machine."""
+    """Ahead-of-time compile of the six kernels to sm_90 cubins (bf16; full: 4 rows of 16, criss-cross:
+    blocks of 64): catches errors that the interpreter does not see (layouts, dtypes, shared memory)
+    on a CPU-only machine."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -166,9 +231,16 @@ def test_kernels_compile_for_h100_without_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     importlib.import_module("ppma.ops.triton")
     module = sys.modules["ppma.ops.triton.full"]
-    inputs, outputs = {"Q", "K", "V", "DO"}, {"CA", "CB", "OUT", "O1", "LSE1", "LSE2", "DEL1", "DEL2", "DQ", "DK", "DV_", "DCA", "DCB"}
-    consts = dict(R_Q=4, R_K=4, WP=16, DP=32, DVP=32, ACC=tl.float32, PREC="tf32")
-    for fn in (module._fwd_kernel, module._bwd_query_kernel, module._bwd_key_kernel):
+    inputs = {"Q", "K", "V", "U", "DO"}
+    outputs = {"CA", "CB", "P", "OUT", "O1", "LSE", "LSE1", "LSE2", "DELTA", "DEL1", "DEL2",
+               "DQ", "DK", "DV_", "DU_", "DCA", "DCB", "DPQ", "DPK"}  # fmt: skip
+    full_consts = dict(R_Q=4, R_K=4, WP=16, DP=32, DVP=32, ACC=tl.float32, PREC="tf32")
+    line_consts = dict(BM=64, BN=64, DP=32, DUP=64, ACC=tl.float32, PREC="tf32")  # DUP: the [v | Ah v] row pass
+    cc = sys.modules["ppma.ops.triton.criss_cross"]
+    for fn, consts in [
+        *((fn, full_consts) for fn in (module._fwd_kernel, module._bwd_query_kernel, module._bwd_key_kernel)),
+        *((fn, line_consts) for fn in (cc._line_fwd_kernel, cc._line_bwd_query_kernel, cc._line_bwd_key_kernel)),
+    ]:
         signature = {
             n: "constexpr" if n in consts else "*bf16" if n in inputs else "*fp32" if n in outputs else "fp32" if n == "scale" else "i32"
             for n in fn.arg_names
@@ -210,3 +282,22 @@ def test_cuda_kernel_matches_reference(H, W, dtype):
         err = (g.double() - e).abs().max().item()
         ref_err = (r.double() - e).abs().max().item()
         assert err <= 2 * ref_err + 1e-5, f"{name}: kernel error {err:.3g} vs reference error {ref_err:.3g}"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("H, W", [(14, 14), (7, 13), (1, 200), (56, 56), (130, 3)])
+def test_cuda_criss_cross_matches_reference_float32(H, W):
+    """Compiled line-attention kernels on a GPU, float32 (IEEE products): forward and every gradient."""
+    if INTERPRETED:
+        pytest.skip("interpreter mode is set for this process")
+    from ppma.ops.triton.criss_cross import criss_cross
+
+    B, heads, d = 2, 4, 32
+    base = [t.cuda() for t in _case(B, heads, H, W, d, d, dtype=torch.float32)]
+    grad_out = torch.randn(B, heads, H, W, d, device="cuda")
+    base64 = [t.detach().double().requires_grad_() for t in base]
+    exact = _fwd_bwd(lambda *a: reference.criss_cross(*a, d**-0.5), base64, grad_out.double())
+    got = _fwd_bwd(lambda *a: criss_cross(*a, d**-0.5), base, grad_out)
+    for name, g, e in zip(NAMES, got, exact):
+        torch.testing.assert_close(g.double(), e, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")

@@ -5,8 +5,9 @@ Backends (``backend=``):
     dense      stored mask + ``scaled_dot_product_attention`` (ops/dense.py)
     flex       FlexAttention, mask formed on the fly from prefix sums; full attention only (ops/flex.py)
     cpu        explicit batched matmuls, each score matrix formed once; the fastest on CPU (ops/cpu.py)
-    triton     fused Triton kernel, one pass for both softmaxes, O(N) memory; full attention only,
-               CUDA (or CPU under ``TRITON_INTERPRET=1``) (ops/triton/full.py)
+    triton     fused Triton kernels, O(N) memory: full attention in one pass for both softmaxes
+               (ops/triton/full.py), criss-cross from a fused line-attention kernel
+               (ops/triton/criss_cross.py); CUDA (or CPU under ``TRITON_INTERPRET=1``)
     auto       the fastest that can run for the device, dtype and op (see ``choose_backend``)
 
 The environment variable ``PPMA_BACKEND`` overrides ``auto`` everywhere (for benchmarks).
@@ -75,19 +76,21 @@ def can_run(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool) -
 
 
 TRITON_MAX_WIDTH = 256  # ops/triton/full.py keeps a whole (padded) grid row in one tile
+TRITON_MAX_LINE = 256  # ops/triton/criss_cross.py: rows (W) and columns (H) at most this long
 
 
 def _can_run_triton(op: Op, q: torch.Tensor) -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (pip install 'ppma[triton]')"
-    if op != "full":
-        return False, "triton implements full attention only; use 'dense' or 'reference' for criss-cross"
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if q.device.type != "cuda" and not (interpret and q.device.type == "cpu"):
         return False, f"triton kernels need a CUDA device (got {q.device.type}; CPU runs need TRITON_INTERPRET=1)"
     if q.dtype == torch.float64 and not interpret:
         return False, "the triton kernel takes float32/bfloat16/float16 on CUDA (float64 only under the interpreter)"
-    if q.shape[3] > TRITON_MAX_WIDTH:
+    if op == "criss_cross" and max(q.shape[2], q.shape[3]) > TRITON_MAX_LINE:
+        grid = f"{q.shape[2]}x{q.shape[3]}"
+        return False, f"grid {grid} has a line longer than the triton kernel's limit of {TRITON_MAX_LINE}"
+    if op == "full" and q.shape[3] > TRITON_MAX_WIDTH:
         return False, f"grid width {q.shape[3]} exceeds the triton kernel's limit of {TRITON_MAX_WIDTH}"
     return True, ""
 
@@ -158,7 +161,7 @@ PATHS = ("both", "h2v", "v2h")
 
 
 def _resolve_paths(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool, paths: str):
-    """``_resolve`` for ``paths="both"``; a single path runs on the stored-mask backends only."""
+    """``_resolve`` for ``paths="both"``; a single path runs on the stored-mask backends (and triton criss-cross)."""
     if paths not in PATHS:
         raise ValueError(f"paths: expected one of {', '.join(map(repr, PATHS))}, got {paths!r}")
     if paths == "both":
@@ -166,6 +169,8 @@ def _resolve_paths(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: 
     backend = Backend.parse(backend)
     if backend == Backend.AUTO:
         backend = Backend.REFERENCE if os.environ.get("PPMA_BACKEND") == "reference" else Backend.DENSE
+    if backend == Backend.TRITON and op == "criss_cross":
+        return _resolve(backend, op, q, needs_grad), {"paths": paths}
     if backend not in (Backend.REFERENCE, Backend.DENSE):
         raise ValueError(f"backend: {backend.value!r} runs paths='both' only; use 'dense' or 'reference' for paths={paths!r}")
     return _module(backend), {"paths": paths}
@@ -226,7 +231,8 @@ def criss_cross_polyline_attention(
     ``out = 0.5 * Ah(Aw v) + 0.5 * Aw(Ah v)``: every token reaches every other along an L-shaped path.
 
     Args and Returns as ``polyline_attention``; ``paths="h2v"`` keeps ``Aw(Ah v)`` (the query's path
-    leaves along its row), ``"v2h"`` keeps ``Ah(Aw v)``.
+    leaves along its row), ``"v2h"`` keeps ``Ah(Aw v)``; a single path runs on ``dense``,
+    ``reference`` or ``triton``.
     """
     _check_inputs(q, k, v, log_alpha, log_beta, check_values)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
