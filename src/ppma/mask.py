@@ -160,7 +160,7 @@ def polyline_mask_matmul(log_alpha: torch.Tensor, log_beta: torch.Tensor, x: tor
 
     The paper's Theorem 2: since ``exp(M)[(i,j),(k,l)] = exp(row_i(j,l)) * exp(col_l(i,k))``,
     a pass along every column (vertical decays) followed by a pass along every row (horizontal
-    decays) gives the product in O(N^1.5 d) time and O(N d) memory. Use ``x.flip``-free M^T
+    decays) gives the product in O(N^1.5 d) time and O(N (d + sqrt(max(H, W)))) memory (chunked lines). Use ``x.flip``-free M^T
     (v2h) by swapping the roles: ``polyline_mask_matmul`` on the transposed grid.
 
     Args:
