@@ -160,8 +160,9 @@ def polyline_mask_matmul(log_alpha: torch.Tensor, log_beta: torch.Tensor, x: tor
 
     The paper's Theorem 2: since ``exp(M)[(i,j),(k,l)] = exp(row_i(j,l)) * exp(col_l(i,k))``,
     a pass along every column (vertical decays) followed by a pass along every row (horizontal
-    decays) gives the product in O(N^1.5 d) time and O(N (d + sqrt(max(H, W)))) memory (chunked lines). Use ``x.flip``-free M^T
-    (v2h) by swapping the roles: ``polyline_mask_matmul`` on the transposed grid.
+    decays) gives the product in O(N^1.5 d) time and O(N (d + sqrt(max(H, W)))) memory (chunked
+    lines). For ``exp(M^T) @ x`` (the v2h path), call it on the transposed grid: ``log_alpha`` and
+    ``log_beta`` swapped and transposed, tokens permuted to the transposed order.
 
     Args:
         log_alpha: horizontal log-decays (B, heads, H, W), <= 0.
