@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .full import _abs, _sign
+from .full import _abs, _online_softmax_step, _sign
 
 MAX_LINE = 256  # H and W: the limit the dispatcher checks (ops/api.py)
 BLOCK = 64  # queries / keys per block (at least 16 for tl.dot)
@@ -86,12 +86,7 @@ def _line_fwd_kernel(
         p_k = tl.load(P + b * sp_b + h * sp_h + line * sp_l + offs_n * sp_t, mask=k_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * scale
         s = tl.where(k_ok[None, :], s - _abs(p_q[:, None] - p_k[None, :]).to(ACC), float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        c = tl.exp(m - m_new)
-        l_sum = l_sum * c + tl.sum(p, 1)
-        acc = acc * c[:, None] + tl.dot(p.to(u.dtype), u, out_dtype=ACC, input_precision=PREC)
-        m = m_new
+        m, l_sum, acc = _online_softmax_step(s, m, l_sum, acc, u, ACC, PREC)
 
     tok = (bh * NL + line) * L + offs_m  # contiguous (B, heads, lines, L[, DU]) outputs
     offs_u = tl.arange(0, DUP)

@@ -78,6 +78,17 @@ def _masks(aq, bq, ak, bk, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def _online_softmax_step(s, m, l_sum, acc, v, ACC: tl.constexpr, PREC: tl.constexpr):
+    """One key tile of a running softmax: rescale (m, l_sum, acc) to the new row maximum, add p @ v."""
+    m_new = tl.maximum(m, tl.max(s, 1))
+    p = tl.exp(s - m_new[:, None])
+    c = tl.exp(m - m_new)
+    l_sum = l_sum * c + tl.sum(p, 1)
+    acc = acc * c[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
+    return m_new, l_sum, acc
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, CA, CB, OUT, O1, LSE1, LSE2,
     sq_b, sq_h, sq_i, sq_j, sq_d,
@@ -142,19 +153,8 @@ def _fwd_kernel(
         s1 = tl.where(k_ok[None, :], s + mh, float("-inf"))
         s2 = tl.where(k_ok[None, :], s + mv, float("-inf"))
 
-        m1_new = tl.maximum(m1, tl.max(s1, 1))
-        p1 = tl.exp(s1 - m1_new[:, None])
-        c1 = tl.exp(m1 - m1_new)
-        l1 = l1 * c1 + tl.sum(p1, 1)
-        acc1 = acc1 * c1[:, None] + tl.dot(p1.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
-        m1 = m1_new
-
-        m2_new = tl.maximum(m2, tl.max(s2, 1))
-        p2 = tl.exp(s2 - m2_new[:, None])
-        c2 = tl.exp(m2 - m2_new)
-        l2 = l2 * c2 + tl.sum(p2, 1)
-        acc2 = acc2 * c2[:, None] + tl.dot(p2.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
-        m2 = m2_new
+        m1, l1, acc1 = _online_softmax_step(s1, m1, l1, acc1, v, ACC, PREC)
+        m2, l2, acc2 = _online_softmax_step(s2, m2, l2, acc2, v, ACC, PREC)
 
     o1 = acc1 / l1[:, None]
     o2 = acc2 / l2[:, None]
