@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ class DetectConfig:
         if self.schedule not in ("1x", "3x"):
             raise ValueError(f"schedule: expected '1x' or '3x', got {self.schedule!r}")
         epochs, steps, ms = (12, (8, 11), False) if self.schedule == "1x" else (36, (27, 33), True)
-        out = DetectConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        out = replace(self)
         out.epochs = self.epochs or epochs
         out.lr_steps = tuple(self.lr_steps) or steps
         out.multiscale = ms if self.multiscale is None else self.multiscale

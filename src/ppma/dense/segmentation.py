@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +233,7 @@ class SegmentConfig:
         """A copy with the layout checked and default splits filled in."""
         if self.layout not in ("ade20k", "cityscapes"):
             raise ValueError(f"layout: expected 'ade20k' or 'cityscapes', got {self.layout!r}")
-        out = SegmentConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        out = replace(self)
         ade = self.layout == "ade20k"
         out.train_split = self.train_split or ("training" if ade else "train")
         out.val_split = self.val_split or ("validation" if ade else "val")
