@@ -209,3 +209,35 @@ def test_autocast_and_gradient_clipping_train_and_save_the_scaler(tmp_path, amp)
     ckpt = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert ckpt["resolved"]["amp"] == {"bf16": "bfloat16", "fp16": "float16"}[amp]
     assert bool(ckpt["scaler"]) == (amp == "fp16")  # the grad scaler only runs (and has state) for fp16
+
+
+def test_ranks_skip_an_update_together_when_one_rank_has_no_usable_image():
+    """A rank whose batch is all unreadable skips the update; under DDP every rank must skip it with it."""
+    from timm.scheduler import CosineLRScheduler
+
+    from ppma.distributed import DistInfo
+    from ppma.train.data import Batch
+    from ppma.train.engine import train_one_epoch
+    from ppma.train.state import RunState
+
+    class OtherRankEmptyOnFirstStep(DistInfo):  # rank 0 of 2; the stand-in rank 1 has nothing to train on at step 1
+        calls = 0
+
+        def all_reduce_sum(self, values):
+            self.calls += 1
+            return [v + (1.0 if self.calls == 1 else 0.0) for v in values]
+
+    model = timm.create_model("ppma_nano", num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = RunState(model, opt, CosineLRScheduler(opt, t_initial=10), torch.amp.GradScaler("cpu", enabled=False))
+    batch = Batch(torch.randn(2, 3, 32, 32), torch.tensor([0, 2]), [])
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def moved():
+        return any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+    dist_info = OtherRankEmptyOnFirstStep(world_size=2)
+    train_one_epoch(model, [batch], state, torch.nn.CrossEntropyLoss(), None, torch.device("cpu"), None, dist_info=dist_info)
+    assert state.step == 1 and state.epoch_stats["images"] == 0 and not moved()  # skipped with the other rank
+    train_one_epoch(model, [batch], state, torch.nn.CrossEntropyLoss(), None, torch.device("cpu"), None, dist_info=dist_info)
+    assert state.step == 2 and state.epoch_stats["images"] == 2 and moved()  # both ranks had images: one update

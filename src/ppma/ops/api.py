@@ -95,7 +95,7 @@ def _can_run_triton(op: Op, q: torch.Tensor) -> tuple[bool, str]:
     return True, ""
 
 
-CPU_FULL_MAX_TOKENS = 512  # auto on CPU: full attention above this many tokens goes to dense
+CPU_FULL_MAX_TOKENS = 224  # auto on CPU, inference: full attention above this many tokens goes to dense
 
 
 def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
@@ -109,9 +109,10 @@ def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
             if can_run(backend, op, q, needs_grad)[0]:
                 return backend
     if q.device.type == "cpu":
-        # Measured on 2 cores (BENCHMARKS.md): explicit matmuls beat SDPA with a float mask for
-        # decomposed attention and small full attention; SDPA's fused softmax wins from N ~ 1024.
-        if op == "full" and q.shape[2] * q.shape[3] > CPU_FULL_MAX_TOKENS:
+        # Measured on 1 and 2 cores (BENCHMARKS.md): explicit matmuls beat SDPA with a float mask for
+        # decomposed attention, for every full-attention backward, and for small full-attention
+        # forwards; SDPA's fused softmax wins the forward from N ~ 250.
+        if op == "full" and not needs_grad and q.shape[2] * q.shape[3] > CPU_FULL_MAX_TOKENS:
             return Backend.DENSE
         return Backend.CPU
     return Backend.DENSE

@@ -1,16 +1,17 @@
-"""The fastest correct CPU path: explicit batched matmuls, each score matrix formed once, the mask added inside the matmul.
+"""The fastest correct CPU path: explicit batched matmuls, each score matrix formed once, few passes over the scores.
 
 On CPU the score-sized passes (N x N for full attention, N x sqrt(N) per direction for decomposed
 attention) cost more than the matrix products, so this path counts them (benchmarks/bench_ops.py,
 BENCHMARKS.md):
 
-- the mask enters as ``baddbmm(dist, q, k^T, beta=-1)``: the product writes straight onto the
-  path distances ``|P[p] - P[q]|`` (P the prefix sums), so scores, scale and mask take one pass,
-  not four (matmul, scale, distance, subtract); then one softmax.
-- full: the second softmax, over ``S + M^T``, is taken as a column softmax of ``k q^T + M``
-  (its transpose), so both reuse one stored distance matrix and no transposed copy of it is made;
-  ``A1 v + A2 v`` is one ``bmm`` and one ``baddbmm``.
-- criss-cross: rows and columns are batches of 3D sequences, ``(B*heads*H, W, d)`` and
+- full: ``S = q k^T`` once for both softmaxes; the path distances ``-M`` are written once, in
+  row-major token order, and M^T is read through strides; the two softmaxes are summed before one
+  product with v.
+- criss-cross: the mask enters as ``baddbmm(dist, q, k^T, beta=-1)``: the product writes straight
+  onto the path distances ``|P[p] - P[q]|`` (P the prefix sums), so scores, scale and mask take one
+  pass, not four (matmul, scale, distance, subtract); then one softmax. (For full attention this
+  would need a second product, ``k q^T``, for M^T: measured slower than one product and a strided
+  read.) Rows and columns are batches of 3D sequences, ``(B*heads*H, W, d)`` and
   ``(B*heads*W, H, d)``; ``out = 0.5 * Ah (Aw v) + 0.5 * Aw (Ah v)`` takes three products, not four:
   the row product runs once on ``[v | Ah v]``. Memory is O(N^1.5) like ``dense``.
 
@@ -49,12 +50,12 @@ def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
     B, heads, H, W, d = q.shape
     with upcast(q, k, v) as (q, k, v):
         q, k, v = (t.reshape(B * heads, H * W, -1) for t in (q, k, v))  # tokens row-major
+        scores = torch.bmm(q, k.transpose(1, 2))  # formed once, used by both softmaxes
+        if scale != 1.0:
+            scores = scores * scale
         dist = _polyline_distance(log_alpha, log_beta, q.dtype)
-        attn = torch.softmax(_masked_scores(dist, q, k, scale), dim=-1)  # softmax(S + M)
-        # softmax(S + M^T) is the transpose of a column softmax of (S + M^T)^T = k q^T + M
-        attn_t = torch.softmax(_masked_scores(dist, k, q, scale), dim=-2)
-        out = torch.baddbmm(torch.bmm(attn, v), attn_t.transpose(1, 2), v)
-        return (out * 0.5).reshape(B, heads, H, W, -1)
+        attn = torch.softmax(scores - dist, dim=-1) + torch.softmax(scores - dist.transpose(1, 2), dim=-1)
+        return (torch.bmm(attn, v) * 0.5).reshape(B, heads, H, W, -1)
 
 
 def criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:

@@ -137,12 +137,17 @@ def train_one_epoch(
     clip_grad: float | None = None,
     on_step: Callable[[], bool] | None = None,
     progress: Any = None,
+    dist_info: DistInfo | None = None,
 ) -> bool:
     """Train over ``loader`` (the rest of the epoch when resumed), updating ``state`` and its ``epoch_stats``.
 
     Each batch: mixup -> autocast forward -> (scaled) backward -> optional clip -> optimizer step -> EMA
     update -> scheduler step. ``on_step`` runs after every update and returns True to stop (a checkpoint
     or a simulated kill). Returns True when stopped early.
+
+    A batch left with no usable image (all unreadable; mixup drops an odd last image) is skipped; with
+    several processes the ranks first agree, so that all skip that update together (a rank that
+    skipped alone would leave the others waiting in DDP's gradient all-reduce).
     """
     model.train()
     stats = state.epoch_stats
@@ -151,10 +156,12 @@ def train_one_epoch(
     start = time.perf_counter() - stats["time"]
     for batch in bar:
         stats["skipped"].extend(batch.skipped)
-        if len(batch) > 0:
+        usable = len(batch) - (len(batch) % 2 if mixup is not None else 0)  # timm's Mixup pairs images
+        if dist_info is not None and dist_info.distributed:
+            usable = usable if dist_info.all_reduce_sum([float(usable == 0)])[0] == 0 else 0
+        if usable > 0:
             images, targets = batch.images.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True)
-            if mixup is not None and len(targets) % 2:  # timm's Mixup pairs images: the batch must be even
-                images, targets = images[:-1], targets[:-1]
+            images, targets = images[:usable], targets[:usable]
             if mixup is not None:
                 images, targets = mixup(images, targets)
             with autocast(device, amp_dtype):
@@ -371,7 +378,7 @@ def _run(config: TrainConfig, d: DistInfo) -> dict[str, Any]:
         desc = f"epoch {epoch + 1}/{config.epochs}"
         bar = progress_bar(train_loader, len(train_loader), desc, config.progress, d.rank)
         if train_one_epoch(train_model, train_loader, state, loss_fn, mixup, d.device, amp_dtype, config.clip_grad,
-                           on_step, bar):  # fmt: skip
+                           on_step, bar, dist_info=d):  # fmt: skip
             break
         bar.close()
         stats = state.epoch_stats
