@@ -116,6 +116,58 @@ def test_bf16_autocast_logits_close_to_float32_and_decays_stay_float32(nano):
     assert err < 0.05, f"bf16 logits differ from float32 by {err:.3g} (relative to max logit)"
 
 
+def _bf16_prefix_sum_decays(log_decay: torch.Tensor, dim: int) -> torch.Tensor:
+    """Log-decays whose exact prefix sums are the bf16-accumulated ones: what a bf16 cumsum would feed the mask."""
+    cum = torch.cumsum(log_decay.bfloat16(), dim=dim).double()
+    return torch.diff(cum, dim=dim, prepend=torch.zeros_like(cum.narrow(dim, 0, 1)))
+
+
+@pytest.mark.parametrize("grid", [(3, 512), (512, 3)], ids=["rows512", "cols512"])
+@pytest.mark.parametrize("op", ["full", "criss_cross"])
+@pytest.mark.parametrize("backend", ["reference", "dense", "cpu"])
+def test_bf16_autocast_keeps_prefix_sums_float32_on_512_token_lines(backend, op, grid):
+    """bf16 q, k, v under autocast match the float64 op on the same values; a bf16 prefix sum would not.
+
+    The control shows the tolerance can fail: prefix sums accumulated in bf16 (ulp 0.125 at |P| ~ 25)
+    move the output by orders of magnitude more than the float32 arithmetic of the backends does.
+    """
+    H, W = grid
+    q, k, v = (torch.randn(1, 2, H, W, 16).bfloat16() for _ in range(3))
+    log_alpha, log_beta = (-(0.01 + 0.09 * torch.rand(1, 2, H, W)) for _ in range(2))  # |P| up to ~50 over 512
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = OPS[op](q, k, v, log_alpha, log_beta, backend=backend)
+    exact = [t.double() for t in (q, k, v)]
+    want = OPS[op](*exact, log_alpha.double(), log_beta.double(), backend="reference")
+    bf16_sums = OPS[op](*exact, _bf16_prefix_sum_decays(log_alpha, -1), _bf16_prefix_sum_decays(log_beta, -2),
+                        backend="reference")  # fmt: skip
+    # the output comes back in bf16: within one bf16 ulp of the exact value (float32 inside can flip a rounding)
+    tolerance = 2**-8 * want.abs() + 1e-6 * want.abs().max()
+    off = ((got.double() - want).abs() > tolerance).float().mean().item()
+    control = ((bf16_sums - want).abs() > tolerance).float().mean().item()
+    assert torch.isfinite(got).all() and off == 0, f"{backend} {op}: {off:.1%} of outputs off by more than a bf16 ulp"
+    assert control > 0.2, f"control: bf16 prefix sums put only {control:.1%} of outputs off by more than a bf16 ulp"
+
+
+def test_bf16_autocast_is_finite_and_close_to_float32_at_2048x2048():
+    """Lines of 512 tokens at stage 1: a bf16 prefix sum of the log-decays would be wrong in the second digit.
+
+    A narrow PPMA (one head in stage 1) keeps the stored row and column scores of stage 1 to 512 MB each;
+    the grids, line lengths and mask code are those of any PPMA at this input.
+    """
+    torch.manual_seed(0)
+    model = timm.create_model("ppma_nano", embed_dims=(8, 16, 32, 64), num_heads=(1, 1, 2, 4), depths=(1, 1, 1, 1))
+    for p in model.parameters():  # trained-like magnitudes: logits well above rounding noise
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(1, 3, 2048, 2048)
+    with torch.inference_mode():
+        want = model.eval()(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x)
+    assert torch.isfinite(got).all()
+    err = (got.float() - want).abs().max() / want.abs().max()
+    assert err < 0.05, f"bf16 logits differ from float32 by {err:.3g} (relative to max logit) at 2048x2048"
+
+
 def test_channels_last_input_gives_same_logits(nano):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
