@@ -188,3 +188,14 @@ def test_attention_layer_traces_without_graph_breaks(mode):
     explanation = torch._dynamo.explain(layer)(x, rotary)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_whole_model_traces_as_one_graph_in_train_and_eval():
+    """The full forward (stem, every stage's rotary tables, both attention kinds, head): one graph, no breaks."""
+    torch._dynamo.reset()
+    model = timm.create_model("ppma_nano")
+    x = torch.randn(1, 3, 64, 64)
+    for train in (True, False):
+        explanation = torch._dynamo.explain(model.train(train))(x)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1
