@@ -7,6 +7,7 @@ softmaxes, as the published code does), the stored mask through SDPA (``dense``)
 
     python benchmarks/bench_ops.py --device cuda             # the issue's sizes, bf16, one GPU
     python benchmarks/bench_ops.py --device cpu --threads 2  # small sizes, float32, a few minutes
+    python benchmarks/bench_ops.py --ppma-t-stages           # PPMA-T's own four attention shapes at 224
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ SIZES = {
              ("criss_cross", 16, 56, 56), ("criss_cross", 4, 128, 128), ("criss_cross", 1, 256, 256)],
     "cpu": [("full", 1, 14, 14), ("full", 1, 32, 32), ("criss_cross", 1, 56, 56), ("criss_cross", 1, 128, 128)],
 }  # fmt: skip
+# PPMA-T's attention at 224: (op, H, W, heads, d) of stages 1-4
+PPMA_T_STAGES = [("criss_cross", 56, 56, 4, 16), ("criss_cross", 28, 28, 4, 32), ("full", 14, 14, 8, 32),
+                 ("full", 7, 7, 16, 32)]  # fmt: skip
 BACKENDS = {"cuda": ["triton", "flex", "dense", "reference"], "cpu": ["cpu", "dense", "reference", "flex"]}
 
 
@@ -47,21 +51,24 @@ def _mask_gib(op, batch, H, W, heads) -> float:
 def run(args) -> list[dict]:
     device = torch.device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    sizes = SIZES[device.type]
+    sizes = [(op, batch, H, W, args.heads, args.head_dim) for op, batch, H, W in SIZES[device.type]]
     if args.quick:
         sizes = sizes[:1] + [s for s in sizes if s[0] == "criss_cross"][:1]
+    if args.ppma_t_stages:
+        batch = 128 if device.type == "cuda" else 1
+        sizes = [(op, batch, H, W, heads, d) for op, H, W, heads, d in PPMA_T_STAGES]
     rows = []
-    for op, batch, H, W in sizes:
+    for op, batch, H, W, heads, head_dim in sizes:
         for mode in ("fwd", "fwd+bwd"):
             grad = mode == "fwd+bwd"
-            ins = _inputs(batch, H, W, args.heads, args.head_dim, dtype, device, grad)
+            ins = _inputs(batch, H, W, heads, head_dim, dtype, device, grad)
             fn_op = polyline_attention if op == "full" else criss_cross_polyline_attention
             fns = {}
             for name in args.backends or BACKENDS[device.type]:
                 ok, why = can_run(name, op, ins[0], grad)
                 if not ok:
                     continue
-                if name in ("reference", "dense") and _mask_gib(op, batch, H, W, args.heads) > args.max_mask_gib:
+                if name in ("reference", "dense") and _mask_gib(op, batch, H, W, heads) > args.max_mask_gib:
                     continue  # would not fit: reported as skipped below
 
                 def call(name=name):
@@ -73,7 +80,7 @@ def run(args) -> list[dict]:
                 fns[name] = call
 
             if op == "full":  # the floor: unmasked fused attention on the same tokens
-                flat = [t.reshape(batch, args.heads, H * W, -1) for t in ins[:3]]
+                flat = [t.reshape(batch, heads, H * W, -1) for t in ins[:3]]
 
                 def sdpa():
                     out = F.scaled_dot_product_attention(*flat)
@@ -88,7 +95,8 @@ def run(args) -> list[dict]:
             floor = res.get("sdpa (no mask)", {}).get("median_ms")
             for name, r in res.items():
                 rows.append({
-                    "op": op, "mode": mode, "batch": batch, "grid": f"{H}x{W}", "N": H * W, "backend": name,
+                    "op": op, "mode": mode, "batch": batch, "grid": f"{H}x{W}", "N": H * W, "heads": heads, "d": head_dim,
+                    "backend": name,
                     "median_ms": r.get("median_ms"), "min_ms": r.get("min_ms"), "peak_gib": r.get("peak_gib"),
                     "x_sdpa": r["median_ms"] / floor if floor and "median_ms" in r else None,
                     "error": r.get("error"), "times_ms": r.get("times_ms"),
@@ -112,6 +120,8 @@ def main(argv=None) -> None:
     p.add_argument("--backends", nargs="*", default=None, help="subset of backends to time")
     p.add_argument("--max-mask-gib", type=float, default=None, help="skip stored-mask backends above this (default 24 cuda, 1 cpu)")
     p.add_argument("--quick", action="store_true", help="one full and one decomposed size only")
+    p.add_argument("--ppma-t-stages", action="store_true",
+                   help="PPMA-T's four attention shapes at 224 (heads, d per stage; batch 1 cpu, 128 cuda)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/ops_<device>.json)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -122,7 +132,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(args)
-    print_table(rows, ["op", "mode", "batch", "grid", "backend", "median_ms", "min_ms", "peak_gib", "x_sdpa", "error"])
+    print_table(rows, ["op", "mode", "batch", "grid", "heads", "d", "backend", "median_ms", "min_ms", "peak_gib", "x_sdpa", "error"])
     out = args.out or Path(__file__).resolve().parent / "results" / f"ops_{args.device}.json"
     write_json(out, environment(torch.device(args.device)), vars(args), rows)
 

@@ -62,7 +62,7 @@ def set_stage_checkpointing(backbone: nn.Module, flags: bool | str | Sequence[bo
     model = getattr(backbone, "model", backbone)  # FeatureGetterNet keeps the PPMA as .model
     stages = list(model.stages)
     flags = parse_stage_flags(flags, len(stages))
-    for stage, flag in zip(stages, flags):
+    for stage, flag in zip(stages, flags, strict=True):
         stage.grad_checkpointing = flag
     return flags
 

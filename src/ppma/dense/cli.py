@@ -189,7 +189,7 @@ def _segment_eval(args: argparse.Namespace) -> None:
         f"{len(dataset)} images, {'multi-scale + flip' if args.aug else 'single scale'}: "
         f"mIoU {100 * scores['mIoU']:.2f}  mAcc {100 * scores['mAcc']:.2f}  aAcc {100 * scores['aAcc']:.2f}"
     )
-    for name, iou in zip(meta["class_names"], scores["IoU"]):
+    for name, iou in zip(meta["class_names"], scores["IoU"], strict=True):
         print(f"  {name:20s} IoU {'   n/a' if iou != iou else f'{100 * iou:6.2f}'}")
     _write_json(args.json, scores)
 

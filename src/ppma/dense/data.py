@@ -225,7 +225,7 @@ class CocoDetection(Dataset):
 
 def detection_collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
     """Images of different sizes stay a list (torchvision's detection models batch them)."""
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
 
 
@@ -410,7 +410,7 @@ class SegmentationSet(Dataset):
 
 def segmentation_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Training crops share one size: stack them."""
-    images, labels = zip(*batch)
+    images, labels = zip(*batch, strict=True)
     return torch.stack(images), torch.stack(labels)
 
 

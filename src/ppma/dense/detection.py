@@ -427,7 +427,7 @@ def evaluate_detection(
     for images, targets in loader:
         with autocast(info.device, amp):
             outputs = model([im.to(info.device) for im in images])
-        for out, t in zip(outputs, targets):
+        for out, t in zip(outputs, targets, strict=True):
             results += _to_coco_results(out, int(t["image_id"]), dataset.category_ids)
     if info.distributed:
         gathered: list[Any] = [None] * info.world_size
@@ -488,7 +488,7 @@ def predict_detection(
             masks = det["masks"][keep][:, 0].cpu() > 0.5
             cols = [colors[int(lab) - 1] for lab in labels]
             canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=cols)
-            text = [f"{names[int(lab) - 1]} {s:.2f}" for lab, s in zip(labels, scores)]
+            text = [f"{names[int(lab) - 1]} {s:.2f}" for lab, s in zip(labels, scores, strict=True)]
             canvas = draw_bounding_boxes(canvas, boxes, labels=text, colors=cols, width=2)
         dst = out_dir / f"{Path(path).stem}_pred.png"
         Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(dst)  # CHW -> HWC

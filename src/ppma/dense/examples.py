@@ -84,7 +84,7 @@ def build_coins_detection(root: str | Path, train_crops: int = 12, seed: int = 0
     top, top_ids = coins[:_COIN_ROWS_SPLIT], ids[:_COIN_ROWS_SPLIT]
     bottom, bottom_ids = coins[_COIN_ROWS_SPLIT - 3 :], ids[_COIN_ROWS_SPLIT - 3 :]
     splits = {
-        "train": list(zip(_variants(top), _variants(top_ids))),
+        "train": list(zip(_variants(top), _variants(top_ids), strict=True)),
         "val": [(bottom, bottom_ids), (bottom[:, ::-1], bottom_ids[:, ::-1])],
     }
     for _ in range(train_crops):
@@ -148,8 +148,8 @@ def build_builtin_segmentation(root: str | Path) -> Path:
     page, page_labels = _page_labels()
     cut = _COIN_ROWS_SPLIT
     splits = {
-        "training": list(zip(_variants(coins[:cut]), _variants(coin_labels[:cut])))
-        + list(zip(_variants(page[:, :_PAGE_COLS_SPLIT]), _variants(page_labels[:, :_PAGE_COLS_SPLIT]))),
+        "training": list(zip(_variants(coins[:cut]), _variants(coin_labels[:cut]), strict=True))
+        + list(zip(_variants(page[:, :_PAGE_COLS_SPLIT]), _variants(page_labels[:, :_PAGE_COLS_SPLIT]), strict=True)),
         "validation": [
             (coins[cut - 3 :], coin_labels[cut - 3 :]),
             (coins[cut - 3 :, ::-1], coin_labels[cut - 3 :, ::-1]),

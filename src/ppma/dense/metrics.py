@@ -61,7 +61,7 @@ def coco_evaluate(coco_gt: Any, results: list[dict], iou_types: tuple[str, ...] 
             ev.accumulate()
             ev.summarize()
         # -1 marks "no ground truth in this size range": report it as 0, not as a negative score
-        scores.update({f"{iou_type}_{n}": max(float(s), 0.0) for n, s in zip(COCO_STAT_NAMES, ev.stats)})
+        scores.update({f"{iou_type}_{n}": max(float(s), 0.0) for n, s in zip(COCO_STAT_NAMES, ev.stats, strict=True)})
     return scores
 
 

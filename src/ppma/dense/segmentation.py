@@ -128,10 +128,10 @@ class UPerHead(nn.Module):
         return self.bottleneck(torch.cat([x, *pooled], dim=1))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)] + [self.psp_forward(feats[-1])]
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats, strict=False)] + [self.psp_forward(feats[-1])]
         for i in range(len(laterals) - 1, 0, -1):  # top-down: add the coarser level, upsampled
             laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[2:])
-        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)] + [laterals[-1]]
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals, strict=False)] + [laterals[-1]]
         outs = [outs[0]] + [_resize(o, outs[0].shape[2:]) for o in outs[1:]]
         return self.conv_seg(self.dropout(self.fpn_bottleneck(torch.cat(outs, dim=1))))
 
@@ -580,6 +580,6 @@ def predict_segmentation(
         records.append(
             dict(file=str(path), fractions={names[k]: round(float(c), 4) for k, c in enumerate(counts) if c})
         )
-    legend = {n: list(c) for n, c in zip(names, palette(len(names)))}
+    legend = {n: list(c) for n, c in zip(names, palette(len(names)), strict=True)}
     (out_dir / "legend.json").write_text(json.dumps(legend, indent=1))
     return records

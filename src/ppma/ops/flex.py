@@ -46,9 +46,9 @@ def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
     beta_h2v, beta_v2h = cum_beta.clone(), cum_beta.clone()
 
     def h2v(score, b, h, q_idx, kv_idx):
-        i, l = q_idx // W, kv_idx % W  # corner of the path: query row, key column
-        row = (alpha_q[b, h, q_idx] - alpha_h2v[b, h, i, l]).abs()
-        col = (beta_h2v[b, h, i, l] - beta_k[b, h, kv_idx]).abs()
+        i, key_col = q_idx // W, kv_idx % W  # corner of the path: query row, key column
+        row = (alpha_q[b, h, q_idx] - alpha_h2v[b, h, i, key_col]).abs()
+        col = (beta_h2v[b, h, i, key_col] - beta_k[b, h, kv_idx]).abs()
         return score - row - col
 
     def v2h(score, b, h, q_idx, kv_idx):

@@ -517,7 +517,7 @@ def evaluate_checkpoint(
     if len(classes) != num_classes:
         raise PPMAError(f"eval: {checkpoint} has {num_classes} classes but the data has {len(classes)} class folders")
     if ckpt.get("classes") and list(ckpt["classes"]) != list(classes) and data_path is not None:
-        first = next(a for a, b in zip(ckpt["classes"], classes) if a != b)
+        first = next(a for a, b in zip(ckpt["classes"], classes, strict=False) if a != b)
         raise PPMAError(f"eval: the class folders differ from the ones {checkpoint} was trained on (first: {first!r})")
 
     d = setup_distributed(device)

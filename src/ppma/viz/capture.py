@@ -112,7 +112,7 @@ class PreparedImage:
         if len(query) != 2:
             raise ValueError(f"query: expected (x, y), got {query!r}")
         out = []
-        for value, size in zip(query, (w, h)):
+        for value, size in zip(query, (w, h), strict=True):
             if isinstance(value, float):  # a fraction; 1.0 is the last pixel, not one past it
                 if not 0.0 <= value <= 1.0:
                     raise ValueError(f"query: fraction {value} outside [0, 1] (image is {w}x{h} pixels, x by y)")

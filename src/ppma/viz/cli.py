@@ -14,7 +14,9 @@ def _query(text: str) -> tuple[float, float]:
             raise ValueError
         return tuple(float(p) if "." in p else int(p) for p in parts)  # type: ignore[return-value]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected X,Y like 120,80 (pixels) or 0.5,0.25 (fractions), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected X,Y like 120,80 (pixels) or 0.5,0.25 (fractions), got {text!r}"
+        ) from None
 
 
 def _window(text: str) -> tuple[int, int]:

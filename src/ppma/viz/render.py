@@ -165,7 +165,7 @@ def mask_matrix_figure(
     n = h * w
     fig, axes = _figure(1, 2, (5.5, 5.0), dpi)
     names = [f"({top + r},{left + c})" for r in range(h) for c in range(w)]
-    for ax, key, name in zip(axes[0], ("h2v", "v2h"), ("H2V mask exp(M)", "V2H mask exp(M^T)")):
+    for ax, key, name in zip(axes[0], ("h2v", "v2h"), ("H2V mask exp(M)", "V2H mask exp(M^T)"), strict=True):
         # Upper end fixed at 1 (no decay); the lower end follows the data so weak decays still show.
         im = ax.imshow(m[key], cmap=_MASK_CMAP, vmax=1, interpolation="nearest")
         ax.set_title(name, fontsize=9)
@@ -225,7 +225,7 @@ def zoo_mask_figure(
     fig, axes = _figure(rows, cols, (3.2, 2.9), dpi)
     for ax in axes.flat[len(maps) :]:
         ax.set_visible(False)
-    for ax, (name, values) in zip(axes.flat, maps.items()):
+    for ax, (name, values) in zip(axes.flat, maps.items(), strict=False):
         _grid_panel(ax, values.numpy(), name, _MASK_CMAP, "mask value", token)
     source = _describe(bc, head) if trained else f"illustrative decays on the {H}x{W} grid of stage {bc.stage}"
     return _finish(fig, cap, f"zoo masks of query token {token}: {source}")
