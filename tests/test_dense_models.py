@@ -149,6 +149,54 @@ def test_backbone_from_published_classification_and_dense_checkpoints_gives_iden
         assert not torch.allclose(fa, fc)  # the weights were really loaded
 
 
+def _published_segmentor_file(model, path, classes):
+    """``model`` saved the way MMSegmentation saves a UPerNet: published backbone names, heads as they are."""
+    weights = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("backbone.model."):
+            continue
+        weights[key] = value
+    backbone = {k.removeprefix("backbone.model."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    weights.update({f"backbone.{k}": v for k, v in published_state_dict(backbone).items()})
+    atomic_save({"state_dict": weights, "meta": {"CLASSES": tuple(classes)}}, path)
+
+
+def test_published_upernet_checkpoint_loads_whole_and_predicts(tmp_path):
+    from ppma.cli import main
+    from ppma.dense.segmentation import model_from_checkpoint
+
+    torch.manual_seed(0)
+    trained = build_upernet(3, "ppma_nano", channels=16, aux_channels=8)
+    for p in trained.parameters():  # not the initial values, so that loading shows
+        p.data.add_(0.05 * torch.randn_like(p))
+    _published_segmentor_file(trained, tmp_path / "upernet.pth", ["sky", "road", "tree"])
+    model, config, meta = model_from_checkpoint(tmp_path / "upernet.pth")
+    assert config["backbone"] == "ppma_nano" and (config["channels"], config["aux_channels"]) == (16, 8)
+    assert meta["class_names"] == ["sky", "road", "tree"]
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained.eval()(x), rtol=1e-5, atol=1e-6)
+        untrained, _, _ = model_from_checkpoint(tmp_path / "upernet.pth", weights=False)
+        assert not torch.allclose(untrained(x), model(x), atol=1e-3)
+    image = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(image)
+    main(["segment", "predict", str(tmp_path / "upernet.pth"), str(image), "--output", str(tmp_path / "out")])
+    assert set(json.loads((tmp_path / "out" / "legend.json").read_text())) == {"sky", "road", "tree"}
+    assert (tmp_path / "out" / "street_overlay.png").is_file()
+
+
+def test_published_upernet_with_an_unknown_backbone_is_named(tmp_path):
+    from ppma.dense.segmentation import model_from_checkpoint
+
+    model = build_upernet(3, "ppma_nano", channels=16, aux_channels=8)
+    _published_segmentor_file(model, tmp_path / "upernet.pth", ["a", "b", "c"])
+    state = torch.load(tmp_path / "upernet.pth", weights_only=True)
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if ".blocks.1." not in k}  # a shallower net
+    atomic_save(state, tmp_path / "upernet.pth")
+    with pytest.raises(ValueError, match="match none of"):
+        model_from_checkpoint(tmp_path / "upernet.pth")
+
+
 def test_backbone_from_published_dense_checkpoint_matches_published_features(tmp_path, published_nano):
     dense = {f"backbone.{k}": v for k, v in published_nano["backbone"]["model"].items()}
     path = tmp_path / "dense.pth"

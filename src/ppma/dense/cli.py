@@ -84,8 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         _add_config_flags(t, cls)
         t.set_defaults(func=_detect_train if task == "detect" else _segment_train)
 
+        checkpoint_help = "last.pth written by train" + (", or a published UPerNet .pth" if task == "segment" else "")
         e = actions.add_parser("eval", help="score a trained checkpoint (mAP / mIoU)")
-        e.add_argument("checkpoint", help="last.pth written by train")
+        e.add_argument("checkpoint", help=checkpoint_help)
         e.add_argument("--data", help="dataset root (default: the one the run trained on)")
         e.add_argument("--split", help="split to score (default: the run's validation split)")
         e.add_argument("--device", default="cpu")
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         e.set_defaults(func=_detect_eval if task == "detect" else _segment_eval)
 
         r = actions.add_parser("predict", help="draw predictions on images")
-        r.add_argument("checkpoint", help="last.pth written by train")
+        r.add_argument("checkpoint", help=checkpoint_help)
         r.add_argument("images", nargs="+", help="image files")
         r.add_argument("--output", default=f"runs/{task}_predictions", help="folder for the drawn images")
         r.add_argument("--device", default="cpu")

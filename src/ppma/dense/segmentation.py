@@ -20,11 +20,12 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..checkpoint import read_checkpoint
 from ..distributed import (
     DistInfo,
     autocast,
@@ -42,6 +44,7 @@ from ..distributed import (
     unwrap,
 )
 from ..errors import PPMAError
+from ..models.ppma import checkpoint_filter_fn
 from .backbone import create_backbone
 from .data import (
     ADE20K_CLASSES,
@@ -526,7 +529,16 @@ def evaluate_segmentation(
 def model_from_checkpoint(
     path: str | os.PathLike, device: str = "cpu", weights: bool = True
 ) -> tuple[UPerNet, dict, dict]:
-    """Rebuild a trained UPerNet from its ``last.pth``: (model in eval mode, config dict, meta dict)."""
+    """Rebuild a UPerNet from a checkpoint: (model in eval mode, config dict, meta dict).
+
+    ``path`` is a ``last.pth`` of ``ppma segment train``, or a published (MMSegmentation) UPerNet
+    checkpoint, whose backbone variant, class count and head widths are read off its weights; its
+    config is then the published ADE20K one and its class names the file's ``meta.CLASSES``.
+    """
+    state = read_checkpoint(path)
+    if _is_published_segmentor(state):
+        model, config, meta = _from_published_segmentor(path, state, weights)
+        return model.to(device).eval(), config, meta
     config, meta = read_run_info(path)
     if meta.get("task") != "segment":
         raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma segment train'")
@@ -536,6 +548,48 @@ def model_from_checkpoint(
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
         load_state(path, model)
     return model.to(device).eval(), config, meta
+
+
+def _is_published_segmentor(state: dict[str, Any]) -> bool:
+    """An MMSegmentation UPerNet checkpoint: ``state_dict`` with ``backbone.*`` and ``decode_head.*`` weights."""
+    weights = state.get("state_dict")
+    return isinstance(weights, dict) and "decode_head.conv_seg.weight" in weights
+
+
+def _backbone_variant(weights: dict[str, torch.Tensor]) -> str:
+    """The registered PPMA whose parameter names and shapes are exactly those of ``weights`` (ours or published)."""
+    ours = checkpoint_filter_fn(weights)
+    for name in timm.list_models("ppma_*"):
+        with torch.device("meta"):  # shapes only: nothing allocated
+            model = timm.create_model(name, features_only=True, out_indices=(0, 1, 2, 3))
+        expected = {k.removeprefix("model."): v.shape for k, v in model.state_dict().items()}
+        if expected.keys() == ours.keys() and all(ours[k].shape == s for k, s in expected.items()):
+            return name
+    raise ValueError(
+        f"backbone: the checkpoint's backbone weights match none of {timm.list_models('ppma_*')} "
+        f"({len(ours)} tensors, e.g. {sorted(ours)[:3]})"
+    )
+
+
+def _from_published_segmentor(path: str | os.PathLike, state: dict[str, Any], load: bool) -> tuple[UPerNet, dict, dict]:
+    weights = state["state_dict"]
+    backbone = _backbone_variant({k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")})
+    num_classes, channels = weights["decode_head.conv_seg.weight"].shape[:2]
+    aux = weights.get("auxiliary_head.conv_seg.weight")
+    aux_channels = aux.shape[1] if aux is not None else 0
+    model = build_upernet(num_classes, backbone, pretrained=path if load else None, channels=channels,
+                          aux_channels=aux_channels)  # fmt: skip
+    if load:  # the backbone came in through create_backbone; the heads keep MMSegmentation's names
+        heads = {k: v for k, v in weights.items() if k.startswith(("decode_head.", "auxiliary_head."))}
+        missing, unexpected = model.load_state_dict(heads, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {path}: head weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    classes = (state.get("meta") or {}).get("CLASSES")
+    names = list(classes) if classes is not None and len(classes) == num_classes else None
+    config = asdict(SegmentConfig(backbone=backbone, channels=channels, aux_channels=aux_channels))
+    meta = {"task": "segment", "class_names": names or [f"class_{i}" for i in range(num_classes)]}
+    return model, config, meta
 
 
 def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -206,7 +206,7 @@ class PPMA(nn.Module):
         self.output_fmt = "NHWC"
 
         self.stem = Stem(in_chans, embed_dims[0])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # CPU: also under a meta device
         stages, self.feature_info, start = [], [], 0
         for i, dim in enumerate(embed_dims):
             stages.append(
