@@ -46,7 +46,9 @@ def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool = False) -> dic
     """The model weights inside a checkpoint dict; ``use_ema`` picks ``model_ema`` (an error if absent)."""
     if use_ema:
         if not isinstance(checkpoint.get("model_ema"), dict):
-            raise ValueError(f"checkpoint: EMA weights requested but there is no 'model_ema' (keys: {sorted(checkpoint)})")
+            raise ValueError(
+                f"checkpoint: EMA weights requested but there is no 'model_ema' (keys: {sorted(checkpoint)})"
+            )
         state = checkpoint["model_ema"]
     else:
         state = next((checkpoint[k] for k in _WEIGHT_KEYS if isinstance(checkpoint.get(k), dict)), checkpoint)

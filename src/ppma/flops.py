@@ -75,7 +75,7 @@ class _MacCounter(TorchDispatchMode):
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-adds of one forward pass of ``model`` (eval mode, reference backend) on a random input of ``input_shape``."""
+    """Multiply-adds of one forward pass of ``model`` (eval mode, reference backend) on a random ``input_shape``."""
     was_training = model.training
     model.eval()
     backends = {}

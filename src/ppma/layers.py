@@ -124,8 +124,9 @@ class PolylineAttention(nn.Module):
         self.mask = get_mask(mask)
         if self.mask.full_only and mode != "full":
             raise ValueError(
-                f"mask: {self.mask.name!r} is a 1D scan mask and needs full attention; a decomposed (criss-cross) block "
-                "attends along rows and columns, which a scan order does not factor into (pass decomposed=False per stage)"
+                f"mask: {self.mask.name!r} is a 1D scan mask and needs full attention; a decomposed (criss-cross) "
+                "block attends along rows and columns, which a scan order does not factor into "
+                "(pass decomposed=False per stage)"
             )
         self.num_heads = num_heads
         self.head_dim = dim // num_heads

@@ -43,7 +43,10 @@ def _masked_sums(
     log_beta: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    """One path (h2v of this grid): ``(phi_q phi_k^T * L) v / ((phi_q phi_k^T * L) 1 + eps)``, each (B, heads, H, W, .)."""
+    """One path (h2v of this grid): ``(phi_q phi_k^T * L) v / ((phi_q phi_k^T * L) 1 + eps)``.
+
+    Each tensor is (B, heads, H, W, .).
+    """
     B, heads, H, W, d = phi_k.shape
     dv = v.shape[-1]
     kv = (phi_k.unsqueeze(-1) * v.unsqueeze(-2)).reshape(B, heads, H * W, d * dv)  # phi(k_j) v_j^T, flattened

@@ -313,7 +313,7 @@ MASKS: dict[str, MaskKind] = {
                  "2D polyline path, one decay for both directions"),
         MaskKind("rmt", "fixed", "both", False, rmt_log_masks, "RMT: fixed Manhattan decay gamma_h^(|di|+|dj|)"),
         MaskKind("raster", "learned", "both", True, raster_log_masks, "1D mask along the row-major scan"),
-        MaskKind("cross_scan", "learned", "both", True, cross_scan_log_masks, "1D masks along row- and column-major scans"),
+        MaskKind("cross_scan", "learned", "both", True, cross_scan_log_masks, "1D masks along both scan orders"),
         MaskKind("hilbert", "learned", "both", True, hilbert_log_masks, "1D mask along a Hilbert curve"),
         MaskKind("zorder", "learned", "both", True, zorder_log_masks, "1D mask along the Z (Morton, quadtree) order"),
     )

@@ -584,7 +584,9 @@ def _from_published_segmentor(path: str | os.PathLike, state: dict[str, Any], lo
         missing, unexpected = model.load_state_dict(heads, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
-            raise ValueError(f"checkpoint {path}: head weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"checkpoint {path}: head weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
     classes = (state.get("meta") or {}).get("CLASSES")
     names = list(classes) if classes is not None and len(classes) == num_classes else None
     config = asdict(SegmentConfig(backbone=backbone, channels=channels, aux_channels=aux_channels))

@@ -406,7 +406,9 @@ def _is_published(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(("layers.", "patch_embed.")) for k in state_dict)
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def checkpoint_filter_fn(
+    state_dict: dict[str, torch.Tensor], model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """Map a published state dict (SPEC section 7 key names) to ours; ours passes through unchanged."""
     if not _is_published(state_dict):
         return dict(state_dict)
@@ -503,5 +505,6 @@ def ppma_small(pretrained: bool = False, **kwargs) -> PPMA:
 @register_model
 def ppma_base(pretrained: bool = False, **kwargs) -> PPMA:
     args = dict(embed_dims=(80, 160, 320, 512), depths=(4, 8, 25, 8), num_heads=(5, 5, 10, 16), mlp_ratios=(4, 4, 3, 3),
-                decomposed=(True, True, True, False), layer_scale=(False, False, True, True), drop_path_rate=0.4)  # fmt: skip
+                decomposed=(True, True, True, False), layer_scale=(False, False, True, True),
+                drop_path_rate=0.4)  # fmt: skip
     return _create_ppma("ppma_base", pretrained, **dict(args, **kwargs))

@@ -1,4 +1,7 @@
-"""Attention ops behind one dispatch: ``polyline_attention``, ``criss_cross_polyline_attention``, ``log_mask_attention``."""
+"""Attention ops behind one dispatch.
+
+``polyline_attention``, ``criss_cross_polyline_attention`` and ``log_mask_attention``.
+"""
 
 from .api import (
     Backend,

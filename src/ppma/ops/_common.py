@@ -16,7 +16,9 @@ def upcast(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
         yield tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
 
 
-def prefix_sums(log_alpha: torch.Tensor, log_beta: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_sums(
+    log_alpha: torch.Tensor, log_beta: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cum_alpha (cumsum over W) and cum_beta (cumsum over H), both (B, heads, H, W), in ``dtype``."""
     cum_alpha = torch.cumsum(log_alpha.to(dtype), dim=-1)
     cum_beta = torch.cumsum(log_beta.to(dtype), dim=-2)

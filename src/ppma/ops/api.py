@@ -146,7 +146,9 @@ def _check_inputs(q, k, v, log_alpha, log_beta, check_values: bool) -> None:
     if k.shape != q.shape:
         raise ValueError(f"k: shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} (B, heads, H, W, d)")
     if v.shape[:4] != q.shape[:4]:
-        raise ValueError(f"v: leading shape {tuple(v.shape[:4])} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}")
+        raise ValueError(
+            f"v: leading shape {tuple(v.shape[:4])} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}"
+        )
     for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
         check_tensor(name, t, ndim=4)
         if t.shape != q.shape[:4]:
@@ -173,7 +175,9 @@ def _resolve_paths(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: 
     if backend == Backend.TRITON and op == "criss_cross":
         return _resolve(backend, op, q, needs_grad), {"paths": paths}
     if backend not in (Backend.REFERENCE, Backend.DENSE):
-        raise ValueError(f"backend: {backend.value!r} runs paths='both' only; use 'dense' or 'reference' for paths={paths!r}")
+        raise ValueError(
+            f"backend: {backend.value!r} runs paths='both' only; use 'dense' or 'reference' for paths={paths!r}"
+        )
     return _module(backend), {"paths": paths}
 
 
@@ -268,7 +272,9 @@ def log_mask_attention(
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=4)
     if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, N, d)")
+        raise ValueError(
+            f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, N, d)"
+        )
     if len(log_masks) == 0:
         raise ValueError("log_masks: expected at least one log-mask")
     N = q.shape[2]

@@ -40,7 +40,9 @@ class Reporter:
 
                 self.tb = SummaryWriter(str(output_dir / "tensorboard"))
             except ImportError:
-                warnings.warn("tensorboard: not installed (pip install tensorboard); logging to log.jsonl only", stacklevel=2)
+                warnings.warn(
+                    "tensorboard: not installed (pip install tensorboard); logging to log.jsonl only", stacklevel=2
+                )
 
     def print(self, text: str) -> None:
         if self.active:

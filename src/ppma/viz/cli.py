@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = vsub.add_parser("mask", help="the polyline mask of one query token (H2V, V2H, average), on grid and image")
     _common(p, "ppma_viz_mask.png")
     p.add_argument("--matrix", type=_window, metavar="HxW",
-                   help="also draw the full N x N mask matrix of an HxW token window at the query (e.g. 4x4)")  # fmt: skip
+                   help="also draw the N x N mask matrix of an HxW token window at the query (e.g. 4x4)")  # fmt: skip
     p.add_argument("--mask", help="zoo mask(s) instead: a name (hilbert, rmt, ...), a comma list, or all "
                    "(side by side, the paper's Figure 6), with the captured block's decays")  # fmt: skip
     p.set_defaults(func=_mask)
