@@ -40,11 +40,17 @@ class Backend(str, enum.Enum):
 
     @classmethod
     def parse(cls, name: str | Backend) -> Backend:
-        try:
-            return cls(name)
-        except ValueError:
+        # A dict lookup, not ``cls(name)``: dynamo in torch 2.11 breaks the graph on Enum construction.
+        if isinstance(name, cls):
+            return name
+        backend = _BACKENDS_BY_NAME.get(name)
+        if backend is None:
             valid = ", ".join(repr(b.value) for b in cls)
-            raise ValueError(f"backend: unknown name {name!r}; valid backends are {valid}") from None
+            raise ValueError(f"backend: unknown name {name!r}; valid backends are {valid}")
+        return backend
+
+
+_BACKENDS_BY_NAME = {b.value: b for b in Backend}
 
 
 def _has_flex_attention() -> bool:
