@@ -178,7 +178,7 @@ def test_channels_last_input_gives_same_logits(nano):
 
 @pytest.mark.parametrize("mode", ["full", "criss_cross"])
 def test_attention_layer_traces_without_graph_breaks(mode):
-    """torch._dynamo.explain on one attention layer (CPU, small): one graph, no breaks."""
+    """One attention layer (CPU, small): one graph, no breaks; compiled forward and gradients equal eager."""
     from ppma.layers import FlatRotary, PolylineAttention
 
     torch._dynamo.reset()
@@ -188,6 +188,13 @@ def test_attention_layer_traces_without_graph_breaks(mode):
     explanation = torch._dynamo.explain(layer)(x, rotary)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+    # the traced forward and backward graphs (aot_eager: AOT autograd without inductor) agree with eager
+    want = layer(x, rotary)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    got = torch.compile(layer, backend="aot_eager", fullgraph=True)(x, rotary)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
 
 
 def test_whole_model_traces_as_one_graph_in_train_and_eval():

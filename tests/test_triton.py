@@ -218,6 +218,27 @@ def test_model_logits_equal_with_triton_backend(kernels):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@interpreted
+@pytest.mark.parametrize("mode", ["full", "criss_cross"])
+def test_triton_layer_traces_as_one_graph_with_its_gradients(kernels, mode):
+    """Under dynamo the kernels are opaque custom ops: one graph, no breaks, the same output and grads as eager."""
+    from ppma.layers import FlatRotary, PolylineAttention
+
+    torch._dynamo.reset()
+    layer = PolylineAttention(32, 4, mode=mode, backend="triton")
+    x = torch.randn(1, 5, 6, 32, requires_grad=True)
+    rotary = FlatRotary(8)(5, 6)
+    explanation = torch._dynamo.explain(layer)(x, rotary)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    want = layer(x, rotary)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    got = torch.compile(layer, backend="aot_eager", fullgraph=True)(x, rotary)  # traced fwd and bwd graphs
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
 @pytest.mark.skipif(INTERPRETED, reason="compiles real GPU code; the interpreter process cannot")
 def test_kernels_compile_for_h100_without_a_gpu(tmp_path, monkeypatch):
     """Ahead-of-time compile of the six kernels to sm_90 cubins (bf16; full: 4 rows of 16, criss-cross:

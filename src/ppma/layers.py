@@ -52,11 +52,13 @@ class PathDecay(nn.Module):
         """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32, <= 0."""
         B, H, W, _ = x.shape
         dt = self.dt_linear(x.reshape(B, H, W, self.num_heads, self.head_dim))  # (B, H, W, heads, channels)
+        # Contiguous in the output layout before the element-wise ops: their backward then has one
+        # layout in eager and traced runs (aot_eager failed on a view of a permuted softplus gradient).
+        dt = dt.permute(0, 3, 4, 1, 2).contiguous()  # (B, heads, channels, H, W)
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-            a = -torch.exp(self.A_log.to(dtype))
-            log_decay = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)[:, None]) * a[:, None]
-        log_decay = log_decay.permute(0, 3, 4, 1, 2)  # (B, heads, channels, H, W)
+            a = -torch.exp(self.A_log.to(dtype))[:, None, None, None]
+            log_decay = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)[:, None, None, None]) * a
         return log_decay[:, :, 0], log_decay[:, :, -1]  # one channel: the same decay both ways
 
 

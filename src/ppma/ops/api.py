@@ -85,8 +85,11 @@ TRITON_MAX_WIDTH = 256  # ops/triton/full.py keeps a whole (padded) grid row in 
 TRITON_MAX_LINE = 256  # ops/triton/criss_cross.py: rows (W) and columns (H) at most this long
 
 
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # once: torch.compile cannot trace find_spec
+
+
 def _can_run_triton(op: Op, q: torch.Tensor) -> tuple[bool, str]:
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return False, "triton is not installed (pip install 'ppma[triton]')"
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if q.device.type != "cuda" and not (interpret and q.device.type == "cpu"):
@@ -143,6 +146,15 @@ def _module(backend: Backend):
     if backend not in _MODULES:
         _MODULES[backend] = importlib.import_module(f".{backend.value}", __package__)
     return _MODULES[backend]
+
+
+# Where the triton backend can run (a GPU, or the interpreter), import it now, so that a model
+# compiled before its first eager call traces the dispatch without the import's graph break.
+if _TRITON_INSTALLED and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    try:
+        _module(Backend.TRITON)
+    except ImportError:  # a broken triton install: the triton backend reports it on first use
+        pass
 
 
 def _check_inputs(q, k, v, log_alpha, log_beta, check_values: bool) -> None:

@@ -1,5 +1,5 @@
 """Fused Triton kernels for PPMA attention: one file per op (``full.py``, ``criss_cross.py``),
-each kernel -> launcher -> ``autograd.Function`` -> entry function.
+each kernel -> launcher, registered as a ``torch.library`` custom op with its backward -> entry function.
 
 Importing this package imports Triton; ``ppma.ops.api`` imports it only when the ``triton``
 backend is used. On a machine without a GPU the kernels run under the Triton interpreter when

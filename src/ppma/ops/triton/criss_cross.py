@@ -221,42 +221,73 @@ def _args(q, k, u, p) -> tuple:
     return (*q.stride(), *k.stride(), *u.stride(), *p.stride(), heads, NL, L, d, u.shape[4])
 
 
-class _LineAttention(torch.autograd.Function):
-    """softmax(q k^T * scale - |P[p] - P[q]|) @ u over (B, heads, lines, L, .) strided views."""
+# Custom ops, not an autograd.Function: torch.compile then treats each kernel launch as one opaque
+# op with known output shapes (register_fake) instead of tracing into Triton's launcher.
+@torch.library.custom_op("ppma::line_attention_fwd", mutates_args=())
+def _line_fwd(
+    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, p: torch.Tensor, scale: float, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale - |P[p] - P[q]|) @ u over (B, heads, lines, L, .) strided views: (out, lse)."""
+    B, heads, NL, L, _ = q.shape
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.empty(B, heads, NL, L, u.shape[4], device=q.device, dtype=acc)
+    lse = torch.empty(B, heads, NL, L, device=q.device, dtype=acc)
+    cfg = _config(q, u, block)
+    grid = (NL * triton.cdiv(L, cfg["BM"]), B * heads)
+    _line_fwd_kernel[grid](q, k, u, p, out, lse, *_args(q, k, u, p), scale, **cfg)
+    return out, lse
 
-    @staticmethod
-    def forward(ctx, q, k, u, p, scale: float, block: int):
-        B, heads, NL, L, _ = q.shape
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        out = torch.empty(B, heads, NL, L, u.shape[4], device=q.device, dtype=acc)
-        lse = torch.empty(B, heads, NL, L, device=q.device, dtype=acc)
-        cfg = _config(q, u, block)
-        grid = (NL * triton.cdiv(L, cfg["BM"]), B * heads)
-        _line_fwd_kernel[grid](q, k, u, p, out, lse, *_args(q, k, u, p), scale, **cfg)
-        ctx.save_for_backward(q, k, u, p, out, lse)
-        ctx.scale, ctx.block = scale, block
-        return out
 
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, u, p, out, lse = ctx.saved_tensors
-        B, heads, NL, L, _ = q.shape
-        delta = (dout.to(out.dtype) * out).sum(-1).contiguous()  # rowsum(dO * O) per query
-        do = dout.to(u.dtype).contiguous()
-        dq = torch.empty(q.shape, device=q.device, dtype=out.dtype)
-        dk = torch.empty(k.shape, device=q.device, dtype=out.dtype)
-        du = torch.empty(u.shape, device=q.device, dtype=out.dtype)
-        dp_q = torch.empty(q.shape[:4], device=q.device, dtype=p.dtype)
-        dp_k = torch.empty_like(dp_q)
-        cfg = _config(q, u, ctx.block)
-        args = (*_args(q, k, u, p), ctx.scale)
-        _line_bwd_query_kernel[(NL * triton.cdiv(L, cfg["BM"]), B * heads)](
-            q, k, u, p, do, lse, delta, dq, dp_q, *args, **cfg
-        )
-        _line_bwd_key_kernel[(NL * triton.cdiv(L, cfg["BN"]), B * heads)](
-            q, k, u, p, do, lse, delta, dk, du, dp_k, *args, **cfg
-        )
-        return dq.to(q.dtype), dk.to(k.dtype), du.to(u.dtype), (dp_q + dp_k).to(p.dtype), None, None
+@_line_fwd.register_fake
+def _(q, k, u, p, scale, block):
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty((*q.shape[:4], u.shape[4]), dtype=acc), q.new_empty(q.shape[:4], dtype=acc)
+
+
+@torch.library.custom_op("ppma::line_attention_bwd", mutates_args=())
+def _line_bwd(
+    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, p: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    dout: torch.Tensor, scale: float, block: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(dq, dk, du) in the accumulator dtype and dP in P's dtype."""
+    B, heads, NL, L, _ = q.shape
+    delta = (dout.to(out.dtype) * out).sum(-1).contiguous()  # rowsum(dO * O) per query
+    do = dout.to(u.dtype).contiguous()
+    dq = torch.empty(q.shape, device=q.device, dtype=out.dtype)
+    dk = torch.empty(k.shape, device=q.device, dtype=out.dtype)
+    du = torch.empty(u.shape, device=q.device, dtype=out.dtype)
+    dp_q = torch.empty(q.shape[:4], device=q.device, dtype=p.dtype)
+    dp_k = torch.empty_like(dp_q)
+    cfg = _config(q, u, block)
+    args = (*_args(q, k, u, p), scale)
+    _line_bwd_query_kernel[(NL * triton.cdiv(L, cfg["BM"]), B * heads)](
+        q, k, u, p, do, lse, delta, dq, dp_q, *args, **cfg
+    )
+    _line_bwd_key_kernel[(NL * triton.cdiv(L, cfg["BN"]), B * heads)](
+        q, k, u, p, do, lse, delta, dk, du, dp_k, *args, **cfg
+    )
+    return dq, dk, du, dp_q + dp_k
+
+
+@_line_bwd.register_fake
+def _(q, k, u, p, out, lse, dout, scale, block):
+    grads = (q.new_empty(t.shape, dtype=out.dtype) for t in (q, k, u))
+    return (*grads, q.new_empty(q.shape[:4], dtype=p.dtype))
+
+
+def _line_setup_context(ctx, inputs, output):
+    q, k, u, p, scale, block = inputs
+    ctx.save_for_backward(q, k, u, p, *output)
+    ctx.scale, ctx.block = scale, block
+
+
+def _line_backward(ctx, dout, _dlse):  # lse is saved for the backward, not used outside
+    q, k, u, p, out, lse = ctx.saved_tensors
+    dq, dk, du, dp = _line_bwd(q, k, u, p, out, lse, dout, ctx.scale, ctx.block)
+    return dq.to(q.dtype), dk.to(k.dtype), du.to(u.dtype), dp, None, None
+
+
+_line_fwd.register_autograd(_line_backward, setup_context=_line_setup_context)
 
 
 def line_attention(q, k, u, p, scale: float, *, block: int = BLOCK) -> torch.Tensor:
@@ -274,7 +305,7 @@ def line_attention(q, k, u, p, scale: float, *, block: int = BLOCK) -> torch.Ten
     """
     if q.shape[3] > MAX_LINE:
         raise ValueError(f"q: line length {q.shape[3]} exceeds the triton kernel's limit of {MAX_LINE}")
-    return _LineAttention.apply(q, k, u, p, scale, block)
+    return _line_fwd(q, k, u, p, scale, block)[0]
 
 
 def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both", *, block: int = BLOCK) -> torch.Tensor:

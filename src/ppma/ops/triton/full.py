@@ -17,7 +17,7 @@ own ``(rows, WP)`` table: ``A[i, l]`` (query row, key column) lives in the query
 small tables over a ``(R_Q, WP, R_K, WP)`` view of the score tile, with no per-element gathers.
 The same ownership makes the backward free of atomics: the query-major kernel owns the gradient of
 its rows of A and B (and dq), the key-major kernel the gradient of its key rows (and dk, dv); the
-two are added and reverse-cumsummed into the log-decay gradients in PyTorch.
+two are added, and autograd's cumsum backward turns them into the log-decay gradients.
 
 Both softmaxes run in one pass with two online-softmax states (m, l, acc) per query row: their
 normalisers differ, so they cannot share one.
@@ -422,30 +422,54 @@ def _backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale: float, ti
     return dq, dk, dv, dca_q + dca_k, dcb_q + dcb_k
 
 
-def _reverse_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Gradient of cumsum: out[t] = sum_{s >= t} x[s] along ``dim``."""
-    return x.flip(dim).cumsum(dim).flip(dim)
+# Custom ops, not an autograd.Function: torch.compile then treats each kernel launch as one opaque
+# op with known output shapes (register_fake) instead of tracing into Triton's launcher.
+@torch.library.custom_op("ppma::polyline_full_fwd", mutates_args=())
+def _full_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cum_a: torch.Tensor, cum_b: torch.Tensor, scale: float,
+    tile_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(out, o1, lse1, lse2): the averaged output, the h2v branch's output, and each branch's log-sum-exp."""
+    return _forward(q, k, v, cum_a, cum_b, scale, tile_tokens)
 
 
-class _PolylineFull(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, log_alpha, log_beta, scale: float, tile_tokens: int):
-        table_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        cum_a, cum_b = (t.contiguous() for t in prefix_sums(log_alpha, log_beta, table_dtype))
-        out, o1, lse1, lse2 = _forward(q, k, v, cum_a, cum_b, scale, tile_tokens)
-        ctx.save_for_backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2)
-        ctx.scale, ctx.tile_tokens = scale, tile_tokens
-        ctx.decay_dtypes = (log_alpha.dtype, log_beta.dtype)
-        return out
+@_full_fwd.register_fake
+def _(q, k, v, cum_a, cum_b, scale, tile_tokens):
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = q.new_empty((*q.shape[:4], v.shape[-1]), dtype=acc)
+    lse = q.new_empty(q.shape[:4], dtype=acc)
+    return out, torch.empty_like(out), lse, torch.empty_like(lse)
 
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, cum_a, cum_b, out, o1, lse1, lse2 = ctx.saved_tensors
-        dq, dk, dv, dca, dcb = _backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, ctx.scale, ctx.tile_tokens)
-        # cum_alpha = cumsum over W, cum_beta = cumsum over H: their gradients are reverse cumsums.
-        d_alpha = _reverse_cumsum(dca, -1).to(ctx.decay_dtypes[0])
-        d_beta = _reverse_cumsum(dcb, -2).to(ctx.decay_dtypes[1])
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), d_alpha, d_beta, None, None
+
+@torch.library.custom_op("ppma::polyline_full_bwd", mutates_args=())
+def _full_bwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cum_a: torch.Tensor, cum_b: torch.Tensor, out: torch.Tensor,
+    o1: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor, dout: torch.Tensor, scale: float, tile_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(dq, dk, dv, d cum_a, d cum_b) in the accumulator dtype."""
+    return _backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale, tile_tokens)
+
+
+@_full_bwd.register_fake
+def _(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale, tile_tokens):
+    grads = (q.new_empty(t.shape, dtype=out.dtype) for t in (q, k, v))
+    return (*grads, torch.empty_like(cum_a), torch.empty_like(cum_b))
+
+
+def _full_setup_context(ctx, inputs, output):
+    q, k, v, cum_a, cum_b, scale, tile_tokens = inputs
+    ctx.save_for_backward(q, k, v, cum_a, cum_b, *output)
+    ctx.scale, ctx.tile_tokens = scale, tile_tokens
+
+
+def _full_backward(ctx, dout, *_unused_grads):  # o1, lse1, lse2 are saved for the backward, not used outside
+    q, k, v, cum_a, cum_b, out, o1, lse1, lse2 = ctx.saved_tensors
+    dq, dk, dv, dca, dcb = _full_bwd(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, ctx.scale, ctx.tile_tokens)
+    # autograd's cumsum backward turns d cum_a, d cum_b into the log-decay gradients
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dca, dcb, None, None
+
+
+_full_fwd.register_autograd(_full_backward, setup_context=_full_setup_context)
 
 
 def full(q, k, v, log_alpha, log_beta, scale: float, *, tile_tokens: int = TILE_TOKENS) -> torch.Tensor:
@@ -471,4 +495,6 @@ def full(q, k, v, log_alpha, log_beta, scale: float, *, tile_tokens: int = TILE_
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     elif q.dtype != k.dtype or q.dtype != v.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
-    return _PolylineFull.apply(q, k, v, log_alpha, log_beta, scale, tile_tokens)
+    table_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    cum_a, cum_b = (t.contiguous() for t in prefix_sums(log_alpha, log_beta, table_dtype))
+    return _full_fwd(q, k, v, cum_a, cum_b, scale, tile_tokens)[0]
