@@ -76,6 +76,27 @@ def test_auto_picks_cpu_backend_on_cpu(monkeypatch):
     assert choose_backend("full", large, needs_grad=True).value == "cpu"
 
 
+def test_auto_on_cuda_sends_large_decomposed_attention_to_triton(monkeypatch):
+    """Decided from shapes alone, so a stand-in for a CUDA tensor suffices on a CPU machine."""
+    from types import SimpleNamespace
+
+    from ppma.ops import api
+
+    monkeypatch.delenv("PPMA_BACKEND", raising=False)
+    monkeypatch.setattr(api, "_TRITON_INSTALLED", True)
+
+    def cuda_q(B, heads, H, W):
+        return SimpleNamespace(device=torch.device("cuda"), shape=(B, heads, H, W, 16), dtype=torch.bfloat16)
+
+    assert choose_backend("criss_cross", cuda_q(128, 4, 56, 56), needs_grad=True).value == "dense"  # 0.7 GiB of masks
+    assert choose_backend("criss_cross", cuda_q(1, 4, 512, 512), needs_grad=False).value == "triton"  # 4 GiB
+    assert choose_backend("criss_cross", cuda_q(1, 4, 512, 300), needs_grad=False).value == "triton"
+    assert choose_backend("criss_cross", cuda_q(1, 4, 8192, 64), needs_grad=False).value == "dense"  # columns > 4096
+    assert choose_backend("full", cuda_q(2, 8, 64, 64), needs_grad=True).value == "triton"
+    monkeypatch.setattr(api, "_TRITON_INSTALLED", False)
+    assert choose_backend("criss_cross", cuda_q(1, 4, 512, 512), needs_grad=False).value == "dense"
+
+
 @pytest.fixture(scope="module")
 def nano():
     torch.manual_seed(0)

@@ -158,6 +158,7 @@ def cc_kernels():
         (1, 1, 6, 1, 8, 8, 64, "h2v"),  # a single column
         (1, 1, 2, 37, 8, 8, 16, "both"),  # rows of 37 in three blocks of 16, the last partly filled
         (1, 1, 2, 37, 8, 8, 16, "v2h"),
+        (1, 1, 2, 300, 8, 8, 64, "both"),  # rows longer than 256 (five blocks, the last partly filled)
     ],
 )
 def test_criss_cross_matches_reference_float64(cc_kernels, B, heads, H, W, d, dv, block, paths):

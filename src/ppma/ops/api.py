@@ -82,7 +82,7 @@ def can_run(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool) -
 
 
 TRITON_MAX_WIDTH = 256  # ops/triton/full.py keeps a whole (padded) grid row in one tile
-TRITON_MAX_LINE = 256  # ops/triton/criss_cross.py: rows (W) and columns (H) at most this long
+TRITON_MAX_LINE = 4096  # ops/triton/criss_cross.py: rows (W) and columns (H) at most this long
 
 
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # once: torch.compile cannot trace find_spec
@@ -105,6 +105,14 @@ def _can_run_triton(op: Op, q: torch.Tensor) -> tuple[bool, str]:
 
 
 CPU_FULL_MAX_TOKENS = 224  # auto on CPU, inference: full attention above this many tokens goes to dense
+# auto on CUDA: decomposed attention whose stored 1D masks (dense) would pass this goes to triton (O(N d) memory)
+CUDA_DENSE_LINE_MASKS_MAX_BYTES = 2**30
+
+
+def _line_mask_bytes(q: torch.Tensor) -> int:
+    """Bytes of the float32 row and column masks that ``dense`` stores for decomposed attention."""
+    B, heads, H, W = q.shape[:4]
+    return 4 * B * heads * (H * W * W + W * H * H)
 
 
 def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
@@ -117,6 +125,11 @@ def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
         for backend in (Backend.TRITON, Backend.FLEX):
             if can_run(backend, op, q, needs_grad)[0]:
                 return backend
+    if q.device.type == "cuda" and op == "criss_cross" and _line_mask_bytes(q) > CUDA_DENSE_LINE_MASKS_MAX_BYTES:
+        # Not yet timed against dense on a GPU; chosen for memory: at a 2048x2048 input stage 1 alone
+        # would store 4 GiB of masks (4 heads, 512^3 per direction), the fused kernel none.
+        if can_run(Backend.TRITON, op, q, needs_grad)[0]:
+            return Backend.TRITON
     if q.device.type == "cpu":
         # Measured on 1 and 2 cores (BENCHMARKS.md): explicit matmuls beat SDPA with a float mask for
         # decomposed attention, for every full-attention backward, and for small full-attention

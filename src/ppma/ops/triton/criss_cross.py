@@ -21,7 +21,9 @@ recomputes the probabilities; a query-major kernel writes dq and the query-side 
 (``dP[q] -= the same``), so no atomics are needed; autograd's cumsum backward (a reverse cumsum)
 turns dP into the log-decay gradients.
 
-Limits: lines up to ``MAX_LINE = 256`` (H and W); head dimensions up to 256; float32, bfloat16 or
+Limits: lines up to ``MAX_LINE = 4096`` (H and W; a line is walked in blocks, so its length costs
+no on-chip memory; the limit only keeps it within what is tested and indexed in int32); head
+dimensions up to 256; float32, bfloat16 or
 float16 on CUDA (float64 only under the interpreter); scores and softmax in float32, P in float32
 (float64 for float64 inputs). Verified against ``ops/reference.py`` in float64 under
 ``TRITON_INTERPRET=1`` and compiled ahead of time for sm_90 (tests/test_triton.py); not yet run or
@@ -36,7 +38,7 @@ import triton.language as tl
 
 from .full import _abs, _online_softmax_step, _sign
 
-MAX_LINE = 256  # H and W: the limit the dispatcher checks (ops/api.py)
+MAX_LINE = 4096  # H and W: the limit the dispatcher checks (ops/api.py)
 BLOCK = 64  # queries / keys per block (at least 16 for tl.dot)
 
 
