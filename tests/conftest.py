@@ -35,6 +35,27 @@ def random_decays(*shape: int, dtype=torch.float64, scale: float = 2.0) -> torch
     return -(torch.rand(*shape, dtype=dtype) * scale + 1e-3)
 
 
+def check_layer_compiles_like_eager(mode: str, backend: str) -> None:
+    """One small PPMA attention layer under torch.compile: dynamo sees one graph, no breaks, and the
+    traced forward and backward graphs (aot_eager: AOT autograd without inductor) give eager's output
+    and input gradient."""
+    from ppma.layers import FlatRotary, PolylineAttention
+
+    torch._dynamo.reset()
+    layer = PolylineAttention(32, 4, mode=mode, backend=backend)
+    x = torch.randn(1, 5, 6, 32, requires_grad=True)
+    rotary = FlatRotary(8)(5, 6)
+    explanation = torch._dynamo.explain(layer)(x, rotary)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    want = layer(x, rotary)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    got = torch.compile(layer, backend="aot_eager", fullgraph=True)(x, rotary)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
 @pytest.fixture
 def published_nano():
     if not PUBLISHED_NANO.is_file():

@@ -15,7 +15,7 @@ import torch
 
 from ppma.ops import can_run, choose_backend, criss_cross_polyline_attention, polyline_attention
 
-from conftest import random_decays
+from conftest import check_layer_compiles_like_eager, random_decays
 
 NAMES = ["out", "dq", "dk", "dv", "dlog_alpha", "dlog_beta"]
 OPS = {"full": polyline_attention, "criss_cross": criss_cross_polyline_attention}
@@ -199,23 +199,8 @@ def test_channels_last_input_gives_same_logits(nano):
 
 @pytest.mark.parametrize("mode", ["full", "criss_cross"])
 def test_attention_layer_traces_without_graph_breaks(mode):
-    """One attention layer (CPU, small): one graph, no breaks; compiled forward and gradients equal eager."""
-    from ppma.layers import FlatRotary, PolylineAttention
-
-    torch._dynamo.reset()
-    layer = PolylineAttention(32, 4, mode=mode)
-    x = torch.randn(1, 5, 6, 32, requires_grad=True)
-    rotary = FlatRotary(8)(5, 6)
-    explanation = torch._dynamo.explain(layer)(x, rotary)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert explanation.graph_count == 1
-    # the traced forward and backward graphs (aot_eager: AOT autograd without inductor) agree with eager
-    want = layer(x, rotary)
-    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
-    got = torch.compile(layer, backend="aot_eager", fullgraph=True)(x, rotary)
-    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(got_grad, want_grad)
+    """One attention layer on CPU (auto backend): one graph, no breaks; compiled forward and gradients equal eager."""
+    check_layer_compiles_like_eager(mode, "auto")
 
 
 def test_whole_model_traces_as_one_graph_in_train_and_eval():

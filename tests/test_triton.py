@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 from ppma.ops import can_run, criss_cross_polyline_attention, polyline_attention  # noqa: E402
 from ppma.ops import reference  # noqa: E402
 
-from conftest import random_decays  # noqa: E402
+from conftest import check_layer_compiles_like_eager, random_decays  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs inside test_interpreter_suite (TRITON_INTERPRET=1)")
@@ -224,21 +224,7 @@ def test_model_logits_equal_with_triton_backend(kernels):
 @pytest.mark.parametrize("mode", ["full", "criss_cross"])
 def test_triton_layer_traces_as_one_graph_with_its_gradients(kernels, mode):
     """Under dynamo the kernels are opaque custom ops: one graph, no breaks, the same output and grads as eager."""
-    from ppma.layers import FlatRotary, PolylineAttention
-
-    torch._dynamo.reset()
-    layer = PolylineAttention(32, 4, mode=mode, backend="triton")
-    x = torch.randn(1, 5, 6, 32, requires_grad=True)
-    rotary = FlatRotary(8)(5, 6)
-    explanation = torch._dynamo.explain(layer)(x, rotary)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert explanation.graph_count == 1
-    want = layer(x, rotary)
-    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
-    got = torch.compile(layer, backend="aot_eager", fullgraph=True)(x, rotary)  # traced fwd and bwd graphs
-    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(got_grad, want_grad)
+    check_layer_compiles_like_eager(mode, "triton")
 
 
 @pytest.mark.skipif(INTERPRETED, reason="compiles real GPU code; the interpreter process cannot")
