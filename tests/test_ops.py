@@ -204,11 +204,23 @@ def test_attention_layer_traces_without_graph_breaks(mode):
 
 
 def test_whole_model_traces_as_one_graph_in_train_and_eval():
-    """The full forward (stem, every stage's rotary tables, both attention kinds, head): one graph, no breaks."""
+    """The full forward (stem, every stage's rotary tables, both attention kinds, head): one graph, no breaks;
+    a training step's compiled forward and backward graphs give eager's logits and gradients."""
     torch._dynamo.reset()
     model = timm.create_model("ppma_nano")
-    x = torch.randn(1, 3, 64, 64)
+    for p in model.parameters():  # trained-like magnitudes: every gradient well above rounding
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 3, 64, 64)
     for train in (True, False):
         explanation = torch._dynamo.explain(model.train(train))(x)
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert explanation.graph_count == 1
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = model(x)
+    want_grads = torch.autograd.grad(want.square().sum(), params)
+    got = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+    got_grads = torch.autograd.grad(got.square().sum(), params)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)
