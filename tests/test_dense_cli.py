@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import pytest
+import torch
 
 pytest.importorskip("pycocotools")
 
@@ -56,7 +58,7 @@ def test_detect_train_resume_eval_predict(tmp_path, capsys):
     ]
     assert main([*common, "--epochs", "1"]) == 0
     assert (out / "last.pth").is_file() and json.loads((out / "config.json").read_text())["lr_steps"] == [8, 11]
-    assert main([*common, "--epochs", "2", "--resume", "auto"]) == 0  # continues at epoch 1
+    assert main([*common, "--epochs", "2", "--max-iters", "2", "--resume", "auto"]) == 0  # continues at epoch 1
     assert [r["epoch"] for r in _log(out / "log.jsonl") if "bbox_mAP" in r] == [1, 2]
     capsys.readouterr()
     assert main(["detect", "eval", str(out / "last.pth"), "--json", str(tmp_path / "s.json")]) == 0
@@ -199,3 +201,54 @@ def test_segment_train_under_torchrun_two_cpu_processes_scores_like_one_process(
     assert main(["segment", "eval", str(out / "last.pth"), "--json", str(tmp_path / "s.json")]) == 0
     single = json.loads((tmp_path / "s.json").read_text())
     assert single["mIoU"] == pytest.approx(distributed_miou, abs=1e-12)  # 3 images split 2 + 1 across ranks, summed
+
+
+def _same_weights(a, b) -> None:
+    from ppma.checkpoint import read_checkpoint
+
+    a, b = read_checkpoint(a), read_checkpoint(b)
+    assert a["model"].keys() == b["model"].keys()
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=1e-6, msg=name)
+    assert b["scheduler"] == a["scheduler"]
+
+
+def test_detection_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_path):
+    """Never lose work: Mask R-CNN stopped mid-epoch, resumed from its last checkpoint, equals an unbroken run
+    (random flips, RPN/RoI sampling and drop path all on; an evaluation after every epoch)."""
+    from ppma.dense.detection import DetectConfig, train_detection
+
+    make_coco(tmp_path / "gen", n_images=4)
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
+    shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    config = DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano", heads="light",
+                          min_size=64, max_size=96, epochs=2, batch_size=1, warmup_iters=2, drop_path_rate=0.2,
+                          workers=0, quiet=True)  # 4 iterations per epoch  # fmt: skip
+    train_detection(dataclasses.replace(config, output=str(tmp_path / "whole"), save_every=0))
+    # killed at iteration 7; its last checkpoint is the one of iteration 6 (epoch 2, 2 of 4 steps done)
+    cut = dataclasses.replace(config, output=str(tmp_path / "cut"), save_every=3, stop_after=7)
+    assert train_detection(cut) == {}
+    progress = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"]
+    assert progress == {"epoch": 1, "iteration": 6, "step_in_epoch": 2}
+    train_detection(dataclasses.replace(cut, stop_after=0, resume="auto"))
+    _same_weights(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
+
+
+def test_segmentation_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_path):
+    """The same for UPerNet: random rescale, crop and flip, drop path, evaluations every 3 iterations."""
+    from ppma.dense.segmentation import SegmentConfig, train_segmentation
+
+    make_ade(tmp_path / "ade", 6, size=(36, 44))
+    (tmp_path / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    config = SegmentConfig(data=str(tmp_path / "ade"), backbone="ppma_nano", crop_size=32, scale=(128, 32), channels=16,
+                           aux_channels=8, iters=8, batch_size=2, warmup_iters=2, drop_path_rate=0.2, eval_every=3,
+                           workers=0, quiet=True)  # 3 iterations per epoch  # fmt: skip
+    train_segmentation(dataclasses.replace(config, output=str(tmp_path / "whole"), save_every=0))
+    # killed at iteration 5; its last checkpoint is the one of iteration 4 (second epoch, one step in)
+    cut = dataclasses.replace(config, output=str(tmp_path / "cut"), save_every=2, stop_after=5)
+    assert train_segmentation(cut) == {}
+    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"] == {"iteration": 4}
+    train_segmentation(dataclasses.replace(cut, stop_after=0, resume="auto"))
+    _same_weights(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")

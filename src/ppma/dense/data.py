@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..train.data import seeded_item
+
 __all__ = [
     "IGNORE",
     "IMAGENET_MEAN",
@@ -132,7 +134,18 @@ def coco_from_dict(data: dict[str, Any]) -> Any:
     return coco
 
 
-class CocoDetection(Dataset):
+class EpochSeeded(Dataset):
+    """A training set whose random augmentation of item i is drawn from a seed of (seed, epoch, i), so a
+    run resumed mid-epoch (``ResumableSampler`` calls ``set_epoch``) sees the crops and flips it would have."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class CocoDetection(EpochSeeded):
     """COCO instances (images + JSON) as torchvision detection targets.
 
     Args:
@@ -215,7 +228,9 @@ class CocoDetection(Dataset):
                     )
             masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, pil.height, pil.width))
             target["masks"] = torch.from_numpy(masks.astype(np.uint8))
-        if self.train and random.random() < 0.5:  # horizontal flip
+        with seeded_item(self.seed, self.epoch, index):
+            flip = self.train and random.random() < 0.5
+        if flip:  # horizontal flip
             image = image.flip(-1)
             target["boxes"][:, [0, 2]] = pil.width - target["boxes"][:, [2, 0]]
             if self.with_masks:
@@ -303,7 +318,7 @@ def keep_ratio_scale(h: int, w: int, scale: tuple[int, int]) -> float:
     return min(long_edge / max(h, w), short_edge / min(h, w))
 
 
-class SegmentationSet(Dataset):
+class SegmentationSet(EpochSeeded):
     """Semantic segmentation pairs with the published ADE20K pipeline.
 
     Training: random rescale (ratio 0.5-2.0 of ``scale``, keep ratio), random ``crop_size`` crop
@@ -379,6 +394,18 @@ class SegmentationSet(Dataset):
             size = (max(1, round(pil.height * s)), max(1, round(pil.width * s)))
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             return normalize(image), label
+        with seeded_item(self.seed, self.epoch, index):
+            image, label = self._augment(pil, image, label)
+        image = normalize(image)
+        ch, cw = self.crop_size
+        pad_h, pad_w = max(ch - image.shape[1], 0), max(cw - image.shape[2], 0)
+        if pad_h or pad_w:  # smaller than the crop: pad (bottom/right), padded pixels ignored
+            image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE)
+        return image, label
+
+    def _augment(self, pil: Image.Image, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random rescale, crop and flip (python ``random``)."""
         ratio = random.uniform(*self.ratio_range)
         s = keep_ratio_scale(pil.height, pil.width, (int(self.scale[0] * ratio), int(self.scale[1] * ratio)))
         size = (max(1, round(pil.height * s)), max(1, round(pil.width * s)))
@@ -387,12 +414,6 @@ class SegmentationSet(Dataset):
         image, label = self._random_crop(image, label)
         if random.random() < 0.5:
             image, label = image.flip(-1), label.flip(-1)
-        image = normalize(image)
-        ch, cw = self.crop_size
-        pad_h, pad_w = max(ch - image.shape[1], 0), max(cw - image.shape[2], 0)
-        if pad_h or pad_w:  # smaller than the crop: pad (bottom/right), padded pixels ignored
-            image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
-            label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE)
         return image, label
 
     def _random_crop(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

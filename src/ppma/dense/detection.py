@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -40,9 +40,11 @@ from ..distributed import (
     unwrap,
 )
 from ..errors import PPMAError
+from ..train.data import ResumableSampler
+from ..train.state import capture_rng
 from .backbone import create_backbone
 from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import load_state, log_line, param_groups, read_run_info, save_state
+from .engine import load_state, log_line, param_groups, read_run_info, rng_untouched, save_state
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -84,6 +86,8 @@ class DetectConfig:
     clip_grad: float = 0.0  # 0: none (as published)
     max_iters: int = 0  # stop after this many iterations (quick runs); 0: the full schedule
     eval_every: int = 1  # epochs
+    save_every: int = 500  # iterations between mid-epoch checkpoints (last.pth); 0: at epoch ends only
+    stop_after: int = 0  # stop at once after this many iterations, as if killed (tests of resume); 0: never
     workers: int = 2
     seed: int = 0
     device: str = "auto"
@@ -284,27 +288,26 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
         **HEADS[config.heads],
     ).to(info.device)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-    sampler = (
-        DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.seed)
-        if info.distributed
-        else None
-    )
+    # Shuffled by (seed, epoch), augmentation seeded per item, a private generator for the worker seeds:
+    # a run resumed mid-epoch sees the same batches and draws the same random numbers as one never stopped.
+    train_set.seed = config.seed
+    sampler = ResumableSampler(train_set, info.world_size, info.rank, config.seed)
     loader = DataLoader(
         train_set,
         config.batch_size,
-        shuffle=sampler is None,
         sampler=sampler,
         num_workers=config.workers,
         collate_fn=detection_collate,
         drop_last=False,
+        generator=torch.Generator().manual_seed(config.seed),
     )
     iters_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, iters_per_epoch))
     meta = dict(task="detect", class_names=train_set.class_names, category_ids=train_set.category_ids)
-    progress = dict(epoch=0, iteration=0)
+    progress = dict(epoch=0, iteration=0, step_in_epoch=0)
     resume = out / "last.pth" if config.resume == "auto" else Path(config.resume) if config.resume else None
     if resume is not None and resume.is_file():
-        progress = load_state(resume, model, optimizer, scheduler)
+        progress = {"step_in_epoch": 0, **load_state(resume, model, optimizer, scheduler, rank=info.rank)}
         if not config.quiet and info.is_main:
             print(f"resumed from {resume} at epoch {progress['epoch']}, iteration {progress['iteration']}")
     elif config.resume and config.resume != "auto":
@@ -323,12 +326,21 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
             )
     scores: dict[str, float] = {}
     it = progress["iteration"]
-    done = False
+
+    def checkpoint(epoch: int, step: int) -> None:  # a collective: every rank gathers its random states
+        rng = info.all_gather(capture_rng())
+        if info.is_main:
+            state = dict(epoch=epoch, iteration=it, step_in_epoch=step)
+            save_state(out / "last.pth", model, optimizer, scheduler, state, config, meta, rng=rng)
+
     for epoch in range(progress["epoch"], config.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        if config.max_iters and it >= config.max_iters:  # resumed from the end of a shortened run
+            break
+        step = progress["step_in_epoch"] if epoch == progress["epoch"] else 0
+        sampler.set_epoch(epoch, skip=step * config.batch_size)
         model.train()
         t0 = time.time()
+        done = False
         for images, targets in loader:
             images = [im.to(info.device) for im in images]
             targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
@@ -344,6 +356,7 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
             optimizer.step()
             scheduler.step()
             it += 1
+            step += 1
             if info.is_main and (it % 20 == 0 or it == 1):
                 log_line(
                     out,
@@ -356,14 +369,18 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
                     ),
                     config.quiet,
                 )
-            if config.max_iters and it >= config.max_iters:
-                done = True
+            done = bool(config.max_iters) and it >= config.max_iters
+            if step < iters_per_epoch and (done or (config.save_every and it % config.save_every == 0)):
+                checkpoint(epoch, step)
+            if config.stop_after and it >= config.stop_after:
+                return {}  # "killed": what survives is the last checkpoint
+            if done:
                 break
-        progress = dict(epoch=epoch + 1, iteration=it)
-        if info.is_main:
-            save_state(out / "last.pth", model, optimizer, scheduler, progress, config, meta)
+        if not done or step == iters_per_epoch:
+            checkpoint(epoch + 1, 0)
         if done or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            scores = evaluate_detection(unwrap(model), val_set, info, config.amp)
+            with rng_untouched(info.device):  # a resumed run must not depend on whether an evaluation ran
+                scores = evaluate_detection(unwrap(model), val_set, info, config.amp)
             if info.is_main:
                 log_line(
                     out,

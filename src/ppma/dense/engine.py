@@ -7,8 +7,10 @@ seeding) live in ``ppma.distributed``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch.nn as nn
 
 from ..checkpoint import atomic_save, read_checkpoint
 from ..distributed import autocast, unwrap  # autocast: re-exported, tests import it from here
+from ..train.state import capture_rng, restore_rng
 
 __all__ = [
     "autocast",
@@ -50,11 +53,13 @@ def save_state(
     progress: dict[str, Any],
     config: Any,
     meta: dict[str, Any] | None = None,
+    rng: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write a resumable checkpoint atomically: weights (``model``), optimizer, scheduler, progress, config.
 
     ``config`` (a dataclass) and ``meta`` (class names, ...) are stored as JSON text, so the file
     loads with ``weights_only=True`` and ``eval``/``predict`` can rebuild the model from it alone.
+    ``rng``: every rank's ``capture_rng()`` (``DistInfo.all_gather``), restored by ``load_state``.
     """
     state = {
         "model": unwrap(model).state_dict(),
@@ -63,15 +68,28 @@ def save_state(
         "progress": progress,
         "config": json.dumps(asdict(config), default=str),  # text: loadable with weights_only=True
         "meta": json.dumps(meta or {}),
-        "rng": torch.get_rng_state(),
+        "rng": rng if rng is not None else [capture_rng()],
     }
     atomic_save(state, path)
 
 
+@contextlib.contextmanager
+def rng_untouched(device: torch.device) -> Iterator[None]:
+    """Give torch's random states (CPU, and ``device`` if CUDA) back after the block: an evaluation inside
+    a training run then leaves the run's random numbers as they were, so resuming is exact either way."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+
+
 def load_state(
-    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    rank: int = 0,
 ) -> dict[str, Any]:
-    """Restore what ``save_state`` wrote; returns its ``progress`` dict (empty for a weights-only file)."""
+    """Restore what ``save_state`` wrote, with ``rank``'s random states; returns its ``progress`` dict
+    (empty for a weights-only file)."""
     state = read_checkpoint(path)
     weights = state.get("model", state)
     missing, unexpected = unwrap(model).load_state_dict(weights, strict=False)
@@ -84,8 +102,11 @@ def load_state(
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
-    if "rng" in state:
-        torch.set_rng_state(state["rng"])
+    rng = state.get("rng")
+    if isinstance(rng, list):  # a run resumed on more processes than wrote it: the new ranks take rank 0's
+        restore_rng(rng[rank] if rank < len(rng) else rng[0])
+    elif isinstance(rng, torch.Tensor):  # files written before per-rank states: torch's only
+        torch.set_rng_state(rng)
     return dict(state.get("progress", {}))
 
 

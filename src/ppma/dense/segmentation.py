@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint
 from ..distributed import (
@@ -45,6 +45,8 @@ from ..distributed import (
 )
 from ..errors import PPMAError
 from ..models.ppma import checkpoint_filter_fn
+from ..train.data import ResumableSampler
+from ..train.state import capture_rng
 from .backbone import create_backbone
 from .data import (
     ADE20K_CLASSES,
@@ -60,7 +62,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import load_state, log_line, param_groups, read_run_info, save_state
+from .engine import load_state, log_line, param_groups, read_run_info, rng_untouched, save_state
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -226,6 +228,8 @@ class SegmentConfig:
     grad_checkpointing: str = "none"
     amp: bool = False  # bf16 autocast
     eval_every: int = 16_000
+    save_every: int = 1000  # iterations between checkpoints (last.pth) besides those at evaluations; 0: none
+    stop_after: int = 0  # stop at once after this many iterations, as if killed (tests of resume); 0: never
     workers: int = 2
     seed: int = 0
     device: str = "auto"
@@ -346,15 +350,6 @@ def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
         cleanup_distributed(info)
 
 
-def _infinite(loader: DataLoader, sampler: DistributedSampler | None, start_epoch: int):
-    epoch = start_epoch
-    while True:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
     seed_everything(config.seed + info.rank)
     out = Path(config.output)
@@ -380,7 +375,7 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
     progress = dict(iteration=0)
     resume = out / "last.pth" if config.resume == "auto" else Path(config.resume) if config.resume else None
     if resume is not None and resume.is_file():
-        progress = load_state(resume, model, optimizer, scheduler)
+        progress = load_state(resume, model, optimizer, scheduler, rank=info.rank)
         if not config.quiet and info.is_main:
             print(f"resumed from {resume} at iteration {progress['iteration']}")
     elif config.resume and config.resume != "auto":
@@ -389,19 +384,18 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    sampler = (
-        DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=config.seed)
-        if info.distributed
-        else None
-    )
+    # Shuffled by (seed, epoch), augmentation seeded per item, a private generator for the worker seeds:
+    # a run resumed mid-epoch sees the same batches and draws the same random numbers as one never stopped.
+    train_set.seed = config.seed
+    sampler = ResumableSampler(train_set, info.world_size, info.rank, config.seed)
     loader = DataLoader(
         train_set,
         config.batch_size,
-        shuffle=sampler is None,
         sampler=sampler,
         drop_last=True,
         num_workers=config.workers,
         collate_fn=segmentation_collate,
+        generator=torch.Generator().manual_seed(config.seed),
     )
     if len(loader) == 0:
         raise ValueError(
@@ -418,9 +412,22 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
     scores: dict[str, Any] = {}
     model.train()
     t0 = time.time()
-    batches = _infinite(loader, sampler, it // len(loader))
+
+    def batches():  # endless, from iteration ``it`` on: epoch it // len(loader), that many batches into it
+        epoch, step = divmod(it, len(loader))
+        while True:
+            sampler.set_epoch(epoch, skip=step * config.batch_size)
+            yield from loader
+            epoch, step = epoch + 1, 0
+
+    def checkpoint() -> None:  # a collective: every rank gathers its random states
+        rng = info.all_gather(capture_rng())
+        if info.is_main:
+            save_state(out / "last.pth", model, optimizer, scheduler, dict(iteration=it), config, meta, rng=rng)
+
+    stream = batches()
     while it < config.iters:
-        image, label = next(batches)
+        image, label = next(stream)
         image, label = image.to(info.device), label.to(info.device)
         with autocast(info.device, config.amp):
             outputs = model(image)
@@ -434,10 +441,14 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
         it += 1
         if info.is_main and (it % 20 == 0 or it == 1):
             log_line(out, dict(iteration=it, lr=scheduler.get_last_lr()[0], loss=loss.item(), **parts), config.quiet)
-        if it % config.eval_every == 0 or it == config.iters:
-            if info.is_main:
-                save_state(out / "last.pth", model, optimizer, scheduler, dict(iteration=it), config, meta)
-            scores = evaluate_segmentation(unwrap(model), val_set, info=info, amp=config.amp)
+        evaluate_now = it % config.eval_every == 0 or it == config.iters
+        if evaluate_now or (config.save_every and it % config.save_every == 0):
+            checkpoint()
+        if config.stop_after and it >= config.stop_after:
+            return {}  # "killed": what survives is the last checkpoint
+        if evaluate_now:
+            with rng_untouched(info.device):  # a resumed run must not depend on whether an evaluation ran
+                scores = evaluate_segmentation(unwrap(model), val_set, info=info, amp=config.amp)
             if info.is_main:
                 record = dict(
                     iteration=it,

@@ -34,6 +34,7 @@ __all__ = [
     "build_transform",
     "check_image_folder",
     "make_loader",
+    "seeded_item",
 ]
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
@@ -187,6 +188,14 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def seeded_item(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """Randomness for one item drawn from a seed of (seed, epoch, index): the same augmentation whichever
+    worker, process or resumed run makes the item."""
+    with _seeded(int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])):
+        yield
+
+
 class Transformed(Dataset):
     """Applies a transform with randomness seeded by (seed, epoch, index); items are (image, target, path).
 
@@ -208,8 +217,7 @@ class Transformed(Dataset):
         path = item[2] if len(item) > 2 else str(index)
         if image is None:
             return None, target, path
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0])
-        with _seeded(seed):
+        with seeded_item(self.seed, self.epoch, index):
             return self.transform(image), target, path
 
 
@@ -239,9 +247,10 @@ def collate(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
 
 class ResumableSampler(Sampler[int]):
     """torch's ``DistributedSampler`` (shuffled by seed and epoch, one shard per process) that can start
-    ``skip`` items into the epoch, to resume mid-epoch. It also tells the dataset the epoch."""
+    ``skip`` items into the epoch, to resume mid-epoch. It also tells the dataset the epoch (its
+    ``set_epoch``, which seeds the items' augmentation)."""
 
-    def __init__(self, dataset: Transformed, num_replicas: int, rank: int, seed: int) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
         from torch.utils.data.distributed import DistributedSampler
 
         self.dataset = dataset
