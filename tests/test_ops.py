@@ -45,6 +45,20 @@ def test_backend_matches_reference_float64(backend, op, shape):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=lambda m: f"{backend} {op} {name}: {m}")
 
 
+@pytest.mark.parametrize("op, budget", [("full", 4 * 8 * 2 * 7 * 35), ("criss_cross", 8 * 5 * 7 * 12)])
+def test_cpu_backend_in_slices_matches_reference_float64(monkeypatch, op, budget):
+    """Above the score budget the cpu backend runs query-row blocks (full: 2 grid rows of 5, the last one
+    partial) or one (batch, head) pair at a time (criss-cross); forward and every gradient unchanged."""
+    from ppma.ops import cpu
+
+    monkeypatch.setattr(cpu, "MAX_SCORE_BYTES", budget)
+    inputs, grad_out = _case(2, 2, 5, 7, 8, 6)
+    want = _run(op, "reference", inputs, grad_out)
+    got = _run(op, "cpu", inputs, grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=lambda m: f"{op} {name}: {m}")
+
+
 @pytest.mark.parametrize("backend", ["dense", "cpu"])
 def test_float32_backends_match_float64_reference(backend):
     inputs, grad_out = _case(2, 2, 6, 11, 16, 16)
@@ -74,6 +88,8 @@ def test_auto_picks_cpu_backend_on_cpu(monkeypatch):
     large = torch.randn(1, 1, 32, 32, 8)  # forward only: SDPA's fused softmax wins; with a backward cpu still does
     assert choose_backend("full", large, needs_grad=False).value == "dense"
     assert choose_backend("full", large, needs_grad=True).value == "cpu"
+    huge = torch.empty(1, 8, 128, 128, 8)  # a 2048x2048 input's stage 3: dense would store 8 GiB of masks
+    assert choose_backend("full", huge, needs_grad=False).value == "cpu"
 
 
 def test_auto_on_cuda_sends_large_decomposed_attention_to_triton(monkeypatch):

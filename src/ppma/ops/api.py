@@ -104,7 +104,13 @@ def _can_run_triton(op: Op, q: torch.Tensor) -> tuple[bool, str]:
     return True, ""
 
 
-CPU_FULL_MAX_TOKENS = 224  # auto on CPU, inference: full attention above this many tokens goes to dense
+CPU_FULL_MAX_TOKENS = 224  # auto on CPU, inference: full attention above this many tokens goes to dense,
+CPU_DENSE_MASK_MAX_BYTES = 2**30  # unless its stored (B, heads, N, N) float32 mask would pass this
+
+
+def _full_mask_bytes(q: torch.Tensor) -> int:
+    B, heads, H, W = q.shape[:4]
+    return 4 * B * heads * (H * W) ** 2
 # auto on CUDA: decomposed attention whose stored 1D masks (dense) would pass this goes to triton (O(N d) memory)
 CUDA_DENSE_LINE_MASKS_MAX_BYTES = 2**30
 
@@ -134,7 +140,9 @@ def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool) -> Backend:
         # Measured on 1 and 2 cores (BENCHMARKS.md): explicit matmuls beat SDPA with a float mask for
         # decomposed attention, for every full-attention backward, and for small full-attention
         # forwards; SDPA's fused softmax wins the forward from N ~ 250.
-        if op == "full" and not needs_grad and q.shape[2] * q.shape[3] > CPU_FULL_MAX_TOKENS:
+        # (dense stores every head's N x N mask at once; cpu runs within a fixed budget: see ops/cpu.py)
+        large = q.shape[2] * q.shape[3] > CPU_FULL_MAX_TOKENS
+        if op == "full" and not needs_grad and large and _full_mask_bytes(q) <= CPU_DENSE_MASK_MAX_BYTES:
             return Backend.DENSE
         return Backend.CPU
     return Backend.DENSE

@@ -6,14 +6,16 @@ BENCHMARKS.md):
 
 - full: ``S = q k^T`` once for both softmaxes; the path distances ``-M`` are written once, in
   row-major token order, and M^T is read through strides; the two softmaxes are summed before one
-  product with v.
+  product with v. Above ``MAX_SCORE_BYTES`` per score tensor it runs blocks of query grid rows, each
+  with its rows of M and M^T built from the line tables, so memory stays bounded at any N.
 - criss-cross: the mask enters as ``baddbmm(dist, q, k^T, beta=-1)``: the product writes straight
   onto the path distances ``|P[p] - P[q]|`` (P the prefix sums), so scores, scale and mask take one
   pass, not four (matmul, scale, distance, subtract); then one softmax. (For full attention this
   would need a second product, ``k q^T``, for M^T: measured slower than one product and a strided
   read.) Rows and columns are batches of 3D sequences, ``(B*heads*H, W, d)`` and
   ``(B*heads*W, H, d)``; ``out = 0.5 * Ah (Aw v) + 0.5 * Aw (Ah v)`` takes three products, not four:
-  the row product runs once on ``[v | Ah v]``. Memory is O(N^1.5) like ``dense``.
+  the row product runs once on ``[v | Ah v]``. Memory is O(N^1.5) like ``dense``; above
+  ``MAX_SCORE_BYTES`` the (batch, head) pairs run a slice at a time.
 
 Runs in float64 when given float64; half-precision inputs are upcast to float32 (autocast off), so
 log-decays, prefix sums and masks stay at least float32. Autograd does the backward.
@@ -25,6 +27,11 @@ import torch
 
 from ._common import upcast
 
+# Budget of one score-sized tensor: larger attention runs a slice at a time (query grid rows for full
+# attention, (batch, head) pairs for decomposed), so a 2048x2048 input fits a laptop; the model's
+# sizes at 224 stay far below it and run in one piece.
+MAX_SCORE_BYTES = 2**28
+
 
 def _line_distance(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``-line_log_mask(x)`` = |P[p] - P[q]| with ``P = cumsum(x)`` in ``dtype`` (at least float32), (..., n, n)."""
@@ -32,33 +39,63 @@ def _line_distance(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).abs()
 
 
-def _polyline_distance(log_alpha: torch.Tensor, log_beta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``-polyline_log_mask``, (B * heads, N, N), written once in row-major token order."""
-    B, heads, H, W = log_alpha.shape
-    row = _line_distance(log_alpha, dtype)  # (B, heads, H, W, W): [i, j, l]
-    col = _line_distance(log_beta.transpose(-1, -2), dtype).permute(0, 1, 3, 4, 2).contiguous()  # [i, k, l]
-    # [i, j, k, l] = row[i, j, l] + col[i, k, l]; both inputs contiguous, so the sum is too and reshapes freely
-    return (row.unsqueeze(-2) + col.unsqueeze(-3)).reshape(B * heads, H * W, H * W)
-
-
 def _masked_scores(dist: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale * q k^T - dist`` in one pass over the (.., n, n) output."""
     return torch.baddbmm(dist, q, k.transpose(1, 2), beta=-1, alpha=scale)
 
 
+def _score_bytes(dtype: torch.dtype) -> int:
+    """Bytes per score element once half precision is upcast."""
+    return 8 if dtype == torch.float64 else 4
+
+
 def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
     B, heads, H, W, d = q.shape
+    bh, N = B * heads, H * W
     with upcast(q, k, v) as (q, k, v):
-        q, k, v = (t.reshape(B * heads, H * W, -1) for t in (q, k, v))  # tokens row-major
-        scores = torch.bmm(q, k.transpose(1, 2))  # formed once, used by both softmaxes
-        if scale != 1.0:
-            scores = scores * scale
-        dist = _polyline_distance(log_alpha, log_beta, q.dtype)
-        attn = torch.softmax(scores - dist, dim=-1) + torch.softmax(scores - dist.transpose(1, 2), dim=-1)
-        return (torch.bmm(attn, v) * 0.5).reshape(B, heads, H, W, -1)
+        q, k, v = (t.reshape(bh, N, -1) for t in (q, k, v))  # tokens row-major
+        row = _line_distance(log_alpha, q.dtype).reshape(bh, H, W, W)  # row i: [i, j, l]
+        col = _line_distance(log_beta.transpose(-1, -2), q.dtype).reshape(bh, W, H, H)  # column l: [l, i, k]
+        col_ikl = col.permute(0, 2, 3, 1).contiguous()  # [i, k, l]
+        rows_per_block = max(1, MAX_SCORE_BYTES // (_score_bytes(q.dtype) * bh * W * N))
+        if rows_per_block >= H:  # all at once: M written once, M^T read through strides
+            dist = (row.unsqueeze(-2) + col_ikl.unsqueeze(-3)).reshape(bh, N, N)  # [(i, j), (k, l)]
+            return _two_softmaxes(q, k, v, dist, dist.transpose(1, 2), scale).reshape(B, heads, H, W, -1)
+        # Blocks of query grid rows, each with its rows of M and of M^T (both built from the line tables):
+        # M^T[(i,j),(k,l)] = M[(k,l),(i,j)] = row[k, l, j] + col[j, k, i]  (the line masks are symmetric)
+        row_jkl = row.permute(0, 3, 1, 2).contiguous().unsqueeze(1)  # [., j, k, l]
+        col_ijk = col.permute(0, 2, 1, 3).contiguous().unsqueeze(-1)  # [i, j, k, .]
+        outs = []
+        for i0 in range(0, H, rows_per_block):
+            i1 = min(H, i0 + rows_per_block)
+            dist = (row[:, i0:i1].unsqueeze(-2) + col_ikl[:, i0:i1].unsqueeze(-3)).reshape(bh, -1, N)
+            dist_t = (row_jkl + col_ijk[:, i0:i1]).reshape(bh, -1, N)
+            outs.append(_two_softmaxes(q[:, i0 * W : i1 * W], k, v, dist, dist_t, scale))
+        return torch.cat(outs, dim=1).reshape(B, heads, H, W, -1)
+
+
+def _two_softmaxes(q, k, v, dist, dist_t, scale: float) -> torch.Tensor:
+    """``0.5 * (softmax(S - dist) + softmax(S - dist_t)) @ v`` with ``S = scale * q k^T`` formed once."""
+    scores = torch.bmm(q, k.transpose(1, 2))
+    if scale != 1.0:
+        scores = scores * scale
+    attn = torch.softmax(scores - dist, dim=-1) + torch.softmax(scores - dist_t, dim=-1)
+    return torch.bmm(attn, v) * 0.5
 
 
 def criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+    B, heads, H, W, _ = q.shape
+    per_head = _score_bytes(q.dtype) * H * W * (H + W)  # row and column scores of one (batch, head)
+    step = max(1, MAX_SCORE_BYTES // per_head)
+    if step >= B * heads:
+        return _criss_cross(q, k, v, log_alpha, log_beta, scale)
+    # (batch, head) pairs are independent: a slice of them at a time, as a batch of one-head grids
+    parts = [t.flatten(0, 1).unsqueeze(1) for t in (q, k, v, log_alpha, log_beta)]
+    outs = [_criss_cross(*(t[i : i + step] for t in parts), scale) for i in range(0, B * heads, step)]
+    return torch.cat(outs).reshape(B, heads, H, W, -1)
+
+
+def _criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
     B, heads, H, W, _ = q.shape
     dv = v.shape[-1]
     rows, cols = B * heads * H, B * heads * W
