@@ -28,8 +28,8 @@ import torch
 from ._common import upcast
 
 # Budget of one score-sized tensor: larger attention runs a slice at a time (query grid rows for full
-# attention, (batch, head) pairs for decomposed), so a 2048x2048 input fits a laptop; the model's
-# sizes at 224 stay far below it and run in one piece.
+# attention, (batch, head) pairs for decomposed), so a 2048x2048 input fits a laptop; PPMA at 224 and
+# small batches stays far below it and runs in one piece.
 MAX_SCORE_BYTES = 2**28
 
 
