@@ -54,3 +54,56 @@ def test_published_checkpoint_without_a_model_name_is_a_one_line_error(published
     assert main(["eval", "--checkpoint", str(PUBLISHED_NANO)]) == 2
     err = capsys.readouterr().err.strip()
     assert "pass --model" in err and "\n" not in err
+
+
+def test_predict_gives_the_top_classes_of_a_hand_written_forward(published_nano, tmp_path, capsys):
+    """ppma predict on image files: the checkpoint's transform and EMA weights, probabilities sorted, JSON out."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import PUBLISHED_NANO
+    from ppma.train import predict_images
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.randint(0, 255, (40 + 7 * i, 36, 3), dtype=np.uint8)).save(paths[-1])
+    got = predict_images(PUBLISHED_NANO, paths, model_name="ppma_nano", topk=3, device="cpu")
+
+    model = timm.create_model("ppma_nano", num_classes=10).eval()
+    load_into(model, PUBLISHED_NANO, use_ema=True)
+    tf = build_transform(TrainConfig(input_size=32, crop_pct=1.0, interpolation="bicubic"), is_training=False)
+    for record, path in zip(got, paths, strict=True):
+        with torch.no_grad():
+            probs = model(tf(Image.open(path).convert("RGB"))[None]).softmax(-1)[0]
+        values, indices = probs.topk(3)
+        assert record["file"] == str(path)
+        assert [name for name, _ in record["top"]] == [f"class_{i}" for i in indices.tolist()]
+        assert [p for _, p in record["top"]] == pytest.approx(values.tolist(), rel=1e-5)
+
+    assert main(["predict", str(paths[0]), "--checkpoint", str(PUBLISHED_NANO), "--model", "ppma_nano",
+                 "--json", str(tmp_path / "p.json")]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith(f"{paths[0]}: class_")
+    assert len(json.loads((tmp_path / "p.json").read_text())[0]["top"]) == 5
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert main(["predict", str(tmp_path / "bad.png"), "--checkpoint", str(PUBLISHED_NANO), "--model", "ppma_nano"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.png" in err and "\n" not in err
+
+
+def test_predict_names_imagenet_classes_for_a_1000_class_published_file(tmp_path):
+    from PIL import Image
+    from timm.data import ImageNetInfo
+
+    from ppma.checkpoint import atomic_save
+    from ppma.models.ppma import published_state_dict
+    from ppma.train import predict_images
+
+    model = timm.create_model("ppma_nano", num_classes=1000)
+    atomic_save({"model": published_state_dict(model.state_dict())}, tmp_path / "in1k.pth")
+    Image.new("RGB", (48, 40), (200, 30, 60)).save(tmp_path / "red.png")
+    (record,) = predict_images(tmp_path / "in1k.pth", [tmp_path / "red.png"], model_name="ppma_nano", device="cpu")
+    imagenet = {ImageNetInfo().index_to_description(i) for i in range(1000)}
+    assert len(record["top"]) == 5 and all(name in imagenet for name, _ in record["top"])

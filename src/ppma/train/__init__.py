@@ -1,4 +1,5 @@
-"""Training and evaluation: ``TrainConfig`` (the published recipe), ``run(config)``, ``evaluate_checkpoint``.
+"""Training and evaluation: ``TrainConfig`` (the published recipe), ``run(config)``, ``evaluate_checkpoint``,
+``predict_images``.
 
     from ppma.train import TrainConfig, digits_config, run
     summary = run(digits_config(epochs=5, output_dir="runs/digits"))   # the README's main job, shortened
@@ -6,7 +7,7 @@
 """
 
 from .config import DIGITS_RECIPE, TrainConfig, digits_config, load_config_file
-from .engine import evaluate, evaluate_checkpoint, run, train_one_epoch
+from .engine import evaluate, evaluate_checkpoint, predict_images, run, train_one_epoch
 
 __all__ = [
     "DIGITS_RECIPE",
@@ -15,6 +16,7 @@ __all__ = [
     "evaluate",
     "evaluate_checkpoint",
     "load_config_file",
+    "predict_images",
     "run",
     "train_one_epoch",
 ]

@@ -37,6 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
     p.set_defaults(func=_eval)
 
+    p = sub.add_parser("predict", help="top-k classes of image files with a checkpoint (ours or a published .pth)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--checkpoint", required=True, help="a .pth or .safetensors file")
+    p.add_argument("--model", help="timm model name (default: the one stored in the checkpoint)")
+    p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
+                   help="auto: the EMA weights where the file has them")  # fmt: skip
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--input-size", type=int, help="evaluation size (default: the checkpoint's or the model's)")
+    p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
+    p.add_argument("--json", help="also write the predictions to this JSON file")
+    p.set_defaults(func=_predict)
+
 
 def _train(args: argparse.Namespace) -> None:
     from .config import config_from_args
@@ -66,3 +79,18 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"{what} on {m['images']} images: "
           f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
           + (f"  ({m['skipped']} unreadable images skipped)" if m["skipped"] else ""))  # fmt: skip
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from .engine import predict_images
+
+    records = predict_images(args.checkpoint, args.images, args.model, args.weights, args.topk, args.device,
+                             args.input_size, args.crop_pct)  # fmt: skip
+    for r in records:
+        print(r["file"] + ": " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in r["top"]))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(records, indent=1))

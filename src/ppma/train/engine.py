@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,13 +29,22 @@ from ..distributed import (
     amp_dtype_for,
     autocast,
     cleanup_distributed,
+    pick_device,
     seed_everything,
     setup_distributed,
     unwrap,
 )
 from ..errors import PPMAError
 from .config import TrainConfig
-from .data import ResumableSampler, ShardSampler, build_datasets, build_eval_dataset, describe_skipped, make_loader
+from .data import (
+    ResumableSampler,
+    ShardSampler,
+    build_datasets,
+    build_eval_dataset,
+    build_transform,
+    describe_skipped,
+    make_loader,
+)
 from .report import Reporter, plot_curves, progress_bar
 from .state import RunState, capture_rng, find_resume_checkpoint, new_epoch_stats, restore_rng
 
@@ -43,6 +53,7 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "evaluate_checkpoint",
+    "predict_images",
     "resolve_lr",
     "run",
     "train_one_epoch",
@@ -54,10 +65,6 @@ __all__ = [
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     """``timm.create_model(config.model, num_classes, drop_path_rate, **model_kwargs)`` + initial weights."""
-    import timm
-
-    import ppma  # noqa: F401  (registers the PPMA models)
-
     if not timm.is_model(config.model):
         raise ValueError(f"model: unknown name {config.model!r}; PPMA models: {', '.join(timm.list_models('ppma_*'))}")
     kwargs = dict(config.model_kwargs)
@@ -480,7 +487,64 @@ def evaluate_checkpoint(
         weights: ``"auto"`` (the EMA where the file has one), ``"ema"`` or ``"model"``.
         input_size, crop_pct: override the evaluation transform.
     """
-    from ..checkpoint import extract_state_dict, load_into, read_checkpoint
+    spec = _classifier_spec(checkpoint, model_name, weights, input_size, crop_pct, data_path)
+    dataset, classes = build_eval_dataset(data_path, spec.config)
+    if len(classes) != spec.num_classes:
+        raise PPMAError(
+            f"eval: {checkpoint} has {spec.num_classes} classes but the data has {len(classes)} class folders"
+        )
+    if spec.classes and spec.classes != list(classes) and data_path is not None:
+        first = next(a for a, b in zip(spec.classes, classes, strict=False) if a != b)
+        raise PPMAError(f"eval: the class folders differ from the ones {checkpoint} was trained on (first: {first!r})")
+
+    d = setup_distributed(device)
+    try:
+        model = spec.build().to(d.device)
+        loader = make_loader(dataset, ShardSampler(len(dataset), d.world_size, d.rank), batch_size, workers,
+                             drop_last=False, pin_memory=d.device.type == "cuda")  # fmt: skip
+        metrics = evaluate(model, loader, d.device, amp_dtype_for(amp, d.device), d, progress=None)
+    finally:
+        cleanup_distributed(d)
+    metrics.update(model=spec.model_name, weights="ema" if spec.use_ema else "model", classes=spec.num_classes,
+                   input_size=spec.config.input_size, crop_pct=spec.config.crop_pct)  # fmt: skip
+    return metrics
+
+
+@dataclasses.dataclass
+class _ClassifierSpec:
+    """What a classification checkpoint holds: model name and kwargs, weights, classes, eval transform."""
+
+    checkpoint: str | os.PathLike
+    model_name: str
+    model_kwargs: dict[str, Any]
+    num_classes: int
+    use_ema: bool
+    classes: list[str] | None  # ours store their class names; published files do not
+    config: TrainConfig  # carries the evaluation transform
+
+    def build(self) -> nn.Module:
+        """The model with the checkpoint's weights, in eval mode."""
+        from ..checkpoint import load_into
+
+        model = timm.create_model(self.model_name, num_classes=self.num_classes, **self.model_kwargs)
+        try:
+            load_into(model, self.checkpoint, use_ema=self.use_ema)
+        except ValueError as e:
+            raise PPMAError(
+                f"checkpoint: {self.checkpoint} does not fit {self.model_name}: {_one_line(str(e))[:300]}"
+            ) from e
+        return model.eval()
+
+
+def _classifier_spec(
+    checkpoint: str | os.PathLike,
+    model_name: str | None,
+    weights: str,
+    input_size: int | None,
+    crop_pct: float | None,
+    data_path: str | None = None,
+) -> _ClassifierSpec:
+    from ..checkpoint import extract_state_dict, read_checkpoint
     from ..models.ppma import checkpoint_filter_fn
 
     if weights not in ("auto", "ema", "model"):
@@ -488,21 +552,15 @@ def evaluate_checkpoint(
     ckpt = read_checkpoint(checkpoint)
     use_ema = isinstance(ckpt.get("model_ema"), dict) if weights == "auto" else weights == "ema"
     saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    import timm
-
-    import ppma  # noqa: F401
-
     published_name = getattr(ckpt.get("args"), "model", None)  # the published scripts' argparse.Namespace
     model_name = model_name or ckpt.get("model_name") or (published_name if timm.is_model(published_name) else None)
     if not model_name:
         raise ValueError(f"model: {checkpoint} does not name a known model; pass --model (e.g. ppma_tiny)")
-
     if not timm.is_model(model_name):
         raise ValueError(f"model: unknown name {model_name!r}; PPMA models: {', '.join(timm.list_models('ppma_*'))}")
     state = checkpoint_filter_fn(extract_state_dict(ckpt, use_ema))
     if "head.fc.weight" not in state:
         raise PPMAError(f"checkpoint: {checkpoint} has no classifier (head.fc): a dense-task backbone?")
-    num_classes = state["head.fc.weight"].shape[0]
 
     # The transform: ours from the run's config; published: the model's timm defaults (224, 0.875, bicubic).
     cfg = timm.get_pretrained_cfg(model_name).to_dict()
@@ -513,26 +571,53 @@ def evaluate_checkpoint(
                     mean=cfg["mean"], std=cfg["std"], data_path=data_path)  # fmt: skip
     config = TrainConfig(**{**base, **({"input_size": input_size} if input_size else {}),
                             **({"crop_pct": crop_pct} if crop_pct else {})})  # fmt: skip
-    dataset, classes = build_eval_dataset(data_path, config)
-    if len(classes) != num_classes:
-        raise PPMAError(f"eval: {checkpoint} has {num_classes} classes but the data has {len(classes)} class folders")
-    if ckpt.get("classes") and list(ckpt["classes"]) != list(classes) and data_path is not None:
-        first = next(a for a, b in zip(ckpt["classes"], classes, strict=False) if a != b)
-        raise PPMAError(f"eval: the class folders differ from the ones {checkpoint} was trained on (first: {first!r})")
+    classes = list(ckpt["classes"]) if ckpt.get("classes") else None
+    return _ClassifierSpec(checkpoint, model_name, saved.get("model_kwargs") or {}, state["head.fc.weight"].shape[0],
+                           use_ema, classes, config)  # fmt: skip
 
-    d = setup_distributed(device)
-    try:
-        model = timm.create_model(model_name, num_classes=num_classes, **(saved.get("model_kwargs") or {}))
+
+def predict_images(
+    checkpoint: str | os.PathLike,
+    images: list[str | os.PathLike],
+    model_name: str | None = None,
+    weights: str = "auto",
+    topk: int = 5,
+    device: str = "auto",
+    input_size: int | None = None,
+    crop_pct: float | None = None,
+) -> list[dict[str, Any]]:
+    """The ``topk`` classes and probabilities of each image file, with the checkpoint's evaluation transform.
+
+    Class names: the checkpoint's own (ours), ImageNet's for a 1000-class published file (the list timm
+    ships), else ``class_<i>``.
+
+    Returns:
+        One dict per image: ``file`` and ``top``, a list of (class name, probability), most likely first.
+    """
+    from PIL import Image
+
+    if topk < 1:
+        raise ValueError(f"topk: expected at least 1, got {topk}")
+    spec = _classifier_spec(checkpoint, model_name, weights, input_size, crop_pct)
+    names = spec.classes
+    if names is None and spec.num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        names = [info.index_to_description(i) for i in range(1000)]
+    names = names or [f"class_{i}" for i in range(spec.num_classes)]
+    transform = build_transform(spec.config, False)
+    dev = pick_device(device)
+    model = spec.build().to(dev)
+    records = []
+    for path in images:
         try:
-            load_into(model, checkpoint, use_ema=use_ema)
-        except ValueError as e:
-            raise PPMAError(f"checkpoint: {checkpoint} does not fit {model_name}: {_one_line(str(e))[:300]}") from e
-        model = model.to(d.device)
-        loader = make_loader(dataset, ShardSampler(len(dataset), d.world_size, d.rank), batch_size, workers,
-                             drop_last=False, pin_memory=d.device.type == "cuda")  # fmt: skip
-        metrics = evaluate(model, loader, d.device, amp_dtype_for(amp, d.device), d, progress=None)
-    finally:
-        cleanup_distributed(d)
-    metrics.update(model=model_name, weights="ema" if use_ema else "model", classes=num_classes,
-                   input_size=config.input_size, crop_pct=config.crop_pct)  # fmt: skip
-    return metrics
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise PPMAError(f"predict: cannot read image {path} ({type(e).__name__})") from e
+        with torch.inference_mode():
+            probs = model(transform(image)[None].to(dev)).float().softmax(-1)[0]
+        values, indices = probs.topk(min(topk, spec.num_classes))
+        records.append(dict(file=str(path), top=[(names[i], float(p)) for p, i in zip(values, indices, strict=True)]))
+    return records
