@@ -151,12 +151,9 @@ def test_backbone_from_published_classification_and_dense_checkpoints_gives_iden
 
 def _published_segmentor_file(model, path, classes):
     """``model`` saved the way MMSegmentation saves a UPerNet: published backbone names, heads as they are."""
-    weights = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("backbone.model."):
-            continue
-        weights[key] = value
-    backbone = {k.removeprefix("backbone.model."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    state = model.state_dict()
+    weights = {k: v for k, v in state.items() if not k.startswith("backbone.")}  # the heads
+    backbone = {k.removeprefix("backbone.model."): v for k, v in state.items() if k.startswith("backbone.")}
     weights.update({f"backbone.{k}": v for k, v in published_state_dict(backbone).items()})
     atomic_save({"state_dict": weights, "meta": {"CLASSES": tuple(classes)}}, path)
 

@@ -88,7 +88,8 @@ def test_predict_gives_the_top_classes_of_a_hand_written_forward(published_nano,
     assert capsys.readouterr().out.startswith(f"{paths[0]}: class_")
     assert len(json.loads((tmp_path / "p.json").read_text())[0]["top"]) == 5
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    assert main(["predict", str(tmp_path / "bad.png"), "--checkpoint", str(PUBLISHED_NANO), "--model", "ppma_nano"]) == 2
+    bad = ["predict", str(tmp_path / "bad.png"), "--checkpoint", str(PUBLISHED_NANO), "--model", "ppma_nano"]
+    assert main(bad) == 2
     err = capsys.readouterr().err.strip()
     assert "bad.png" in err and "\n" not in err
 

@@ -237,7 +237,12 @@ def test_ranks_skip_an_update_together_when_one_rank_has_no_usable_image():
         return any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
     dist_info = OtherRankEmptyOnFirstStep(world_size=2)
-    train_one_epoch(model, [batch], state, torch.nn.CrossEntropyLoss(), None, torch.device("cpu"), None, dist_info=dist_info)
+
+    def one_step():
+        train_one_epoch(model, [batch], state, torch.nn.CrossEntropyLoss(), None, torch.device("cpu"), None,
+                        dist_info=dist_info)  # fmt: skip
+
+    one_step()
     assert state.step == 1 and state.epoch_stats["images"] == 0 and not moved()  # skipped with the other rank
-    train_one_epoch(model, [batch], state, torch.nn.CrossEntropyLoss(), None, torch.device("cpu"), None, dist_info=dist_info)
+    one_step()
     assert state.step == 2 and state.epoch_stats["images"] == 2 and moved()  # both ranks had images: one update
