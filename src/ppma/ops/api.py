@@ -106,13 +106,14 @@ def _can_run_triton(op: Op, q: torch.Tensor) -> tuple[bool, str]:
 
 CPU_FULL_MAX_TOKENS = 224  # auto on CPU, inference: full attention above this many tokens goes to dense,
 CPU_DENSE_MASK_MAX_BYTES = 2**30  # unless its stored (B, heads, N, N) float32 mask would pass this
+# auto on CUDA: decomposed attention whose stored 1D masks (dense) would pass this goes to triton (O(N d) memory)
+CUDA_DENSE_LINE_MASKS_MAX_BYTES = 2**30
 
 
 def _full_mask_bytes(q: torch.Tensor) -> int:
+    """Bytes of the float32 (B, heads, N, N) mask that ``dense`` stores for full attention."""
     B, heads, H, W = q.shape[:4]
     return 4 * B * heads * (H * W) ** 2
-# auto on CUDA: decomposed attention whose stored 1D masks (dense) would pass this goes to triton (O(N d) memory)
-CUDA_DENSE_LINE_MASKS_MAX_BYTES = 2**30
 
 
 def _line_mask_bytes(q: torch.Tensor) -> int:
