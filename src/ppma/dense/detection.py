@@ -40,11 +40,18 @@ from ..distributed import (
     unwrap,
 )
 from ..errors import PPMAError
-from ..train.data import ResumableSampler
-from ..train.state import capture_rng
 from .backbone import create_backbone
 from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import load_state, log_line, param_groups, read_run_info, rng_untouched, save_state
+from .engine import (
+    load_state,
+    log_line,
+    param_groups,
+    read_run_info,
+    resumable_loader,
+    resume_path,
+    rng_untouched,
+    save_state,
+)
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -255,8 +262,8 @@ def _lr_lambda(config: DetectConfig, iters_per_epoch: int):
 def train_detection(config: DetectConfig) -> dict[str, float]:
     """Train Mask R-CNN (one process, or one per GPU under torchrun); returns the last evaluation's scores.
 
-    Writes ``output/last.pth`` (resumable, atomic) after each epoch, ``output/log.jsonl`` and
-    ``output/config.json``.
+    Writes ``output/last.pth`` (resumable, atomic, mid-epoch included) after each epoch and every
+    ``save_every`` iterations, ``output/log.jsonl`` and ``output/config.json``.
     """
     config = config.resolved()
     info = setup_distributed(config.device)
@@ -288,30 +295,17 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
         **HEADS[config.heads],
     ).to(info.device)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-    # Shuffled by (seed, epoch), augmentation seeded per item, a private generator for the worker seeds:
-    # a run resumed mid-epoch sees the same batches and draws the same random numbers as one never stopped.
-    train_set.seed = config.seed
-    sampler = ResumableSampler(train_set, info.world_size, info.rank, config.seed)
-    loader = DataLoader(
-        train_set,
-        config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        collate_fn=detection_collate,
-        drop_last=False,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    sampler, loader = resumable_loader(train_set, config.batch_size, info, config.seed, config.workers,
+                                       detection_collate, drop_last=False)  # fmt: skip
     iters_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, iters_per_epoch))
     meta = dict(task="detect", class_names=train_set.class_names, category_ids=train_set.category_ids)
     progress = dict(epoch=0, iteration=0, step_in_epoch=0)
-    resume = out / "last.pth" if config.resume == "auto" else Path(config.resume) if config.resume else None
-    if resume is not None and resume.is_file():
+    resume = resume_path(config.resume, out)
+    if resume is not None:
         progress = {"step_in_epoch": 0, **load_state(resume, model, optimizer, scheduler, rank=info.rank)}
         if not config.quiet and info.is_main:
             print(f"resumed from {resume} at epoch {progress['epoch']}, iteration {progress['iteration']}")
-    elif config.resume and config.resume != "auto":
-        raise FileNotFoundError(f"resume: no checkpoint at {config.resume}")
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
@@ -327,11 +321,9 @@ def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
     scores: dict[str, float] = {}
     it = progress["iteration"]
 
-    def checkpoint(epoch: int, step: int) -> None:  # a collective: every rank gathers its random states
-        rng = info.all_gather(capture_rng())
-        if info.is_main:
-            state = dict(epoch=epoch, iteration=it, step_in_epoch=step)
-            save_state(out / "last.pth", model, optimizer, scheduler, state, config, meta, rng=rng)
+    def checkpoint(epoch: int, step: int) -> None:  # a collective (save_state gathers every rank's states)
+        progress = dict(epoch=epoch, iteration=it, step_in_epoch=step)
+        save_state(out / "last.pth", info, model, optimizer, scheduler, progress, config, meta)
 
     for epoch in range(progress["epoch"], config.epochs):
         if config.max_iters and it >= config.max_iters:  # resumed from the end of a shortened run

@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import atomic_save, read_checkpoint
-from ..distributed import autocast, unwrap  # autocast: re-exported, tests import it from here
+from ..distributed import DistInfo, autocast, unwrap  # autocast: re-exported, tests import it from here
+from ..train.data import ResumableSampler
 from ..train.state import capture_rng, restore_rng
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "param_groups",
     "save_state",
     "load_state",
+    "resume_path",
+    "resumable_loader",
     "read_run_info",
     "log_line",
 ]
@@ -47,20 +51,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def save_state(
     path: str | os.PathLike,
+    info: DistInfo,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     progress: dict[str, Any],
     config: Any,
     meta: dict[str, Any] | None = None,
-    rng: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write a resumable checkpoint atomically: weights (``model``), optimizer, scheduler, progress, config.
+    """Write a resumable checkpoint atomically: weights (``model``), optimizer, scheduler, progress, config,
+    and every rank's random states (restored by ``load_state``).
 
+    A collective: every rank calls it at the same step (the random states are gathered); rank 0 writes.
     ``config`` (a dataclass) and ``meta`` (class names, ...) are stored as JSON text, so the file
     loads with ``weights_only=True`` and ``eval``/``predict`` can rebuild the model from it alone.
-    ``rng``: every rank's ``capture_rng()`` (``DistInfo.all_gather``), restored by ``load_state``.
     """
+    rng = info.all_gather(capture_rng())
+    if not info.is_main:
+        return
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -68,9 +76,36 @@ def save_state(
         "progress": progress,
         "config": json.dumps(asdict(config), default=str),  # text: loadable with weights_only=True
         "meta": json.dumps(meta or {}),
-        "rng": rng if rng is not None else [capture_rng()],
+        "rng": rng,
     }
     atomic_save(state, path)
+
+
+def resume_path(resume: str, out: Path) -> Path | None:
+    """The checkpoint a run resumes from: ``out/last.pth`` for ``"auto"`` when it exists, ``resume`` itself
+    (which must exist), or None (a fresh run)."""
+    if resume == "auto":
+        path = out / "last.pth"
+        return path if path.is_file() else None
+    if resume and not Path(resume).is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {resume}")
+    return Path(resume) if resume else None
+
+
+def resumable_loader(
+    dataset: Dataset, batch_size: int, info: DistInfo, seed: int, workers: int, collate_fn: Any, drop_last: bool
+) -> tuple[ResumableSampler, DataLoader]:
+    """The training loader of a dense run, and its sampler (``set_epoch(epoch, skip)``).
+
+    Shuffled by (seed, epoch), augmentation seeded per item (the dataset's ``seed``), a private generator
+    for the worker seeds: a run resumed mid-epoch sees the same batches and draws the same random numbers
+    as one never stopped.
+    """
+    dataset.seed = seed
+    sampler = ResumableSampler(dataset, info.world_size, info.rank, seed)
+    loader = DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                        drop_last=drop_last, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return sampler, loader
 
 
 @contextlib.contextmanager

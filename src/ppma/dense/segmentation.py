@@ -31,7 +31,6 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint
 from ..distributed import (
@@ -45,8 +44,6 @@ from ..distributed import (
 )
 from ..errors import PPMAError
 from ..models.ppma import checkpoint_filter_fn
-from ..train.data import ResumableSampler
-from ..train.state import capture_rng
 from .backbone import create_backbone
 from .data import (
     ADE20K_CLASSES,
@@ -62,7 +59,16 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import load_state, log_line, param_groups, read_run_info, rng_untouched, save_state
+from .engine import (
+    load_state,
+    log_line,
+    param_groups,
+    read_run_info,
+    resumable_loader,
+    resume_path,
+    rng_untouched,
+    save_state,
+)
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -334,8 +340,8 @@ def segmentation_loss(
 def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
     """Train UPerNet (one process, or one per GPU under torchrun); returns the last evaluation's scores.
 
-    Writes ``output/last.pth`` (resumable, atomic) at every evaluation and at the end, ``output/log.jsonl``
-    and ``output/config.json``.
+    Writes ``output/last.pth`` (resumable, atomic) at every evaluation, every ``save_every`` iterations
+    and at the end, ``output/log.jsonl`` and ``output/config.json``.
     """
     config = config.resolved()
     info = setup_distributed(config.device)
@@ -373,30 +379,17 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     meta = dict(task="segment", class_names=names)
     progress = dict(iteration=0)
-    resume = out / "last.pth" if config.resume == "auto" else Path(config.resume) if config.resume else None
-    if resume is not None and resume.is_file():
+    resume = resume_path(config.resume, out)
+    if resume is not None:
         progress = load_state(resume, model, optimizer, scheduler, rank=info.rank)
         if not config.quiet and info.is_main:
             print(f"resumed from {resume} at iteration {progress['iteration']}")
-    elif config.resume and config.resume != "auto":
-        raise FileNotFoundError(f"resume: no checkpoint at {config.resume}")
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    # Shuffled by (seed, epoch), augmentation seeded per item, a private generator for the worker seeds:
-    # a run resumed mid-epoch sees the same batches and draws the same random numbers as one never stopped.
-    train_set.seed = config.seed
-    sampler = ResumableSampler(train_set, info.world_size, info.rank, config.seed)
-    loader = DataLoader(
-        train_set,
-        config.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=config.workers,
-        collate_fn=segmentation_collate,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    sampler, loader = resumable_loader(train_set, config.batch_size, info, config.seed, config.workers,
+                                       segmentation_collate, drop_last=True)  # fmt: skip
     if len(loader) == 0:
         raise ValueError(
             f"batch_size: {config.batch_size} per process is more than the {len(train_set)} training images allow"
@@ -420,10 +413,8 @@ def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
             yield from loader
             epoch, step = epoch + 1, 0
 
-    def checkpoint() -> None:  # a collective: every rank gathers its random states
-        rng = info.all_gather(capture_rng())
-        if info.is_main:
-            save_state(out / "last.pth", model, optimizer, scheduler, dict(iteration=it), config, meta, rng=rng)
+    def checkpoint() -> None:  # a collective (save_state gathers every rank's states)
+        save_state(out / "last.pth", info, model, optimizer, scheduler, dict(iteration=it), config, meta)
 
     stream = batches()
     while it < config.iters:
