@@ -50,7 +50,7 @@ def _score_bytes(dtype: torch.dtype) -> int:
 
 
 def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
-    B, heads, H, W, d = q.shape
+    B, heads, H, W, _ = q.shape
     bh, N = B * heads, H * W
     with upcast(q, k, v) as (q, k, v):
         q, k, v = (t.reshape(bh, N, -1) for t in (q, k, v))  # tokens row-major
