@@ -146,8 +146,124 @@ def test_run_folder_refuses_a_second_fresh_run(tmp_path):
     from ppma.errors import PPMAError
     from ppma.runtime import DistInfo, RunFolder
 
-    RunFolder(tmp_path / "r", DistInfo()).open(resuming=False).save({"x": torch.randn(2)})
+    folder = RunFolder(tmp_path / "r", DistInfo()).open(resuming=False)
+    folder.save({"x": torch.randn(2)})
+    folder.close()
     assert (tmp_path / "r" / "last.pth").is_file() and not list((tmp_path / "r").glob("*.tmp"))
     with pytest.raises(PPMAError, match="already holds a run"):
         RunFolder(tmp_path / "r", DistInfo()).open(resuming=False)
-    RunFolder(tmp_path / "r", DistInfo()).open(resuming=True)
+    RunFolder(tmp_path / "r", DistInfo()).open(resuming=True).close()
+
+
+def test_a_locked_folder_is_refused_and_stale_files_are_cleaned(tmp_path, capsys):
+    from ppma.errors import PPMAError
+    from ppma.runtime import DistInfo, RunFolder
+
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / ".lock").write_text("999999")  # a crashed run's lock file (the OS released its lock)
+    (folder / ".last.pth.x1y2.tmp").write_bytes(b"half a checkpoint")
+    first = RunFolder(folder, DistInfo()).open(resuming=False)
+    out = capsys.readouterr().out
+    assert "pid 999999" in out and "taken over" in out and "removed 1 temporary file" in out
+    assert not list(folder.glob("*.tmp"))
+    with pytest.raises(PPMAError, match="in use by another run"):
+        RunFolder(folder, DistInfo()).open(resuming=True)
+    first.close()
+    RunFolder(folder, DistInfo()).open(resuming=True).close()  # released: free again, nothing reported
+    assert "taken over" not in capsys.readouterr().out
+
+
+class _SignalAt:
+    """A dataset that sends this process SIGTERM when its ``n``-th item is read (mid-epoch, mid-step)."""
+
+    def __init__(self, inner, n: int) -> None:
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "left", n)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        object.__setattr__(self, "left", self.left - 1)
+        if self.left == 0:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.inner[i]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.inner, name, value)
+
+
+def _same_checkpoints(a, b, keys=("model",)) -> None:
+    from ppma.checkpoint import read_checkpoint
+
+    a, b = read_checkpoint(a), read_checkpoint(b)
+    for key in keys:
+        assert a[key].keys() == b[key].keys()
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value, rtol=0, atol=1e-6, msg=f"{key}.{name}")
+    assert b["scheduler"] == a["scheduler"] and b["progress"] == a["progress"]
+
+
+def test_sigterm_mid_epoch_saves_and_resume_equals_an_unbroken_train_run(tmp_path, monkeypatch, capsys):
+    from imagefolder import make_image_folder
+
+    import ppma.train.engine as engine
+    from ppma.cli import main
+
+    root = make_image_folder(tmp_path / "data", classes=3, train=4, val=1, size=(32, 32))
+    argv = ["train", "--data-path", str(root), "--model", "ppma_nano", "--input-size", "32", "--batch-size", "4",
+            "--epochs", "2", "--lr", "1e-3", "--warmup-epochs", "1", "--workers", "0", "--deterministic",
+            "--no-plot", "--drop-path", "0.1"]  # 3 steps per epoch  # fmt: skip
+    torch.set_num_threads(1)
+    assert main([*argv, "--output-dir", str(tmp_path / "whole")]) == 0
+    build = engine.build_datasets
+
+    def signalled(config):  # SIGTERM while reading the 2nd batch of epoch 2 (item 18 of 24)
+        train, val, classes = build(config)
+        return _SignalAt(train, 18), val, classes
+
+    monkeypatch.setattr(engine, "build_datasets", signalled)
+    assert main([*argv, "--output-dir", str(tmp_path / "cut")]) == 143  # 128 + SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM at epoch 2, step 5" in err and "--resume" in err
+    monkeypatch.setattr(engine, "build_datasets", build)
+    assert main([*argv, "--output-dir", str(tmp_path / "cut"), "--resume"]) == 0
+    _same_checkpoints(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth", ("model", "model_ema"))
+
+
+def test_sigterm_mid_epoch_saves_and_resume_equals_an_unbroken_segmentation_run(tmp_path, monkeypatch):
+    pytest.importorskip("skimage")
+    import json
+
+    from test_dense_models import make_ade
+
+    import ppma.dense.segmentation as seg
+    from ppma.runtime import RunStopped
+
+    make_ade(tmp_path / "ade", 6, size=(36, 44))
+    (tmp_path / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    config = seg.SegmentConfig(data=str(tmp_path / "ade"), backbone="ppma_nano", crop_size=32, scale=(128, 32),
+                               channels=16, aux_channels=8, iters=6, batch_size=2, warmup_iters=2, drop_path_rate=0.2,
+                               eval_every=3, save_every=0, workers=0, quiet=True)  # 3 iterations per epoch  # fmt: skip
+    torch.set_num_threads(1)
+    seg.train_segmentation(dataclasses.replace(config, output=str(tmp_path / "whole")))
+    make = seg.make_dataset
+
+    def signalled(root, cfg, num_classes, train):  # SIGTERM while reading iteration 5's batch (items 9, 10)
+        dataset = make(root, cfg, num_classes, train)
+        return _SignalAt(dataset, 9) if train else dataset
+
+    monkeypatch.setattr(seg, "make_dataset", signalled)
+    cut = dataclasses.replace(config, output=str(tmp_path / "cut"))
+    with pytest.raises(RunStopped, match="stopped by SIGTERM at iteration 5"):
+        seg.train_segmentation(cut)
+    monkeypatch.setattr(seg, "make_dataset", make)
+    seg.train_segmentation(dataclasses.replace(cut, resume=""))
+    _same_checkpoints(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")

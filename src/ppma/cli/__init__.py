@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import PPMAError
+from ..runtime.run_folder import RunStopped
 
 # Modules of this package with a `register(subparsers)` function, in the order of `ppma --help`.
 COMMAND_MODULES = ["core", "train", "viz", "dense", "ablate"]
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
+    except RunStopped as e:  # SIGTERM / SIGINT during training: saved, resumable
+        print(f"ppma {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except (ValueError, FileNotFoundError, PPMAError) as e:
         if args.debug:
             raise

@@ -246,6 +246,7 @@ def train_detection(config: DetectConfig) -> dict[str, float]:
     """
     config = config.resolved()
     info = setup_distributed(config.device)
+    run = None
     try:
         run, val_set = _set_up(config, info)
         scores: dict[str, float] = {}
@@ -264,6 +265,8 @@ def train_detection(config: DetectConfig) -> dict[str, float]:
                 break
         return scores
     finally:
+        if run is not None:
+            run.folder.close()
         cleanup_distributed(info)
 
 
@@ -325,6 +328,8 @@ def _train_epoch(run: DenseRun, epoch: int, it: int) -> tuple[int, bool | None]:
             return it, None
         if done:
             break
+        if step < iters_per_epoch:  # at the epoch's end the run saves and evaluates first
+            run.stop_if_signalled(dict(epoch=epoch, iteration=it, step_in_epoch=step))
     if step == iters_per_epoch:
         run.save(dict(epoch=epoch + 1, iteration=it, step_in_epoch=0))
     return it, step == iters_per_epoch

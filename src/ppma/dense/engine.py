@@ -67,6 +67,13 @@ class DenseRun:
         self.optimizer.step()
         self.scheduler.step()
 
+    def stop_if_signalled(self, progress: dict[str, Any]) -> None:
+        """After SIGTERM / SIGINT (any rank): save ``progress`` and raise ``RunStopped``. A collective."""
+        signum = self.folder.stop_requested()
+        if signum:
+            self.save(progress)
+            raise self.folder.stopped(signum, f"iteration {progress['iteration']}")
+
     def save(self, progress: dict[str, Any]) -> None:
         """``last.pth``; a collective (every rank's random states are gathered), rank 0 writes."""
         rng = all_rng_states(self.info)
@@ -88,9 +95,19 @@ def start_run(
 ) -> DenseRun:
     """Optimizer (AdamW, layer-scale gammas not decayed, as the published dense recipes), loader,
     schedule (``make_scheduler(optimizer, iterations per epoch)``), resumed state and random states, DDP,
-    ``config.json``. ``model`` is on ``info.device``; ``meta`` holds ``task``, ``model_name``, ``classes``."""
+    ``config.json``. ``model`` is on ``info.device``; ``meta`` holds ``task``, ``model_name``, ``classes``.
+    The caller closes ``run.folder`` when the run ends (lock and signal handlers)."""
     resume = resume_checkpoint(config.resume, config.output)
     folder = RunFolder(config.output, info).open(resuming=resume is not None)
+    try:
+        return _build_run(config, info, meta, model, train_set, collate_fn, drop_last, make_scheduler, folder, resume)
+    except BaseException:
+        folder.close()
+        raise
+
+
+def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Module, train_set: Dataset,
+               collate_fn: Any, drop_last: bool, make_scheduler: Callable, folder: RunFolder, resume: Any) -> DenseRun:
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, decay_layer_scale=False), lr=config.lr)
     sampler, loader = resumable_loader(train_set, config.batch_size, info, config.seed, config.workers, collate_fn,
                                        drop_last)  # fmt: skip

@@ -328,7 +328,11 @@ def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
                 f"batch_size: the heads' BatchNorm (the 1x1 pyramid pooling level) needs at least 2 images "
                 f"per step, got {config.batch_size} (1 per GPU works only with SyncBatchNorm: multi-GPU)"
             )
-        return _train(*_set_up(config, info))
+        run, val_set = _set_up(config, info)
+        try:
+            return _train(run, val_set)
+        finally:
+            run.folder.close()
     finally:
         cleanup_distributed(info)
 
@@ -396,6 +400,8 @@ def _train(run: DenseRun, val_set: SegmentationSet) -> dict[str, Any]:
             shown = {k: v for k, v in scores.items() if k in ("mIoU", "mAcc", "aAcc")}
             run.log.write(dict(iteration=it, seconds=round(time.time() - start, 1), **shown))
             run.model.train()
+        if it < config.iters:
+            run.stop_if_signalled(dict(iteration=it))
     return scores
 
 

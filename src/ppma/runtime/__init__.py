@@ -27,6 +27,7 @@ from .rng import all_rng_states, capture_rng, restore_rank_rng, restore_rng, rng
 from .run_folder import (
     FORMAT_VERSION,
     RunFolder,
+    RunStopped,
     plain,
     read_training_checkpoint,
     restore_training,
@@ -41,6 +42,7 @@ __all__ = [
     "ResumableSampler",
     "RunFolder",
     "RunLog",
+    "RunStopped",
     "ShardSampler",
     "all_rng_states",
     "amp_dtype_for",

@@ -19,16 +19,20 @@ by rank 0::
 ``last.pth``, a run folder its ``last.pth``, a file itself; ``auto`` the output folder's ``last.pth``
 if there is one, else a fresh start (for jobs that a cluster restarts with the same command line).
 
-``RunFolder`` is the place for what every run does to its folder, once for all three commands
-(today: creating it, atomic checkpoint writes; the exclusive lock, removal of temporary files left
-by killed writes, and a save on SIGTERM/SIGINT belong here too).
+``RunFolder`` is what every run does to its folder, once for all three commands: it creates it, holds
+an exclusive lock on it while the run lives (a second run on the same folder is refused; a lock left
+by a crashed run is reported and taken over), removes the temporary files of checkpoint writes that
+a kill interrupted, writes checkpoints atomically, and turns SIGTERM / SIGINT into a stop at the
+next step boundary (``stop_requested``), where the loop saves ``last.pth`` and raises ``RunStopped``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ from .distributed import DistInfo, unwrap
 __all__ = [
     "FORMAT_VERSION",
     "RunFolder",
+    "RunStopped",
     "plain",
     "read_training_checkpoint",
     "restore_training",
@@ -50,6 +55,14 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
+
+
+class RunStopped(PPMAError):
+    """A run stopped by SIGTERM / SIGINT after saving a resumable ``last.pth``; ``signum`` is the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def plain(config: Any) -> dict[str, Any]:
@@ -167,6 +180,9 @@ def restore_training(
 class RunFolder:
     """The output folder of a training run, seen from one rank (rank 0 writes, every rank may read).
 
+    Use as ``folder = RunFolder(path, info).open(resuming)`` ... ``folder.close()`` (``close`` releases
+    the lock and the signal handlers; it is safe to call twice).
+
     Args:
         path: the folder.
         info: this process's place in the run.
@@ -175,6 +191,9 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike, info: DistInfo) -> None:
         self.path = Path(path)
         self.info = info
+        self._lock: Any = None
+        self._signal: int | None = None  # the signal received, until the loop acts on it
+        self._handlers: dict[int, Any] = {}
 
     @property
     def last(self) -> Path:
@@ -182,14 +201,85 @@ class RunFolder:
         return self.path / "last.pth"
 
     def open(self, resuming: bool) -> RunFolder:
-        """Create the folder (rank 0); a fresh run refuses a folder that already holds one."""
+        """Create and lock the folder (rank 0), remove stale temporary files, catch SIGTERM / SIGINT.
+
+        Raises:
+            PPMAError: another live run holds the folder, or a fresh run finds one there (``last.pth``).
+        """
+        if self.info.is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
         if not resuming and self.last.exists():
+            self.close()
             raise PPMAError(
                 f"output: {self.path} already holds a run (last.pth); --resume it or pick another output folder"
             )
         if self.info.is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            stale = list(self.path.glob(".*.pth.*.tmp"))  # atomic_save's temporaries, left by a killed write
+            for tmp in stale:
+                tmp.unlink(missing_ok=True)
+            if stale:
+                print(f"{self.path}: removed {len(stale)} temporary file(s) of interrupted checkpoint writes")
+        self._catch_signals()
         return self
+
+    def _take_lock(self) -> None:
+        lock = open(self.path / ".lock", "a+")  # noqa: SIM115  (held open for the run's life)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the OS drops it when the process dies
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise PPMAError(f"output: {self.path} is in use by another run (pid {holder}); "
+                            f"wait for it or pick another output folder") from None  # fmt: skip
+        lock.seek(0)
+        previous = lock.read().strip()
+        if previous:  # the lock file outlived its run: that run was killed or crashed
+            print(f"{self.path}: a previous run (pid {previous}) ended without releasing its lock; taken over")
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
+    def _catch_signals(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            self._signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._handlers[sig] = signal.signal(sig, handler)
+
+    def stop_requested(self) -> int | None:
+        """The signal (SIGTERM / SIGINT) any rank received since ``open``, or None. A collective under
+        several processes (the ranks agree, so that they save and stop at the same step)."""
+        received = self._signal or 0
+        if self.info.distributed and self.info.all_reduce_sum([float(received > 0)])[0] > 0:
+            received = received or signal.SIGTERM  # another rank was signalled: stop with it
+        return received or None
+
+    def stopped(self, signum: int, where: str) -> RunStopped:
+        """The exception to raise once ``last.pth`` is saved after ``signum``; ``where`` says at which step."""
+        name = signal.Signals(signum).name
+        return RunStopped(f"stopped by {name} at {where}; {self.last} holds the run: continue with --resume",
+                          signum)  # fmt: skip
+
+    def close(self) -> None:
+        """Give back the signal handlers and the lock."""
+        for sig, previous in self._handlers.items():
+            signal.signal(sig, previous)
+        self._handlers = {}
+        if self._lock is not None:
+            self._lock.seek(0)
+            self._lock.truncate()  # an empty lock file: released cleanly
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
 
     def save(self, checkpoint: dict[str, Any], name: str = "last.pth") -> None:
         """Write ``checkpoint`` atomically as ``name`` (rank 0 only; other ranks return at once)."""

@@ -301,6 +301,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     """
     config.validate()
     dist_info = setup_distributed(config.device)
+    r = None
     try:
         r = _set_up(config, dist_info)
         while r.state.epoch < config.epochs and not r.stopped:
@@ -309,13 +310,24 @@ def run(config: TrainConfig) -> dict[str, Any]:
             _end_epoch(r)
         return _finish(r)
     finally:
+        if r is not None:
+            r.folder.close()
         cleanup_distributed(dist_info)
 
 
 def _set_up(config: TrainConfig, d: DistInfo) -> _Run:
-    """Folder, data, model, optimizer, schedule, EMA, loss; the resumed state and random states."""
+    """Folder, data, model, optimizer, schedule, EMA, loss; the resumed state and random states (the folder
+    is given back if any of it fails)."""
     resume_path = resume_checkpoint(config.resume, config.output_dir)
     folder = RunFolder(_output_dir(config, resume_path, d), d).open(resuming=resume_path is not None)
+    try:
+        return _build_run(config, d, folder, resume_path)
+    except BaseException:
+        folder.close()
+        raise
+
+
+def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path: Path | None) -> _Run:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     if config.deterministic:
@@ -417,6 +429,10 @@ def _train_epoch(r: _Run) -> bool:
             return True
         if config.save_every_steps and state.step % config.save_every_steps == 0:
             _save_last(r)
+        signum = r.folder.stop_requested()
+        if signum:  # SIGTERM / SIGINT: save where the run stands, then stop
+            _save_last(r)
+            raise r.folder.stopped(signum, f"epoch {state.epoch + 1}, step {state.step}")
         return False
 
     r.train_sampler.set_epoch(state.epoch, skip=state.step_in_epoch * config.batch_size)
