@@ -1,7 +1,8 @@
 """``ppma detect train|eval|predict`` and ``ppma segment train|eval|predict``.
 
 Training flags are generated from the ``DetectConfig`` / ``SegmentConfig`` fields (one source of
-truth, ``ppma.cli.options.add_dataclass_flags``); ``--data builtin`` starts from the built-in example's settings instead of the published ones,
+truth, ``ppma.cli.options.add_dataclass_flags``); ``--data builtin`` starts from the built-in example's
+settings instead of the published ones,
 and any flag given overrides either.
 """
 
@@ -132,7 +133,13 @@ def _segment_eval(args: argparse.Namespace) -> None:
     import torch
 
     from ..runtime import DistInfo
-    from ..dense.segmentation import SegmentConfig, evaluate_segmentation, make_dataset, model_from_checkpoint, resolve_data
+    from ..dense.segmentation import (
+        SegmentConfig,
+        evaluate_segmentation,
+        make_dataset,
+        model_from_checkpoint,
+        resolve_data,
+    )
 
     model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)
     config = config_from_dict(SegmentConfig, cfg)

@@ -1,13 +1,14 @@
 """The run runtime shared by classification (``ppma.train``), detection and segmentation (``ppma.dense``).
 
-| module | what |
-|---|---|
-| ``distributed`` | ``DistInfo`` (rank, world size, device), ``setup_distributed``, ``is_main_process``, autocast, ``unwrap`` |
-| ``rng`` | seeding; every rank's random states captured into and restored from a checkpoint; ``rng_untouched`` |
-| ``sampler`` | ``ResumableSampler`` (shuffled shard that starts mid-epoch), ``ShardSampler``, ``resumable_loader`` |
-| ``run_folder`` | ``RunFolder``, the one checkpoint format (``training_checkpoint``, ``restore_training``), ``resume_checkpoint`` |
-| ``log`` | ``RunLog``: ``log.jsonl`` + the console line (+ TensorBoard) |
-| ``optim`` | ``param_groups`` (the one weight-decay policy), the dense recipes' schedules from torch |
+- ``distributed``: ``DistInfo`` (rank, world size, device), ``setup_distributed``, ``is_main_process``,
+  autocast, ``unwrap``
+- ``rng``: seeding; every rank's random states captured into and restored from a checkpoint
+- ``sampler``: ``ResumableSampler`` (a shuffled shard that starts mid-epoch), ``ShardSampler``
+- ``run_folder``: ``RunFolder`` (lock, stale files, signals, atomic saves), the one checkpoint format
+  (``training_checkpoint``, ``restore_training``), ``resume_checkpoint`` (the one ``--resume``)
+- ``log``: ``RunLog``: ``log.jsonl`` + the console line (+ TensorBoard)
+- ``optim``: ``param_groups`` (the one weight-decay policy), the dense recipes' schedules from torch
+- ``config``: ``option`` / ``resume_option``, the fields of the run config dataclasses
 """
 
 from .distributed import (

@@ -89,7 +89,8 @@ class DistInfo:
 
 def _env_ranks() -> tuple[int, int, int]:
     """(world size, rank, local rank) as ``torchrun`` sets them; (1, 0, 0) in a plain process."""
-    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
 
 
 def is_main_process() -> bool:

@@ -29,7 +29,9 @@ class RunLog:
         tensorboard: also write ``folder/tensorboard`` (needs the ``tensorboard`` package).
     """
 
-    def __init__(self, folder: Path | None, active: bool = True, quiet: bool = False, tensorboard: bool = False) -> None:
+    def __init__(
+        self, folder: Path | None, active: bool = True, quiet: bool = False, tensorboard: bool = False
+    ) -> None:
         self.folder, self.active, self.quiet = folder, active, quiet
         self.tb = None
         if active and tensorboard and folder is not None:

@@ -29,7 +29,7 @@ class TrainConfig:
     model: str = option("ppma_tiny", "timm model name")
     model_kwargs: dict = option({}, "more timm.create_model arguments, as JSON (e.g. '{\"mask\": \"rmt\"}')")
     drop_path: float | None = option(None, "stochastic depth rate; none = the variant's published rate")
-    initial_checkpoint: str | None = option(None, "start from these weights (ours or a published .pth; any class count)")
+    initial_checkpoint: str | None = option(None, "start from these weights (ours or published .pth; any class count)")
     # ---- data
     data_path: str | None = option(None, "folder with train/ and val/ class folders; none = built-in digits")
     train_split: str = option("train", "sub-folder of data_path with the training class folders")
@@ -70,7 +70,7 @@ class TrainConfig:
     min_lr: float = option(1e-5, "learning rate at the end of the cosine")
     # ---- EMA of weights (timm ModelEmaV3)
     ema: bool = option(True, "keep an EMA of the weights, evaluate it, choose the best checkpoint by it")
-    ema_decay: float = option(0.99996, "EMA decay per step at a total batch of lr_base_size (scaled as decay^(batch/size))")
+    ema_decay: float = option(0.99996, "EMA decay per step at a total batch of lr_base_size (decay^(batch/size))")
     ema_warmup: bool = option(False, "timm's EMA decay warm-up (useful for short runs)")
     # ---- runtime
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ... (under torchrun: the local GPU)")

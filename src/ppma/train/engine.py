@@ -1,9 +1,10 @@
 """The training and evaluation loops, and ``run(config)`` that wires them to timm's parts.
 
 ``run`` builds, from a ``TrainConfig``: the datasets and loaders (``data.py``), the model
-(``timm.create_model``), AdamW on the parameter groups of ``ppma.runtime.param_groups``, timm's cosine schedule with warm-up stepped every
-update, timm Mixup/CutMix and its soft-target or label-smoothing loss, timm ``ModelEmaV3``, autocast
-(bf16/fp16 with a grad scaler), optional clipping and ``torch.compile``, and DDP under ``torchrun``.
+(``timm.create_model``), AdamW on the parameter groups of ``ppma.runtime.param_groups``, timm's cosine
+schedule with warm-up stepped every update, timm Mixup/CutMix and its soft-target or label-smoothing
+loss, timm ``ModelEmaV3``, autocast (bf16/fp16 with a grad scaler), optional clipping and
+``torch.compile``, and DDP under ``torchrun``.
 Then it loops: ``train_one_epoch`` -> ``evaluate`` (model and EMA) -> checkpoints -> log; the run folder,
 checkpoint format, random states, samplers and log writer are ``ppma.runtime``'s.
 """
@@ -169,24 +170,12 @@ def train_one_epoch(
         if dist_info is not None and dist_info.distributed:
             usable = usable if dist_info.all_reduce_sum([float(usable == 0)])[0] == 0 else 0
         if usable > 0:
-            images, targets = batch.images.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True)
-            images, targets = images[:usable], targets[:usable]
+            images = batch.images[:usable].to(device, non_blocking=True)
+            targets = batch.targets[:usable].to(device, non_blocking=True)
             if mixup is not None:
                 images, targets = mixup(images, targets)
-            with autocast(device, amp_dtype):
-                loss = loss_fn(model(images), targets)
-            if not math.isfinite(loss.item()):
-                raise PPMAError(f"train: loss is {loss.item()} at step {state.step + 1}; lower --lr or set --clip-grad")
-            state.optimizer.zero_grad(set_to_none=True)
-            state.scaler.scale(loss).backward()
-            if clip_grad is not None:
-                state.scaler.unscale_(state.optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-            if state.ema is not None:
-                state.ema.update(unwrapped, step=state.step + 1)
-            stats["loss_sum"] += loss.item() * len(targets)
+            loss = _update(model, images, targets, state, loss_fn, amp_dtype, clip_grad, unwrapped)
+            stats["loss_sum"] += loss * len(targets)
             stats["images"] += len(targets)
         state.step += 1
         state.step_in_epoch += 1
@@ -199,6 +188,26 @@ def train_one_epoch(
         if on_step is not None and on_step():
             return True
     return False
+
+
+def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, state: RunState, loss_fn: nn.Module,
+            amp_dtype: torch.dtype | None, clip_grad: float | None, unwrapped: nn.Module) -> float:
+    """One optimizer update (autocast forward, scaled backward, optional clip, step, EMA); returns the loss."""
+    with autocast(images.device, amp_dtype):
+        loss = loss_fn(model(images), targets)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise PPMAError(f"train: loss is {value} at step {state.step + 1}; lower --lr or set --clip-grad")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if clip_grad is not None:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    if state.ema is not None:
+        state.ema.update(unwrapped, step=state.step + 1)
+    return value
 
 
 @torch.no_grad()
