@@ -86,14 +86,13 @@ def test_forward_intermediates_agrees_with_forward_features():
     torch.testing.assert_close(inter[-1], final.permute(0, 3, 1, 2))
 
 
-def test_logits_equal_published_model(published_nano):
+def test_logits_equal_published_model(published):
     """The published code's own outputs on its own weights (fixture), float32 and float64."""
-    ckpt = published_nano
-    model = timm.create_model("ppma_nano", num_classes=10).eval()
+    ckpt = published
+    model = timm.create_model(published.model, num_classes=10).eval()
     from ppma.checkpoint import load_into
-    from conftest import PUBLISHED_NANO
 
-    load_into(model, PUBLISHED_NANO)
+    load_into(model, published.path)
     for x, want32, want64 in zip(ckpt["inputs"], ckpt["logits_float32"], ckpt["logits_float64"]):
         with torch.no_grad():
             torch.testing.assert_close(model(x.float()), want32, rtol=0, atol=1e-4)

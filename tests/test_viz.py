@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import PUBLISHED_NANO, random_decays
+from conftest import random_decays
 from PIL import Image
 
 import ppma
@@ -167,14 +167,14 @@ def test_capture_arrays(cap):
     assert all(((s["beta"] > 0) & (s["beta"] <= 1)).all() for s in d)
 
 
-def test_checkpoint_weights_are_used_and_named(image_file, published_nano, cap):
-    model = viz.load_model("ppma_nano", PUBLISHED_NANO)
-    stored = published_nano["model"]["layers.1.blocks.0.retention.path_embed.A_log"]
+def test_checkpoint_weights_are_used_and_named(image_file, published, cap):
+    model = viz.load_model(published.model, published.path)
+    stored = published["model"]["layers.1.blocks.0.retention.path_embed.A_log"]
     assert torch.equal(model.stages[1].blocks[0].attn.decay.A_log.detach(), stored)
     loaded = viz.run(model, image_file, size=64)
-    named = dataclasses.replace(loaded, model_name="ppma_nano", weights=None)  # what viz.run("ppma_nano") says
+    named = dataclasses.replace(loaded, model_name=published.model, weights=None)  # what viz.run(published.model) says
     assert "RANDOM" in named.caption() and "RANDOM" not in loaded.caption()
-    assert PUBLISHED_NANO.name in viz.run(model, image_file, checkpoint=PUBLISHED_NANO, size=64).caption()
+    assert published.path.name in viz.run(model, image_file, checkpoint=published.path, size=64).caption()
     assert not torch.equal(loaded.block(1, 0).log_alpha, cap.block(1, 0).log_alpha)
 
 
