@@ -10,7 +10,6 @@ Registered in timm: ppma_nano (CI and the digits job), ppma_tiny, ppma_small, pp
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -21,8 +20,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from .._checks import check_tensor
+from ..checkpoint import load_into
 from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
 from ..masks import RMT_STAGE_DECAYS, get_mask
+from ..ops import Backend
+from .published import checkpoint_filter_fn, published_state_dict
 
 __all__ = ["PPMA", "checkpoint_filter_fn", "published_state_dict"]
 
@@ -275,8 +277,6 @@ class PPMA(nn.Module):
 
     def set_backend(self, backend: str) -> None:
         """Use ``backend`` for every attention layer (see ``ppma.ops``)."""
-        from ..ops import Backend
-
         Backend.parse(backend)  # fail here, not at the next forward
         for m in self.modules():
             if isinstance(m, PolylineAttention):
@@ -346,88 +346,7 @@ class PPMA(nn.Module):
 
     def load_pretrained(self, path: str) -> None:
         """timm's custom-load hook: load a published ``.pth`` or one of ours (see ``ppma.checkpoint``)."""
-        from ..checkpoint import load_into
-
         load_into(self, path, use_ema=self.checkpoint_ema)
-
-
-# ---- published checkpoints ----------------------------------------------------------------------------
-
-# (published key, our key): {i} stage, {j} block, {n} any index, {r} the rest of the key.
-_RENAMES = [
-    ("patch_embed.proj.{n}.{r}", "stem.{n}.{r}"),
-    ("layers.{i}.blocks.{j}.retention_layer_norm.{r}", "stages.{i}.blocks.{j}.norm1.{r}"),
-    ("layers.{i}.blocks.{j}.final_layer_norm.{r}", "stages.{i}.blocks.{j}.norm2.{r}"),
-    ("layers.{i}.blocks.{j}.retention.path_embed.{r}", "stages.{i}.blocks.{j}.attn.decay.{r}"),
-    ("layers.{i}.blocks.{j}.retention.{r}", "stages.{i}.blocks.{j}.attn.{r}"),
-    ("layers.{i}.blocks.{j}.gamma_1", "stages.{i}.blocks.{j}.ls1.gamma"),
-    ("layers.{i}.blocks.{j}.gamma_2", "stages.{i}.blocks.{j}.ls2.gamma"),
-    ("layers.{i}.blocks.{j}.{r}", "stages.{i}.blocks.{j}.{r}"),
-    ("layers.{i}.downsample.{r}", "stages.{i+1}.downsample.{r}"),  # published: end of stage i
-    ("outnorm{n}.{r}", "norms.{n}.{r}"),
-    ("proj.{r}", "head.proj.{r}"),
-    ("norm.{r}", "head.norm.{r}"),
-    ("head.{r}", "head.fc.{r}"),
-]
-_DROPPED = re.compile(r"^layers\.\d+\.Relpos\.")  # rotary angles: recomputed, not learned
-
-
-def _template_regex(template: str) -> re.Pattern:
-    pattern = re.escape(template)
-    for field, group in (("{i+1}", r"(?P<ip>\d+)"), ("{i}", r"(?P<i>\d+)"), ("{j}", r"(?P<j>\d+)"),
-                         ("{n}", r"(?P<n>\d+)"), ("{r}", r"(?P<r>.+)")):  # fmt: skip
-        pattern = pattern.replace(re.escape(field), group)
-    return re.compile(f"^{pattern}$")
-
-
-def _fill(template: str, groups: dict[str, str]) -> str:
-    if "ip" in groups:  # {i+1} matched: give back stage i
-        groups = dict(groups, i=str(int(groups["ip"]) - 1))
-    if "i" in groups:
-        template = template.replace("{i+1}", str(int(groups["i"]) + 1))
-    for key, value in groups.items():
-        template = template.replace("{" + key + "}", value)
-    return template
-
-
-_TO_OURS = [(_template_regex(pub), ours) for pub, ours in _RENAMES]
-_TO_PUBLISHED = [(_template_regex(ours), pub) for pub, ours in _RENAMES]
-
-
-def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
-    for pattern, template in rules:
-        m = pattern.match(key)
-        if m:
-            return _fill(template, m.groupdict())
-    return None
-
-
-def _is_published(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith(("layers.", "patch_embed.")) for k in state_dict)
-
-
-def checkpoint_filter_fn(
-    state_dict: dict[str, torch.Tensor], model: nn.Module | None = None
-) -> dict[str, torch.Tensor]:
-    """Map a published state dict (SPEC section 7 key names) to ours; ours passes through unchanged."""
-    if not _is_published(state_dict):
-        return dict(state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        if _DROPPED.match(key):
-            continue
-        new = _rename(key, _TO_OURS)
-        out[new if new is not None else key] = value
-    return out
-
-
-def published_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict in the published key names (for round-trip tests and export to the published code)."""
-    out = {}
-    for key, value in state_dict.items():
-        new = _rename(key, _TO_PUBLISHED)
-        out[new if new is not None else key] = value
-    return out
 
 
 # ---- registry -----------------------------------------------------------------------------------------
