@@ -260,12 +260,12 @@ def test_kernels_compile_for_h100_without_a_gpu(tmp_path, monkeypatch):
 
 def _same_precision_reference(q, k, v, log_alpha, log_beta, scale):
     """PyTorch in the kernel's precision: products in q's dtype, mask and softmax in float32."""
-    from ppma.mask import _polyline_log_mask
+    from ppma.masks.polyline import unchecked_polyline_log_mask
 
     B, heads, H, W, _ = q.shape
     q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))
     scores = (q @ k.transpose(-1, -2)).float() * scale
-    mask = _polyline_log_mask(log_alpha, log_beta)
+    mask = unchecked_polyline_log_mask(log_alpha, log_beta)
     attn = 0.5 * torch.softmax(scores + mask, -1) + 0.5 * torch.softmax(scores + mask.mT, -1)
     return (attn.to(v.dtype) @ v).float().reshape(B, heads, H, W, -1)
 

@@ -1,6 +1,6 @@
-"""Modules that own parameters: decay generator, flat rotary rotation, LePE, PPMA attention, conv FFN.
+"""Modules that own parameters: flat rotary rotation, LePE, PPMA attention, conv FFN.
 
-These read like SPEC sections 1 and 5; the maths lives in ``ppma.mask`` and ``ppma.ops``.
+These read like SPEC sections 1 and 5; the maths lives in ``ppma.masks`` (maths), ``ppma.decay`` (decay generators) and ``ppma.ops``.
 Token tensors inside a stage are channels-last, (B, H, W, C).
 """
 
@@ -13,53 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .masks import RMT_STAGE_DECAYS, FixedDecay, MaskKind, NoDecay, get_mask
+from .decay import PathDecay, decay_for_mask
+from .masks import RMT_STAGE_DECAYS, MaskKind, get_mask
 from .ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention
 
 Mode = Literal["full", "criss_cross"]
-
-
-class PathDecay(nn.Module):
-    """Per-token horizontal and vertical log-decays, SPEC section 1.
-
-    One ``dt_linear`` (d -> 2, no bias) shared by all heads reads each head's channels; channel 0
-    drives the horizontal decay, channel 1 the vertical one. ``log = softplus(dt + dt_bias) * a`` with
-    ``a = -exp(A_log)`` per head, always computed in float32.
-
-    ``channels=1`` (the ``polyline_shared`` mask) predicts one decay used for both directions.
-    """
-
-    def __init__(self, dim: int, num_heads: int, channels: int = 2) -> None:
-        super().__init__()
-        if channels not in (1, 2):
-            raise ValueError(f"channels: expected 1 (shared) or 2 (horizontal, vertical), got {channels}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.dt_linear = nn.Linear(self.head_dim, channels, bias=False)
-        self.dt_bias = nn.Parameter(torch.empty(num_heads))
-        self.A_log = nn.Parameter(torch.empty(num_heads))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Mamba2's initialisation: dt log-uniform in [1e-3, 1e-1], dt_bias its inverse softplus, A in [1, 1.1]."""
-        dt = torch.exp(torch.empty(self.num_heads).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log.copy_(torch.log(torch.empty(self.num_heads).uniform_(1.0, 1.1)))
-        nn.init.trunc_normal_(self.dt_linear.weight, std=0.02)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32, <= 0."""
-        B, H, W, _ = x.shape
-        dt = self.dt_linear(x.reshape(B, H, W, self.num_heads, self.head_dim))  # (B, H, W, heads, channels)
-        # Contiguous in the output layout before the element-wise ops: their backward then has one
-        # layout in eager and traced runs (aot_eager failed on a view of a permuted softplus gradient).
-        dt = dt.permute(0, 3, 4, 1, 2).contiguous()  # (B, heads, channels, H, W)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-            a = -torch.exp(self.A_log.to(dtype))[:, None, None, None]
-            log_decay = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)[:, None, None, None]) * a
-        return log_decay[:, :, 0], log_decay[:, :, -1]  # one channel: the same decay both ways
 
 
 class FlatRotary(nn.Module):
@@ -179,21 +137,6 @@ class PolylineAttention(nn.Module):
             paths = "h2v"
         # Decays are <= 0 by construction: skip the value check and its device sync.
         return op(q, k, v, log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False, paths=paths)
-
-
-def decay_for_mask(
-    kind: str | MaskKind, dim: int, num_heads: int, rmt_decay: tuple[float, float] = RMT_STAGE_DECAYS[0]
-) -> nn.Module:
-    """The decay source of a mask kind, (B, H, W, C) -> log_alpha, log_beta (B, heads, H, W):
-    ``PathDecay`` (2 channels, or 1 for ``polyline_shared``), RMT's fixed gammas, or zeros."""
-    kind = get_mask(kind)
-    if kind.decay == "learned":
-        return PathDecay(dim, num_heads)
-    if kind.decay == "shared":
-        return PathDecay(dim, num_heads, channels=1)
-    if kind.decay == "fixed":
-        return FixedDecay(num_heads, *rmt_decay)
-    return NoDecay(num_heads)
 
 
 class ConvFFN(nn.Module):

@@ -21,8 +21,9 @@ from timm.models._features import feature_take_indices
 
 from .._checks import check_tensor
 from ..checkpoint import load_into
+from ..decay import DecayLinear
 from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
-from ..masks import RMT_STAGE_DECAYS, get_mask
+from ..masks import RMT_STAGE_DECAYS, RMT_VARIANT_DECAYS, get_mask
 from ..ops import Backend
 from .published import checkpoint_filter_fn, published_state_dict
 
@@ -125,19 +126,20 @@ class Stage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, Linear(1024 -> classes)."""
+    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, dropout, Linear(1024 -> classes)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, hidden_dim)
         self.norm = nn.BatchNorm2d(hidden_dim)
         self.act = nn.SiLU()
+        self.drop = nn.Dropout(drop_rate)  # timm's head_drop: before the final fc
         self.fc = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.proj(x).permute(0, 3, 1, 2)  # (B, H, W, 1024) -> (B, 1024, H, W) for BatchNorm over channels
         x = self.act(self.norm(x)).mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
+        return x if pre_logits else self.fc(self.drop(x))
 
 
 class PPMA(nn.Module):
@@ -158,11 +160,14 @@ class PPMA(nn.Module):
         feature_norms: add a LayerNorm on each stage output for dense tasks (``features_only`` sets it).
         backend: attention backend for every layer (see ``ppma.ops``); ``set_backend`` changes it later.
         mask: the attention mask of every layer, a ``ppma.masks.MASKS`` name: ``"polyline"`` (published),
-            ``"none"``, ``"h2v"``, ``"v2h"``, ``"polyline_shared"``, ``"rmt"`` (stage i uses RMT's
-            ``RMT_STAGE_DECAYS[i]``), or a full-attention-only scan mask ``"raster"``, ``"cross_scan"``,
+            ``"none"``, ``"h2v"``, ``"v2h"``, ``"polyline_shared"``, ``"rmt"`` (stage i uses
+            ``rmt_decays[i]``), or a full-attention-only scan mask ``"raster"``, ``"cross_scan"``,
             ``"hilbert"``, ``"zorder"``.
         checkpoint_ema: with ``pretrained=True``, load a training checkpoint's EMA weights.
         global_pool: only ``"avg"`` (timm convention).
+        drop_rate: dropout on the pooled features before the classifier (timm's ``drop_rate``).
+        rmt_decays: RMT's (initial_value, heads_range) per stage for ``mask="rmt"``; the registered
+            variants pass RMT's own (``ppma.masks.RMT_VARIANT_DECAYS``: Base differs from Tiny/Small).
     """
 
     def __init__(
@@ -184,6 +189,7 @@ class PPMA(nn.Module):
         checkpoint_ema: bool = False,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        rmt_decays: Sequence[tuple[float, float]] = RMT_STAGE_DECAYS,
     ) -> None:
         super().__init__()
         if global_pool not in ("avg", ""):
@@ -224,20 +230,23 @@ class PPMA(nn.Module):
                     downsample=i > 0,
                     backend=backend,
                     mask=mask,
-                    rmt_decay=RMT_STAGE_DECAYS[min(i, len(RMT_STAGE_DECAYS) - 1)],
+                    rmt_decay=tuple(rmt_decays[min(i, len(rmt_decays) - 1)]),
                 )
             )
             start += depths[i]
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in embed_dims) if feature_norms else None
-        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
+        self.drop_rate = drop_rate
+        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes, drop_rate)
         self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         # Network-wide init runs last, as published: every Linear trunc-normal(0.02), LayerNorm (1, 0).
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) and not isinstance(m, DecayLinear):  # the decay draws its own (paired seeds)
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -425,5 +434,5 @@ def ppma_small(pretrained: bool = False, **kwargs) -> PPMA:
 def ppma_base(pretrained: bool = False, **kwargs) -> PPMA:
     args = dict(embed_dims=(80, 160, 320, 512), depths=(4, 8, 25, 8), num_heads=(5, 5, 10, 16), mlp_ratios=(4, 4, 3, 3),
                 decomposed=(True, True, True, False), layer_scale=(False, False, True, True),
-                drop_path_rate=0.4)  # fmt: skip
+                drop_path_rate=0.4, rmt_decays=RMT_VARIANT_DECAYS["base"])  # fmt: skip
     return _create_ppma("ppma_base", pretrained, **dict(args, **kwargs))

@@ -2,7 +2,7 @@
 
 Two layers:
 
-- tensor functions for ONE head, written like SPEC sections 3-4 and built on ``ppma.mask``
+- tensor functions for ONE head, written like SPEC sections 3-4 and built on ``ppma.masks.polyline``
   (``query_mask_maps``, ``full_attention_map``, ``criss_cross_attention_map``, ``window_log_mask``);
 - functions on a ``Capture`` that pick the block, head and query token and return numpy arrays
   (``mask_maps``, ``attention_maps``, ``mask_matrix``, ``decay_maps``).
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import PPMAError
-from ..mask import line_log_mask, polyline_log_mask
+from ..masks.polyline import line_log_mask, polyline_log_mask
 from .capture import BlockCapture, Capture
 
 __all__ = [
