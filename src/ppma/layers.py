@@ -1,19 +1,18 @@
 """Modules that own parameters: flat rotary rotation, LePE, PPMA attention, conv FFN.
 
-These read like SPEC sections 1 and 5; the maths lives in ``ppma.masks`` (maths), ``ppma.decay`` (decay generators) and ``ppma.ops``.
+The maths lives in ``ppma.masks``, the decay generators in ``ppma.decay``, the attention in ``ppma.ops``.
 Token tensors inside a stage are channels-last, (B, H, W, C).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decay import PathDecay, decay_for_mask
+from .decay import decay_for_mask
 from .masks import RMT_STAGE_DECAYS, MaskKind, get_mask
 from .ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention
 
@@ -53,6 +52,16 @@ class DWConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, H, W, C) -> (B, C, H, W) -> conv -> (B, H, W, C)
         return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Projection(NamedTuple):
+    """The inputs of a PPMA attention op, as ``PolylineAttention.project`` computes them."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    log_alpha: torch.Tensor
+    log_beta: torch.Tensor
 
 
 class PolylineAttention(nn.Module):
@@ -102,22 +111,31 @@ class PolylineAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
-        # (B, H, W, C) -> (B, heads, H, W, d)
+        # (B, H, W, C) -> (B, heads, H, W, d), a view
         return x.reshape(B, H, W, self.num_heads, self.head_dim).permute(0, 3, 1, 2, 4)
+
+    def project(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> Projection:
+        """What the attention op sees: (B, H, W, C) -> ``Projection(q, k, v, log_alpha, log_beta)``.
+
+        ``q`` rotated, ``k`` scaled by d^-0.5 then rotated (as published), both (B, heads, H, W, d);
+        ``v`` (B, heads, H, W, d), a view of the value projection; log-decays (B, heads, H, W), <= 0,
+        from the layer's decay generator. ``forward`` runs the op on exactly these (``ppma.viz`` draws
+        its pictures from them), so the op is called with ``scale=1.0``.
+        """
+        sin, cos = rotary
+        q = rotate(self._heads(self.q_proj(x)), sin, cos)
+        k = rotate(self._heads(self.k_proj(x) * self.scaling), sin, cos)  # scaled before rotation, as published
+        log_alpha, log_beta = self.decay(x)
+        return Projection(q, k, self._heads(self.v_proj(x)), log_alpha, log_beta)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         B, H, W, C = x.shape
-        sin, cos = rotary
-        v = self.v_proj(x)
-        lepe = self.lepe(v)
-        q = rotate(self._heads(self.q_proj(x)), sin, cos)
-        k = rotate(self._heads(self.k_proj(x) * self.scaling), sin, cos)  # scaled before rotation, as published
-        log_alpha, log_beta = self.decay(x)
-        out = self._attend(q, k, self._heads(v), log_alpha, log_beta)
+        q, k, v, log_alpha, log_beta = self.project(x, rotary)
+        lepe = self.lepe(v.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))  # back to the projection's layout: a view
+        out = self._attend(q, k, v, log_alpha, log_beta)
         out = out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C)  # merge heads
         return self.out_proj(out + lepe)
-
 
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor
