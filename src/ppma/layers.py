@@ -10,11 +10,10 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .decay import decay_for_mask
 from .masks import RMT_STAGE_DECAYS, MaskKind, get_mask
-from .ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention
+from .ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention, unmasked_attention
 
 Mode = Literal["full", "criss_cross"]
 
@@ -108,6 +107,7 @@ class PolylineAttention(nn.Module):
         self.lepe = DWConv(dim, 5)
         self.out_proj = nn.Linear(dim, dim)
         self.decay = decay_for_mask(self.mask, dim, num_heads, rmt_decay)
+        self._op, self._paths = self.mask.op(mode)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
@@ -140,21 +140,17 @@ class PolylineAttention(nn.Module):
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor
     ) -> torch.Tensor:
-        """The masked op for this layer's mask kind; q, k, v (B, heads, H, W, d) -> (B, heads, H, W, d)."""
-        B, heads, H, W, _ = q.shape
-        if self.mask.full_only:  # scan masks: stored dense log-masks, averaged softmaxes
+        """The op this layer's mask kind names (``MaskKind.op``); q, k, v (B, heads, H, W, d) -> (B, heads, H, W, d)."""
+        if self._op == "log_masks":  # scan masks: stored dense log-masks, averaged softmaxes
+            B, heads, H, W, _ = q.shape
             seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
             out = log_mask_attention(*seq, self.mask.log_masks(log_alpha, log_beta), scale=1.0, backend=self.backend)
             return out.reshape(B, heads, H, W, -1)
-        if self.mask.decay == "none" and self.mode == "full":  # no mask at all: plain SDPA
-            seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
-            return F.scaled_dot_product_attention(*seq, scale=1.0).reshape(B, heads, H, W, -1)
-        op = polyline_attention if self.mode == "full" else criss_cross_polyline_attention
-        paths = self.mask.paths
-        if self.mask.decay == "fixed" and self.mode == "full":  # RMT's M is symmetric: one softmax is the average
-            paths = "h2v"
+        if self._op == "unmasked":
+            return unmasked_attention(q, k, v, scale=1.0, backend=self.backend)
+        op = polyline_attention if self._op == "full" else criss_cross_polyline_attention
         # Decays are <= 0 by construction: skip the value check and its device sync.
-        return op(q, k, v, log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False, paths=paths)
+        return op(q, k, v, log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False, paths=self._paths)
 
 
 class ConvFFN(nn.Module):

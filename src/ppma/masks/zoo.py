@@ -317,6 +317,21 @@ class MaskKind:
     log_masks: LogMasksFn
     summary: str
 
+    def op(self, mode: Literal["full", "criss_cross"]) -> tuple[str, Paths]:
+        """The attention op of ``ppma.ops`` this kind runs in a ``mode`` block, and its paths.
+
+        ``log_masks`` for scan masks (stored dense masks), ``unmasked`` for ``none`` in full attention,
+        ``full`` with one path for ``rmt`` (its M is symmetric: one softmax equals the average),
+        otherwise ``mode`` itself with the kind's paths.
+        """
+        if self.full_only:
+            return "log_masks", "both"
+        if mode == "full" and self.decay == "none":
+            return "unmasked", "both"
+        if mode == "full" and self.decay == "fixed":
+            return "full", "h2v"
+        return mode, self.paths
+
 
 MASKS: dict[str, MaskKind] = {
     kind.name: kind

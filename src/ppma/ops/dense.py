@@ -29,6 +29,13 @@ def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> tor
         return (0.5 * (h2v + v2h)).reshape(B, heads, H, W, -1)
 
 
+def unmasked(q, k, v, scale: float) -> torch.Tensor:
+    """Plain SDPA over the grid's tokens; q, k, v (B, heads, H, W, d)."""
+    B, heads, H, W, _ = q.shape
+    seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
+    return F.scaled_dot_product_attention(*seq, scale=scale).reshape(B, heads, H, W, -1)
+
+
 def masked(q, k, v, log_masks, scale: float) -> torch.Tensor:
     """``mean_i softmax(S + M_i) @ v``: one SDPA call per given log-mask; q, k, v (B, heads, N, d)."""
     with upcast(q, k, v) as (q, k, v):

@@ -25,6 +25,15 @@ def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> tor
         return masked(q, k, v, masks, scale).reshape(B, heads, H, W, -1)
 
 
+def unmasked(q, k, v, scale: float) -> torch.Tensor:
+    """``softmax(S) @ v`` over the grid's tokens; q, k, v (B, heads, H, W, d)."""
+    B, heads, H, W, _ = q.shape
+    with upcast(q, k, v) as (q, k, v):
+        q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))  # tokens row-major
+        attn = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
+        return (attn @ v).reshape(B, heads, H, W, -1)
+
+
 def masked(q, k, v, log_masks, scale: float) -> torch.Tensor:
     """``mean_i softmax(S + M_i) @ v`` for given dense log-masks; q, k, v (B, heads, N, d), each M_i (.., N, N)."""
     with upcast(q, k, v) as (q, k, v):
