@@ -310,3 +310,16 @@ def test_cuda_criss_cross_matches_reference_float32(H, W):
     got = _fwd_bwd(lambda *a: criss_cross(*a, d**-0.5), base, grad_out)
     for name, g, e in zip(NAMES, got, exact):
         torch.testing.assert_close(g.double(), e, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@interpreted
+def test_unmasked_attention_runs_on_triton_like_plain_softmax(kernels):
+    """Mask ``none`` on the triton backend: the fused full kernel with zero log-decays, forward and gradients."""
+    from ppma.ops import unmasked_attention
+
+    q, k, v = _case(1, 2, 3, 5, 4, 3)[:3]
+    grad_out = torch.randn(1, 2, 3, 5, 3, dtype=torch.float64)
+    got = _fwd_bwd(lambda *a: unmasked_attention(*a, backend="triton"), [q, k, v], grad_out)
+    want = _fwd_bwd(lambda *a: unmasked_attention(*a, backend="reference"), [q, k, v], grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name}: {m}")
