@@ -151,3 +151,21 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
         atomic_save({"step": 2, "bad": Unpicklable()}, path)
     assert torch.load(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary file left behind
+
+
+def test_model_and_checkpoint_code_import_the_key_mapping_at_module_level():
+    """No import cycle to dodge: no function-level import in the model, checkpoint or key-mapping modules."""
+    import ast
+    from pathlib import Path
+
+    import ppma.checkpoint
+    import ppma.models.ppma
+    import ppma.models.published
+
+    for module in (ppma.checkpoint, ppma.models.ppma, ppma.models.published):
+        tree = ast.parse(Path(module.__file__).read_text())
+        inner = [ast.unparse(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                 for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and (n.level or "ppma" in (n.module or ""))]  # fmt: skip
+        assert inner == [], (module.__name__, inner)
+    assert ppma.models.ppma.checkpoint_filter_fn is ppma.models.published.checkpoint_filter_fn
+    assert ppma.checkpoint.checkpoint_filter_fn is ppma.models.published.checkpoint_filter_fn
