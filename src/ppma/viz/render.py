@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .capture import BlockCapture, Capture
-from .maps import LogMaskFn, _heads, attention_maps, decay_maps, mask_maps, mask_matrix, polyline_mask
+from .maps import LogMaskFn, attention_maps, decay_maps, head_indices, mask_maps, mask_matrix, polyline_mask
 
 __all__ = [
     "attention_figure",
@@ -246,7 +246,7 @@ def zoo_mask_figure(
     from ..masks import zoo_query_maps
 
     bc = cap.block(stage, block)
-    h = _heads(bc, head)[0]
+    h = head_indices(bc, head)[0]
     token = cap.image.query_token(query, bc.stride)
     H, W = bc.grid
     trained = cap.weights is not None
