@@ -254,11 +254,44 @@ def test_bf16_autocast_training_step_runs_for_both_models(tmp_path):
     assert torch.isfinite(loss)
 
 
+def _lr_factors(scheduler, optimizer, at: list[int]) -> dict[int, float]:
+    """The learning rate over its initial value at the iterations ``at``, stepping ``scheduler`` there."""
+    base, out = optimizer.param_groups[0]["initial_lr"], {}
+    for it in range(max(at) + 1):
+        if it in at:
+            out[it] = optimizer.param_groups[0]["lr"] / base
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def det_lr(config, iters_per_epoch: int):
+    """The detection run's schedule (``ppma.runtime.warmup_multistep``) as a factor per iteration."""
+    from ppma.runtime import warmup_multistep
+
+    def factor(it: int) -> float:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        milestones = [s * iters_per_epoch for s in config.lr_steps]
+        return _lr_factors(warmup_multistep(opt, config.warmup_iters, config.warmup_ratio, milestones), opt, [it])[it]
+
+    return factor
+
+
+def seg_lr(config):
+    """The segmentation run's schedule (``ppma.runtime.warmup_poly``) as a factor per iteration."""
+    from ppma.runtime import warmup_poly
+
+    def factor(it: int) -> float:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = warmup_poly(opt, config.warmup_iters, config.warmup_ratio, config.iters, config.power)
+        return _lr_factors(schedule, opt, [it])[it]
+
+    return factor
+
+
 def test_schedules_follow_the_published_recipes():
     from ppma.dense.detection import DetectConfig
-    from ppma.dense.detection import _lr_lambda as det_lr
     from ppma.dense.segmentation import SegmentConfig
-    from ppma.dense.segmentation import _lr_lambda as seg_lr
 
     one = DetectConfig().resolved()
     assert (one.epochs, one.lr_steps, one.multiscale, one.lr, one.weight_decay) == (12, (8, 11), False, 1e-4, 0.05)

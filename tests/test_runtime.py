@@ -170,7 +170,8 @@ def test_a_locked_folder_is_refused_and_stale_files_are_cleaned(tmp_path, capsys
     with pytest.raises(PPMAError, match="in use by another run"):
         RunFolder(folder, DistInfo()).open(resuming=True)
     first.close()
-    RunFolder(folder, DistInfo()).open(resuming=True).close()  # released: free again, nothing reported
+    assert sorted(p.name for p in folder.iterdir()) == []  # released: the lock file is gone
+    RunFolder(folder, DistInfo()).open(resuming=True).close()  # free again, nothing reported
     assert "taken over" not in capsys.readouterr().out
 
 

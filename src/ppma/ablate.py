@@ -115,6 +115,54 @@ def _num_stages(config) -> int:
     return len(timm.create_model(config.model, **kwargs).stages)
 
 
+def _checked(masks: Sequence[str], seeds: Sequence[int], base: Any, full_attention: bool | None) -> tuple:
+    """Validated (masks, seeds, base config, full_attention, model kwargs): bad input fails before training."""
+    masks = [get_mask(m).name for m in masks]  # unknown names fail before any training
+    if not masks:
+        raise ValueError("masks: expected at least one mask")
+    if len(set(masks)) != len(masks):
+        raise ValueError(f"masks: listed twice: {sorted({m for m in masks if masks.count(m) > 1})}")
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
+    base = default_base_config() if base is None else base
+    if full_attention is None:
+        full_attention = any(MASKS[m].full_only for m in masks)
+    model_kwargs = dict(base.model_kwargs)
+    if full_attention:
+        model_kwargs["decomposed"] = [False] * _num_stages(base)
+    elif any(MASKS[m].full_only for m in masks):
+        scans = [m for m in masks if MASKS[m].full_only]
+        raise ValueError(
+            f"masks: {', '.join(scans)} need full attention; drop full_attention=False (--keep-decomposed)"
+        )
+    return masks, seeds, base, full_attention, model_kwargs
+
+
+def _one_run(base: Any, mask: str, seed: int, model_kwargs: dict, run_dir: Path, tag: str, log: Any) -> dict:
+    """One mask and seed: its result, from ``result.json`` when an earlier call finished it; a run that was
+    killed part-way continues from its ``last.pth``."""
+    from .train import run
+
+    result_file = run_dir / "result.json"
+    if result_file.is_file():  # finished earlier: keep it
+        result = json.loads(result_file.read_text())
+        log(f"{tag} mask={mask} seed={seed}: done earlier, {result['best_top1']:.2f} top-1")
+        return result
+    log(f"{tag} mask={mask} seed={seed} -> {run_dir}")
+    config = base.replace(seed=seed, output_dir=str(run_dir), model_kwargs=dict(model_kwargs, mask=mask),
+                          resume="auto")  # fmt: skip
+    summary = run(config)
+    if summary["best_top1"] is None:
+        raise ValueError(f"mask {mask} seed {seed}: the run stopped before its first evaluation")
+    result = {"mask": mask, "seed": seed, "output_dir": str(run_dir)}
+    result.update(
+        {k: summary[k] for k in ("best_top1", "final_top1", "params", "train_images_per_s", "eval_images_per_s")}
+    )
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def ablate(
     masks: Sequence[str] = DEFAULT_MASKS,
     seeds: Sequence[int] = (0, 1),
@@ -138,27 +186,7 @@ def ablate(
     Returns:
         The ``AblationTable``; ``ablation.md`` and ``ablation.json`` are written to ``output_dir``.
     """
-    from .train import run
-
-    masks = [get_mask(m).name for m in masks]  # unknown names fail before any training
-    if not masks:
-        raise ValueError("masks: expected at least one mask")
-    if len(set(masks)) != len(masks):
-        raise ValueError(f"masks: listed twice: {sorted({m for m in masks if masks.count(m) > 1})}")
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
-    base = default_base_config() if base is None else base
-    if full_attention is None:
-        full_attention = any(MASKS[m].full_only for m in masks)
-    model_kwargs = dict(base.model_kwargs)
-    if full_attention:
-        model_kwargs["decomposed"] = [False] * _num_stages(base)
-    elif any(MASKS[m].full_only for m in masks):
-        scans = [m for m in masks if MASKS[m].full_only]
-        raise ValueError(
-            f"masks: {', '.join(scans)} need full attention; drop full_attention=False (--keep-decomposed)"
-        )
+    masks, seeds, base, full_attention, model_kwargs = _checked(masks, seeds, base, full_attention)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = AblationTable(setup={
@@ -169,25 +197,7 @@ def ablate(
     })  # fmt: skip
     total = len(masks) * len(seeds)
     for n, (mask, seed) in enumerate(((m, s) for m in masks for s in seeds), start=1):
-        run_dir = out / mask / f"seed{seed}"
-        result_file = run_dir / "result.json"
-        if result_file.is_file():  # finished earlier: keep it
-            table.runs.append(json.loads(result_file.read_text()))
-            log(f"[{n}/{total}] mask={mask} seed={seed}: done earlier, {table.runs[-1]['best_top1']:.2f} top-1")
-            continue
-        log(f"[{n}/{total}] mask={mask} seed={seed} -> {run_dir}")
-        config = base.replace(
-            seed=seed, output_dir=str(run_dir), model_kwargs=dict(model_kwargs, mask=mask), resume=None
-        )
-        summary = run(config)
-        if summary["best_top1"] is None:
-            raise ValueError(f"mask {mask} seed {seed}: the run stopped before its first evaluation")
-        result = {"mask": mask, "seed": seed, "output_dir": str(run_dir)}
-        result.update(
-            {k: summary[k] for k in ("best_top1", "final_top1", "params", "train_images_per_s", "eval_images_per_s")}
-        )
-        result_file.write_text(json.dumps(result, indent=1))
-        table.runs.append(result)
+        table.runs.append(_one_run(base, mask, seed, model_kwargs, out / mask / f"seed{seed}", f"[{n}/{total}]", log))
     (out / "ablation.md").write_text(table.markdown())
     (out / "ablation.json").write_text(json.dumps(table.to_json(), indent=1))
     log(table.markdown())

@@ -20,8 +20,8 @@ by rank 0::
 if there is one, else a fresh start (for jobs that a cluster restarts with the same command line).
 
 ``RunFolder`` is what every run does to its folder, once for all three commands: it creates it, holds
-an exclusive lock on it while the run lives (a second run on the same folder is refused; a lock left
-by a crashed run is reported and taken over), removes the temporary files of checkpoint writes that
+an exclusive lock on it while the run lives (``.lock``, removed at the end; a second run on the same
+folder is refused; a lock file left by a crashed run is reported and taken over), removes the temporary files of checkpoint writes that
 a kill interrupted, writes checkpoints atomically, and turns SIGTERM / SIGINT into a stop at the
 next step boundary (``stop_requested``), where the loop saves ``last.pth`` and raises ``RunStopped``.
 """
@@ -224,15 +224,23 @@ class RunFolder:
         return self
 
     def _take_lock(self) -> None:
-        lock = open(self.path / ".lock", "a+")  # noqa: SIM115  (held open for the run's life)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the OS drops it when the process dies
-        except OSError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            lock.close()
-            raise PPMAError(f"output: {self.path} is in use by another run (pid {holder}); "
-                            f"wait for it or pick another output folder") from None  # fmt: skip
+        path = self.path / ".lock"
+        while True:
+            lock = open(path, "a+")  # noqa: SIM115  (held open for the run's life)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the OS drops it when the process dies
+            except OSError:
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+                lock.close()
+                raise PPMAError(f"output: {self.path} is in use by another run (pid {holder}); "
+                                f"wait for it or pick another output folder") from None  # fmt: skip
+            try:
+                if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            lock.close()  # a run that ended removed this file while we opened it: lock the new one
         lock.seek(0)
         previous = lock.read().strip()
         if previous:  # the lock file outlived its run: that run was killed or crashed
@@ -275,8 +283,7 @@ class RunFolder:
             signal.signal(sig, previous)
         self._handlers = {}
         if self._lock is not None:
-            self._lock.seek(0)
-            self._lock.truncate()  # an empty lock file: released cleanly
+            (self.path / ".lock").unlink(missing_ok=True)  # no lock file: released cleanly
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
