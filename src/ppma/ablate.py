@@ -54,6 +54,7 @@ __all__ = [
     "fingerprint",
     "measure_throughput",
     "run_settings",
+    "setup_from_runs",
 ]
 
 DEFAULT_MASKS: tuple[str, ...] = tuple(MASKS)
