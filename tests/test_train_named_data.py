@@ -91,6 +91,7 @@ def test_bad_data_is_one_line(tmp_path, capsys, offline):
         (["--data", "cifar10", "--data-path", str(tmp_path)], "give one of them, not both"),
         (["--data", "cifar10", "--data-root", str(tmp_path)], "lacks data_batch_1"),
         (["--data", "cifar10"], "data_root: cifar10 needs the folder"),
+        (["--data-root", str(tmp_path)], "is only read with data (--data cifar10"),
     ):
         assert main(["train", *extra, "--output-dir", str(tmp_path / "run"), "--epochs", "1"]) == 2
         err = capsys.readouterr().err

@@ -122,6 +122,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs: expected a dict, got {self.model_kwargs!r}")
+        if self.data is None and self.data_root is not None:
+            raise ValueError(f"data_root: {self.data_root!r} is only read with data (--data cifar10, ...); "
+                             "an ImageNet-layout folder is data_path")  # fmt: skip
         if self.data is not None:
             canonical_data_name(self.data)  # unknown names fail here, before any folder is read
             if self.data_path is not None:
