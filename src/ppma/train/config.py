@@ -206,7 +206,7 @@ def recipe_for(data: str | None, data_path: str | None = None) -> dict[str, Any]
 def dataset_config(data: str, data_root: str | None = None, **overrides: Any) -> TrainConfig:
     """A named dataset's recipe with ``overrides``: ``dataset_config("cifar10", "/data", epochs=5)``.
 
-    ``"digits"`` gives ``digits_config(**overrides)``.
+    ``"digits"`` gives the digits recipe (as ``digits_config``, with ``data="digits"``).
     """
     _check_names(overrides, "dataset_config")
     return TrainConfig(**{**recipe_for(data), "data": data, "data_root": data_root, **overrides})
