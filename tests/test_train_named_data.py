@@ -75,9 +75,10 @@ def test_ablate_on_a_named_dataset_uses_its_recipe(tmp_path, offline):
     _write_cifar(tmp_path / "root", "cifar100", np.random.default_rng(), n_per_file=12)
     out = tmp_path / "ablate"
     (tmp_path / "c.json").write_text(json.dumps({"workers": 0, "warmup_epochs": 0}))
-    assert main(["ablate", "--config", str(tmp_path / "c.json"), "--data", "cifar100", "--data-root", str(tmp_path / "root"), "--masks", "rmt", "--seeds",
-                 "0", "--no-baseline", "--epochs", "1", "--batch-size", "6", "--input-size", "32", "--device", "cpu",
-                 "--throughput-repeats", "1", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert main(["ablate", "--config", str(tmp_path / "c.json"), "--data", "cifar100", "--data-root",
+                 str(tmp_path / "root"), "--masks", "rmt", "--seeds", "0", "--no-baseline", "--epochs", "1",
+                 "--batch-size", "6", "--input-size", "32", "--device", "cpu", "--throughput-repeats", "1",
+                 "--output-dir", str(out)]) == 0  # fmt: skip
     saved = json.loads((out / "ablation.json").read_text())
     (run,) = saved["runs"]
     assert run["num_classes"] == 100 and run["settings"]["data"] == "cifar100"

@@ -369,8 +369,9 @@ def _measure(table: AblationTable, configs: dict[str, Any], batch: int | None, r
         speeds = measure_throughput(models, first.input_size, batch, repeats, device, amp)
         for mask, s in speeds.items():
             table.measured[mask]["images_per_s"] = s
+        amp_name = str(amp).removeprefix("torch.") if amp else "none"
         table.throughput_setup = {"batch": batch, "input_size": first.input_size, "device": str(device),
-                                  "amp": str(amp).removeprefix("torch.") if amp else "none", "repeats": repeats}  # fmt: skip
+                                  "amp": amp_name, "repeats": repeats}  # fmt: skip
     table.measured["_networks"] = networks
 
 

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-mismatch", choices=("rerun", "refuse"), default="rerun",
                    help="a stored run with other settings: train it again (default) or stop with an error")  # fmt: skip
     p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep each finished run's last.pth / best.pth (default: only result.json, log, config)")  # fmt: skip
+                   help="keep each finished run's last.pth / best.pth (default: only result.json, log, config)")
     p.add_argument("--throughput-repeats", type=int, default=5,
                    help="timed inference passes per mask (default 5; 0: no timing)")  # fmt: skip
     p.add_argument("--throughput-batch", type=int, help="images per timed pass (default: the batch size)")
