@@ -39,8 +39,8 @@ FAST = {"throughput_repeats": 2, "throughput_batch": 2}
 
 def test_tiny_ablation_writes_its_table_and_reuses_finished_runs(tiny_folder, tmp_path):
     out = tmp_path / "ablate"
-    table = ablate(masks=["none", "polyline", "hilbert"], seeds=[0, 1], base=_base(tiny_folder, epochs=2),
-                   output_dir=out, log=lambda s: None, **FAST)  # fmt: skip
+    table = ablate(masks=["none", "polyline", "hilbert"], seeds=[0, 1], base=_base(tiny_folder), output_dir=out,
+                   log=lambda s: None, **FAST)  # fmt: skip
     rows = table.rows()
     assert [r["mask"] for r in rows] == ["none", "polyline", "hilbert"]
     assert rows[1]["params"] == rows[2]["params"] > rows[0]["params"]  # none drops the decay generators
@@ -61,19 +61,19 @@ def test_tiny_ablation_writes_its_table_and_reuses_finished_runs(tiny_folder, tm
     assert ("| mask | what | network | params (M) | GMACs | inference img/s (median, range) | top-1 (mean ± std) "
             "| Δ top-1 vs none [95% CI] (n) | per seed |") in md  # fmt: skip
     assert "| hilbert |" in md and "full attention in every stage" in md and "| baseline |" in md
-    assert "2 epochs" in md and "Network A for every row" in md and "timed pass" in md
+    assert "1 epochs" in md and "Network A for every row" in md and "timed pass" in md
     saved = json.loads((out / "ablation.json").read_text())
     assert [r["mask"] for r in saved["rows"]] == ["none", "polyline", "hilbert"] and len(saved["runs"]) == 6
     assert saved["setup"]["model_kwargs"]["decomposed"] == [False] * 4
-    assert all(r["settings"]["epochs"] == 2 and len(r["fingerprint"]) == 16 for r in saved["runs"])
+    assert all(r["settings"]["epochs"] == 1 and len(r["fingerprint"]) == 16 for r in saved["runs"])
     # light runs: result, log and config stay; checkpoints go
     run_dir = out / "polyline" / "seed1"
     assert {"result.json", "log.jsonl", "config.yaml"} <= {p.name for p in run_dir.iterdir()}
     assert not list(out.rglob("*.pth"))
     # started again: every run is read back, nothing retrains
     lines = []
-    again = ablate(masks=["none", "polyline", "hilbert"], seeds=[0, 1], base=_base(tiny_folder, epochs=2),
-                   output_dir=out, log=lines.append, **FAST)  # fmt: skip
+    again = ablate(masks=["none", "polyline", "hilbert"], seeds=[0, 1], base=_base(tiny_folder), output_dir=out,
+                   log=lines.append, **FAST)  # fmt: skip
     assert sum("done earlier" in line for line in lines) == 6
     assert [{k: v for k, v in r.items() if k != "images_per_s"} for r in again.rows()] == [
         {k: v for k, v in r.items() if k != "images_per_s"} for r in rows
