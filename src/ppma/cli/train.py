@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a model (no arguments: ppma_nano on the built-in digits, a few minutes on CPU)",
-        description="Train with the published recipe (ImageNet-layout --data-path) or the digits recipe (no data). "
+        description="Train with the published recipe (ImageNet-layout --data-path), a named benchmark's recipe "
+        "(--data cifar10|cifar100|fashion_mnist --data-root DIR: read there, downloaded where missing), or the "
+        "digits recipe (no data). "
         "Options layer as: recipe <- resumed run's config <- --config file <- flags. "
         "Multi-GPU / multi-node: torchrun --nproc-per-node N -m ppma.cli train ...",
     )

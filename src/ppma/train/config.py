@@ -1,7 +1,8 @@
 """``TrainConfig``: every training option in one typed dataclass, loadable from YAML/JSON and flags.
 
 The defaults are the published ImageNet-1K recipe (SPEC section 8). ``digits_config()`` gives the
-CPU recipe for the built-in digits dataset (the README's main job, also in ``configs/digits_nano.yaml``).
+CPU recipe for the built-in digits dataset (the README's main job, also in ``configs/digits_nano.yaml``);
+``dataset_config("cifar10", root)`` the recipe of a named benchmark (``ppma.train.datasets``).
 Command-line flags are generated from the fields (``ppma.cli.options.add_dataclass_flags``), so the
 dataclass is the one source of truth for names, types, defaults and help.
 """
@@ -16,7 +17,8 @@ from typing import Any
 
 from ..runtime.config import option, resume_option
 
-__all__ = ["DIGITS_RECIPE", "TrainConfig", "digits_config", "layered_config", "load_config_file"]
+__all__ = ["DIGITS_RECIPE", "TrainConfig", "canonical_data_name", "dataset_config", "digits_config", "layered_config",
+           "load_config_file", "recipe_for"]
 
 _AMP = ("auto", "none", "bf16", "fp16")
 
@@ -31,6 +33,9 @@ class TrainConfig:
     drop_path: float | None = option(None, "stochastic depth rate; none = the variant's published rate")
     initial_checkpoint: str | None = option(None, "start from these weights (ours or published .pth; any class count)")
     # ---- data
+    data: str | None = option(None, "a named benchmark: digits, cifar10, cifar100, fashion_mnist (its recipe applies); "
+                              "none = data_path, or the built-in digits without one")
+    data_root: str | None = option(None, "folder holding (or to download) the named dataset's standard files")
     data_path: str | None = option(None, "folder with train/ and val/ class folders; none = built-in digits")
     train_split: str = option("train", "sub-folder of data_path with the training class folders")
     val_split: str = option("val", "sub-folder of data_path with the validation class folders")
@@ -92,6 +97,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("mean", "std", "scale", "ratio"):  # YAML gives lists
             setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        if self.data is not None:  # one spelling per dataset ("CIFAR-10" -> "cifar10"): runs compare by it
+            self.data = canonical_data_name(self.data)
         self.validate()
 
     def validate(self) -> None:
@@ -115,6 +122,16 @@ class TrainConfig:
             raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs: expected a dict, got {self.model_kwargs!r}")
+        if self.data is None and self.data_root is not None:
+            raise ValueError(f"data_root: {self.data_root!r} is only read with data (--data cifar10, ...); "
+                             "an ImageNet-layout folder is data_path")  # fmt: skip
+        if self.data is not None:
+            canonical_data_name(self.data)  # unknown names fail here, before any folder is read
+            if self.data_path is not None:
+                raise ValueError(f"data, data_path: give one of them (a named dataset {self.data!r} or an "
+                                 f"ImageNet-layout folder {self.data_path!r}), not both")  # fmt: skip
+            if self.data != "digits" and self.data_root is None:
+                raise ValueError(f"data_root: {self.data} needs the folder that holds (or will hold) its files")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (tuples become lists): safe for YAML, JSON and ``torch.load(weights_only=True)``."""
@@ -161,6 +178,40 @@ def digits_config(**overrides: Any) -> TrainConfig:
     return TrainConfig(**{**DIGITS_RECIPE, **overrides})
 
 
+def canonical_data_name(name: str) -> str:
+    """``"digits"`` or a named benchmark's registry name (aliases such as ``cifar-10`` accepted).
+
+    Raises:
+        ValueError: (one line) an unknown name, listing the known ones.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"data: expected a dataset name, got {name!r}")
+    if name.lower() == "digits":
+        return "digits"
+    from .datasets import _spec
+
+    return _spec(name).name
+
+
+def recipe_for(data: str | None, data_path: str | None = None) -> dict[str, Any]:
+    """The recipe a run starts from: the named dataset's (``named_recipe``), the digits one (no data at
+    all, or ``data="digits"``), or none (``TrainConfig()``'s ImageNet defaults) for a ``data_path``."""
+    if data is not None and canonical_data_name(data) != "digits":
+        from .datasets import named_recipe
+
+        return named_recipe(data)
+    return {} if data_path and data is None else dict(DIGITS_RECIPE)
+
+
+def dataset_config(data: str, data_root: str | None = None, **overrides: Any) -> TrainConfig:
+    """A named dataset's recipe with ``overrides``: ``dataset_config("cifar10", "/data", epochs=5)``.
+
+    ``"digits"`` gives the digits recipe (as ``digits_config``, with ``data="digits"``).
+    """
+    _check_names(overrides, "dataset_config")
+    return TrainConfig(**{**recipe_for(data), "data": data, "data_root": data_root, **overrides})
+
+
 def _check_names(values: dict[str, Any], where: str) -> None:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -191,9 +242,12 @@ def layered_config(base: dict[str, Any] | None = None, from_file: dict[str, Any]
                    flags: dict[str, Any] | None = None) -> TrainConfig:  # fmt: skip
     """Layer the options: recipe <- ``base`` (e.g. a resumed run's config) <- a config file <- flags.
 
-    The recipe is ``digits_config()`` when no layer names a ``data_path``, else ``TrainConfig()``.
+    The recipe (``recipe_for``): the named dataset's when a layer names ``data``, ``TrainConfig()``'s
+    ImageNet defaults when one names a ``data_path``, else the digits recipe.
     """
     layers = {**(base or {}), **(from_file or {}), **(flags or {})}
     _check_names(layers, "options")
-    recipe = {} if layers.get("data_path") else DIGITS_RECIPE
-    return TrainConfig(**{**recipe, **layers})
+    if layers.get("data") is not None and layers.get("data_path") is not None:
+        raise ValueError(f"--data, --data-path: give one of them, not both (got {layers['data']!r} and "
+                         f"{layers['data_path']!r})")  # fmt: skip
+    return TrainConfig(**{**recipe_for(layers.get("data"), layers.get("data_path")), **layers})

@@ -1,4 +1,5 @@
-"""Datasets and loaders: ImageNet-layout folders (checked), the built-in digits, timm transforms.
+"""Datasets and loaders: ImageNet-layout folders (checked), the built-in digits, the named benchmarks of
+``datasets.py`` (``--data cifar10``), timm transforms.
 
 Augmentation is seeded per sample from (seed, epoch, index), so it does not depend on how many
 loader processes run or where a run was resumed: a resumed run sees the same images as one that was
@@ -30,6 +31,7 @@ __all__ = [
     "build_datasets",
     "build_eval_dataset",
     "build_transform",
+    "describe_data",
     "check_image_folder",
     "make_loader",
     "seeded_item",
@@ -262,26 +264,51 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
 # ---- building the datasets of a run -----------------------------------------------------------------------
 
 
+def _named(config: TrainConfig) -> bool:
+    return config.data is not None and config.data != "digits"
+
+
 def _source(config: TrainConfig, split: str) -> Dataset:
+    if _named(config):
+        from .datasets import load_named_dataset
+
+        return load_named_dataset(config.data, config.data_root, split)
     if config.data_path is None:
         return DigitsDataset(split, size=config.input_size)
     return SafeImageFolder(Path(config.data_path) / (config.train_split if split == "train" else config.val_split))
 
 
+def describe_data(config: TrainConfig) -> str:
+    """Where a run's images come from, for its first line: 'cifar10 (D)', the folder, or the digits."""
+    if _named(config):
+        return f"{config.data} ({config.data_root})"
+    return "digits (built in)" if config.data_path is None else config.data_path
+
+
 def build_datasets(config: TrainConfig) -> tuple[Transformed, Transformed, list[str]]:
-    """(train, val, class names) for a run: the digits when ``config.data_path`` is None."""
-    if config.data_path is None:
-        classes = DIGITS_CLASSES
+    """(train, val, class names) for a run: a named benchmark (``config.data``, its test set as val), an
+    ImageNet-layout folder (``config.data_path``), else the digits."""
+    if _named(config):
+        train_source, val_source = _source(config, "train"), _source(config, "val")
+        classes = list(train_source.classes)
     else:
-        classes = check_image_folder(config.data_path, [config.train_split, config.val_split])
-    train = Transformed(_source(config, "train"), build_transform(config, True), config.seed)
-    val = Transformed(_source(config, "val"), build_transform(config, False), config.seed)
+        if config.data_path is None:
+            classes = DIGITS_CLASSES
+        else:
+            classes = check_image_folder(config.data_path, [config.train_split, config.val_split])
+        train_source, val_source = _source(config, "train"), _source(config, "val")
+    train = Transformed(train_source, build_transform(config, True), config.seed)
+    val = Transformed(val_source, build_transform(config, False), config.seed)
     return train, val, classes
 
 
 def build_eval_dataset(data_path: str | None, config: TrainConfig) -> tuple[Transformed, list[str]]:
-    """The evaluation set: the digits' val split (no path), ``data_path/val`` if it exists, else ``data_path``."""
+    """The evaluation set: ``data_path/val`` if it exists, else ``data_path``; without a path, the val split
+    of the run's named dataset (``config.data``) or of the digits."""
     if data_path is None:
+        if _named(config):
+            source = _source(config, "val")
+            return Transformed(source, build_transform(config, False)), list(source.classes)
         return Transformed(DigitsDataset("val", size=config.input_size), build_transform(config, False)), DIGITS_CLASSES
     root = Path(data_path)
     if (root / config.val_split).is_dir():

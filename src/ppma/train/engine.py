@@ -46,7 +46,7 @@ from ..runtime import (
     unwrap,
 )
 from .config import TrainConfig
-from .data import build_datasets, build_eval_dataset, build_transform, describe_skipped, make_loader
+from .data import build_datasets, build_eval_dataset, build_transform, describe_data, describe_skipped, make_loader
 from .report import plot_curves, progress_bar
 from .state import RunState, new_epoch_stats
 
@@ -361,7 +361,7 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
         state.scheduler.step_update(num_updates=state.step)
     log = RunLog(folder.path, d.is_main, tensorboard=config.tensorboard)
     folder.write_text("config.yaml", _yaml(config.to_dict()))
-    where = "digits (built in)" if config.data_path is None else config.data_path
+    where = describe_data(config)
     res = meta["resolved"]
     log.print(
         f"ppma train: {config.model} ({res['params'] / 1e6:.2f} M params, {len(classes)} classes) on {where}: "
