@@ -165,7 +165,7 @@ _FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-im
 
 # Shared by the three recipes: a CPU-sized network, light augmentation, no mixup (small images, short runs).
 _SMALL_RECIPE: dict[str, Any] = dict(
-    model="ppma_nano", crop_pct=1.0, interpolation="bicubic", scale=(0.5, 1.0), ratio=(0.75, 1.333),
+    model="ppma_nano", workers=2, crop_pct=1.0, interpolation="bicubic", scale=(0.5, 1.0), ratio=(0.75, 1.333),
     color_jitter=0.0, auto_augment=None, reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1,
     batch_size=128, lr_base=5e-3, warmup_epochs=2, ema_decay=0.999, ema_warmup=True,
 )  # fmt: skip
