@@ -61,7 +61,7 @@ def test_tiny_ablation_writes_its_table_and_reuses_finished_runs(tiny_folder, tm
     assert ("| mask | what | network | params (M) | GMACs | inference img/s (median, range) | top-1 (mean ± std) "
             "| Δ top-1 vs none [95% CI] (n) | per seed |") in md  # fmt: skip
     assert "| hilbert |" in md and "full attention in every stage" in md and "| baseline |" in md
-    assert "1 epochs" in md and "Network A for every row" in md and "timed pass" in md
+    assert "1 epoch," in md and "Network A for every row" in md and "timed pass" in md
     saved = json.loads((out / "ablation.json").read_text())
     assert [r["mask"] for r in saved["rows"]] == ["none", "polyline", "hilbert"] and len(saved["runs"]) == 6
     assert saved["setup"]["model_kwargs"]["decomposed"] == [False] * 4
@@ -96,7 +96,7 @@ def test_a_stored_run_is_reused_only_if_it_is_the_same_run(tiny_folder, tmp_path
     assert len(retrained) == 4 and not any("done earlier" in line for line in lines)
     assert all(r["settings"]["epochs"] == 1 and "decomposed" not in r["settings"]["model_kwargs"] for r in table.runs)
     md = (out / "ablation.md").read_text()
-    assert "1 epochs" in md and "the variant's decomposed stages" in md and "full attention" not in md
+    assert "1 epoch," in md and "the variant's decomposed stages" in md and "full attention" not in md
     assert table.setup["varies"] == []
     # the footer comes from the runs: a table of runs with different settings says so
     mixed = [dict(r, settings=dict(r["settings"], epochs=e)) for r, e in zip(table.runs, (1, 3, 1, 3), strict=True)]
