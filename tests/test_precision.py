@@ -234,3 +234,52 @@ def test_1024_logits_finite_and_close(precision):
         got = fast(x)
     assert torch.isfinite(got).all()
     assert _relative_error(got, want) < (BF16_RTOL if precision == "bf16" else INT8_RTOL)
+
+
+_TRITON_BF16_CHECK = """
+import torch, ppma
+import ppma.ops.triton as kernels
+from ppma.inference import for_inference
+torch.manual_seed({seed})
+seen = []
+
+def half_for_the_interpreter(fn):
+    # The Triton interpreter has no bfloat16 (numpy): the bf16 q, k, v the model hands the kernels are
+    # recorded, then run as float16, the other 16-bit type the same kernels take.
+    def run(q, k, v, log_alpha, log_beta, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype, log_alpha.dtype, log_beta.dtype))
+        out = fn(q.half(), k.half(), v.half(), log_alpha, log_beta, *args, **kwargs)
+        return out.to(q.dtype)
+    return run
+
+kernels.full = half_for_the_interpreter(kernels.full)
+kernels.criss_cross = half_for_the_interpreter(kernels.criss_cross)
+model = ppma.PPMA(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2), mlp_ratios=(2, 2, 2, 2),
+                  decomposed=(True, True, False, False), num_classes=10, head_hidden_size=64, drop_path_rate=0.0,
+                  backend="reference").eval()
+x = torch.randn(2, 3, 32, 48)
+with torch.no_grad():
+    want = model(x)
+    model.set_backend("triton")
+    got = for_inference(model, "bf16", compile=False)(x)
+bf16, f32 = torch.bfloat16, torch.float32
+assert len(seen) == 4 and all(s == (bf16, bf16, bf16, f32, f32) for s in seen), seen
+err = ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+assert torch.isfinite(got).all() and got.dtype == torch.float32
+assert err < {rtol}, err
+print("OK", err)
+"""
+
+
+@needs_bf16
+def test_bf16_model_on_the_triton_backend_under_the_interpreter(fresh_seed):
+    """The CUDA path: the bf16 model hands the Triton kernels bf16 q, k, v and float32 log-decays, and its
+    logits stay close (kernels under TRITON_INTERPRET=1, in float16 there: the interpreter has no bf16)."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    code = _TRITON_BF16_CHECK.format(seed=fresh_seed, rtol=BF16_RTOL)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -4,6 +4,7 @@
 """
 
 from . import models  # noqa: F401  (registers the timm models)
+from .inference import for_inference, resolve_precision
 from .layers import FlatRotary, PathDecay, PolylineAttention
 from .mask import line_log_mask, line_mask_matmul, polyline_log_mask, polyline_mask_matmul
 from .models import PPMA
@@ -18,9 +19,11 @@ __all__ = [
     "PathDecay",
     "PolylineAttention",
     "criss_cross_polyline_attention",
+    "for_inference",
     "line_log_mask",
     "line_mask_matmul",
     "polyline_attention",
     "polyline_log_mask",
+    "resolve_precision",
     "polyline_mask_matmul",
 ]
