@@ -212,7 +212,9 @@ def test_int8_logits_close_to_float32_on_published_weights(micro):
 
 
 @needs_bf16
-def test_bf16_compiled_matches_bf16_eager(micro):
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PPMA_SLOW_TESTS") != "1", reason="inductor compiles C++ for minutes on 2 cores: set PPMA_SLOW_TESTS=1")
+def test_bf16_compiled_matches_float32(micro):
     model, ckpt = micro
     x = ckpt["inputs"][0].float()
     with torch.no_grad():
