@@ -13,8 +13,9 @@
   scales, per-channel weights, torchao); needs ``pip install 'ppma[int8]'``.
 - ``auto``: the fastest the CPU runs (``resolve_precision``).
 
-``compile=True`` (the default on CPU) runs the model under ``torch.compile``, which fuses the
-element-wise passes (LayerNorm, GELU, rotary, residual adds) that dominate a bf16 forward.
+``compile=True`` runs the model under ``torch.compile``, which fuses the element-wise passes
+(LayerNorm, GELU, rotary, casts, residual adds) that bound an eager bf16 forward; off by default,
+because the first call of each input size then compiles for minutes on a small CPU.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def for_inference(
     model: nn.Module,
     precision: str = "auto",
     *,
-    compile: bool | None = None,
+    compile: bool = False,
     channels_last: bool = True,
     copy_model: bool = True,
 ) -> InferenceModel:
@@ -223,8 +224,8 @@ def for_inference(
         model: a PPMA classifier or backbone (any module taking an image batch works; the PPMA-specific
             parts are the float32 decays and rotary tables).
         precision: see the module docstring; ``auto`` = ``resolve_precision("auto")``.
-        compile: run under ``torch.compile`` (default: on CPU yes, elsewhere no). The first call
-            compiles (about a minute for PPMA-T on 2 cores), and each new input size compiles again.
+        compile: run under ``torch.compile`` (inductor). The first call compiles (minutes for PPMA-T on
+            2 cores), and each new input size compiles again: for serving many images of one size.
         channels_last: convolution weights in channels-last layout (the layers' tokens already are).
         copy_model: convert a copy (default) rather than ``model`` itself.
 
@@ -249,8 +250,6 @@ def for_inference(
         model = _quantize_int8(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if compile is None:
-        compile = device.type == "cpu"
     if compile:
         model = torch.compile(model)
     return InferenceModel(model, precision, dtype).eval()
