@@ -5,6 +5,7 @@
 
 from . import models  # noqa: F401  (registers the timm models)
 from .decay import PathDecay
+from .inference import for_inference, resolve_precision
 from .layers import FlatRotary, PolylineAttention
 from .masks.polyline import line_log_mask, line_mask_matmul, polyline_log_mask, polyline_mask_matmul
 from .models import PPMA
@@ -19,9 +20,11 @@ __all__ = [
     "PathDecay",
     "PolylineAttention",
     "criss_cross_polyline_attention",
+    "for_inference",
     "line_log_mask",
     "line_mask_matmul",
     "polyline_attention",
     "polyline_log_mask",
     "polyline_mask_matmul",
+    "resolve_precision",
 ]
