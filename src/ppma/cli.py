@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "ppma.viz.cli",
     "ppma.dense.cli",
     "ppma.cli_ablate",
+    "ppma.cli_export",
 ]
 
 

@@ -1,0 +1,98 @@
+"""ppma export: timm's hub format (read back by timm alone), ONNX Runtime and torch.export against eager."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import timm
+import torch
+
+import ppma  # noqa: F401  (the registry: the only ppma import a reader of an export needs)
+from ppma.cli import main
+
+CLASSES = ["cat", "dog", "eel", "fox", "gnu"]
+SHORT = dict(depths=(1, 1, 1, 1))  # ppma_nano's widths, decomposed (stages 1-3) and full (stage 4) attention
+
+
+def _our_checkpoint(path, model_kwargs=None, size=64):
+    """A checkpoint as `ppma train` writes it: model name, classes, the run's config, plain and EMA weights."""
+    model_kwargs = dict(SHORT, **(model_kwargs or {}))
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **model_kwargs)
+    plain = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    ema = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in plain.items()}
+    config = dict(model="ppma_nano", model_kwargs=model_kwargs, input_size=size, crop_pct=0.9, interpolation="bilinear",
+                  mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))  # fmt: skip
+    torch.save({"model_name": "ppma_nano", "classes": CLASSES, "config": config, "model": plain, "model_ema": ema},
+               path)  # fmt: skip
+    return ema
+
+
+def _eager(ema, **model_kwargs):
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **dict(SHORT, **model_kwargs)).eval()
+    model.load_state_dict(ema)
+    model.set_backend("reference")
+    return model
+
+
+def test_timm_format_loads_back_with_timm_alone(tmp_path, capsys):
+    ema = _our_checkpoint(tmp_path / "best.pth", {"mask": "rmt"})
+    out = tmp_path / "hub"
+    assert main(["export", str(out), "--checkpoint", str(tmp_path / "best.pth"), "--format", "timm"]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "ppma_nano" and config["num_classes"] == 5 and config["label_names"] == CLASSES
+    cfg = config["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 64, 64] and cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bilinear"
+    assert cfg["mean"] == [0.5, 0.4, 0.3] and cfg["std"] == [0.2, 0.25, 0.3]
+    assert "hf_hub_id" not in cfg and "notes" not in cfg
+
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # timm's own reader
+    assert model.mask == "rmt" and model.pretrained_cfg["label_names"] == CLASSES
+    data_cfg = timm.data.resolve_data_config(model=model)
+    assert tuple(data_cfg["mean"]) == (0.5, 0.4, 0.3) and data_cfg["interpolation"] == "bilinear"
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items()) and set(model.state_dict()) == set(ema)
+    model.set_backend("reference")  # the same attention code on both sides: equal logits
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _eager(ema, mask="rmt")(x), rtol=0, atol=0)
+
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["model_name"] == "ppma_nano" and json.loads(meta["classes"]) == CLASSES
+    assert json.loads(meta["transform"])["crop_pct"] == 0.9 and meta["weights"] == "ema"
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("list", "holds a list, not a model"),
+        ("not_tensors", "not tensors"),
+        ("exists", "exists; pass --force"),
+        ("unwritable", "cannot create the folder"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, case, expect):
+    ckpt = tmp_path / "best.pth"
+    if case == "list":
+        torch.save([torch.randn(3)], ckpt)
+    elif case == "not_tensors":
+        torch.save({"model": {"stem.0.weight": "text"}}, ckpt)
+    else:
+        _our_checkpoint(ckpt)
+    out = tmp_path / "hub"
+    if case == "exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    if case == "unwritable":  # a parent that is a file: not writable even for root
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "hub"
+    assert main(["export", str(out), "--checkpoint", str(ckpt), "--format", "timm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err and "\n" not in err
+    if case == "exists":
+        assert (out / "keep.txt").read_text() == "mine"
