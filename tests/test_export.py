@@ -96,3 +96,61 @@ def test_bad_input_is_one_line(tmp_path, capsys, case, expect):
     assert expect in err and "\n" not in err
     if case == "exists":
         assert (out / "keep.txt").read_text() == "mine"
+
+
+# Two stages, one block each: decomposed (criss-cross) attention, then full attention; a small graph keeps
+# the ONNX export (seconds per block on a shared 2-core machine, more with symbolic sizes) quick.
+TWO_STAGES = dict(embed_dims=(16, 32), depths=(1, 1), num_heads=(1, 2), mlp_ratios=(3, 3), decomposed=(True, False),
+                  layer_scale=(False, True))  # fmt: skip
+
+
+def test_onnx_runtime_matches_eager_at_the_export_size_and_another(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ppma.export import run_onnx
+
+    model_kwargs = dict(TWO_STAGES, depths=(1, 1))
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **model_kwargs)
+    ema = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    config = dict(model="ppma_nano", model_kwargs=model_kwargs, input_size=64, crop_pct=1.0)
+    torch.save({"model_name": "ppma_nano", "classes": CLASSES, "config": config, "model_ema": ema,
+                "model": model.state_dict()}, tmp_path / "best.pth")  # fmt: skip
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--checkpoint", str(tmp_path / "best.pth"), "--dynamic-batch",
+                 "--dynamic-size"]) == 0  # fmt: skip
+    assert "max |diff|" in capsys.readouterr().out
+
+    eager = timm.create_model("ppma_nano", num_classes=len(CLASSES), **model_kwargs).eval()
+    eager.load_state_dict(ema)
+    kinds = {type(m).__name__ + ":" + m.mode for m in eager.modules() if hasattr(m, "mode") and hasattr(m, "backend")}
+    assert kinds == {"PolylineAttention:criss_cross", "PolylineAttention:full"}
+    for shape in [(1, 3, 64, 64), (3, 3, 96, 160)]:  # the export size, and another batch and size
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = eager.double()(x.double()).float()
+        got = torch.from_numpy(run_onnx(out, x.numpy()))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["classes"]) == CLASSES and meta["dynamic_size"] == "True"
+    # a size the dynamic graph is not declared for: refused before any work
+    assert main(["export", str(tmp_path / "n.onnx"), "--checkpoint", str(tmp_path / "best.pth"), "--size", "70",
+                 "--dynamic-size"]) == 2  # fmt: skip
+    assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_torch_export_with_a_dynamic_batch_matches_eager():
+    from ppma.export import export_program
+
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **TWO_STAGES).eval()
+    program = export_program(model, torch.randn(2, 3, 64, 96), dynamic_batch=True)
+    reference = timm.create_model("ppma_nano", num_classes=len(CLASSES), **TWO_STAGES).eval().double()
+    reference.load_state_dict(model.state_dict())
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 64, 96)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), reference(x.double()).float(), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        export_program(model, torch.randn(1, 3, 60, 64), dynamic_size=True)
