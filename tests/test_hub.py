@@ -111,3 +111,37 @@ def test_local_file_still_goes_through_the_published_key_map(tmp_path):
     model = timm.create_model("ppma_tiny.in1k", pretrained=True, pretrained_cfg_overlay=local, **SHORT)
     key = "stages.1.downsample.reduction.weight"  # published: layers.0.downsample
     assert torch.equal(model.state_dict()[key], checkpoint_filter_fn(ckpt["model"])[key])  # a file: plain weights
+
+
+def test_commands_take_published_names(hf_cache, tmp_path, capsys):
+    """predict with --model ppma_tiny.in1k --pretrained (EMA, the in1k transform); the dense backbone by name."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+    from ppma.cli import main
+    from ppma.dense.backbone import create_backbone
+
+    ckpt = _put_in_cache(hf_cache, TINY_FILE, _published_file)
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.randint(0, 255, (180, 250, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(image), "--model", "ppma_tiny.in1k", "--pretrained", "--topk", "1",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+
+    model = timm.create_model("ppma_tiny", num_classes=1000).eval()
+    model.load_state_dict(checkpoint_filter_fn(ckpt["model_ema"]))
+    transform = create_transform(**resolve_data_config(model=model))  # 224, resize 256, bicubic, ImageNet stats
+    with torch.no_grad():
+        top = model(transform(Image.open(image).convert("RGB"))[None]).argmax(-1).item()
+    assert f": {ImageNetInfo().index_to_description(top)} " in printed
+
+    backbone = create_backbone("ppma_tiny", "ppma_tiny.in1k")
+    key = "stages.2.blocks.0.attn.v_proj.weight"
+    state = {k.removeprefix("model."): v for k, v in backbone.state_dict().items()}  # FeatureGetterNet wraps it
+    assert torch.equal(state[key], checkpoint_filter_fn(ckpt["model"])[key])
+    with pytest.raises(ValueError, match="holds ppma_tiny weights, but the backbone is ppma_small"):
+        create_backbone("ppma_small", "ppma_tiny.in1k")
+
+    assert main(["predict", str(image), "--pretrained"]) == 2
+    assert "--pretrained needs --model" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from typing import Any
 
 _HELP = {
     "data": "dataset root, or 'builtin' for the bundled example set",
-    "pretrained": "backbone checkpoint (classification or dense; ours or published)",
+    "pretrained": "backbone checkpoint (classification or dense; ours or published), or a published name: ppma_tiny.in1k",
     "grad_checkpointing": "gradient checkpointing per backbone stage: all, none, or stages like 1,2",
     "resume": "checkpoint to resume from, or 'auto' (OUTPUT/last.pth if present)",
     "amp": "bf16 autocast",

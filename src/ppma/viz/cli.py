@@ -30,6 +30,9 @@ def _window(text: str) -> tuple[int, int]:
     return size[0], size[1]
 
 
+from ..cli_export import add_pretrained_flag, checkpoint_from_args
+
+
 def _common(
     p: argparse.ArgumentParser, out: str, head_default: int | None = 0, block: bool = True, query: bool = True
 ) -> None:
@@ -38,6 +41,7 @@ def _common(
     p.add_argument("--model", default="ppma_tiny", help="PPMA model name (default ppma_tiny)")
     p.add_argument("--checkpoint", help="weights, ours or published (.pth / .safetensors); default random weights")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    add_pretrained_flag(p)
     p.add_argument("--size", type=int, default=224, help="longer image side fed to the model (default 224)")
     if query:
         p.add_argument("--query", type=_query, default=(0.5, 0.5),
@@ -84,7 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _capture(args: argparse.Namespace):
     from . import run
 
-    return run(args.model, args.image, checkpoint=args.checkpoint, ema=args.ema, size=args.size, sample=args.sample)
+    ema = "auto" if args.pretrained else args.ema  # the published weights: the EMA, as published
+    return run(args.model, args.image, checkpoint=checkpoint_from_args(args), ema=ema, size=args.size,
+               sample=args.sample)
 
 
 def _mask(args: argparse.Namespace) -> None:
