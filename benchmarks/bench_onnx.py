@@ -43,6 +43,9 @@ def main() -> None:
         export_s = time.perf_counter() - start
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        # ONNX Runtime's workers spin after each run by default, taking the cores from eager's next run
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     xn = x.numpy()
     with torch.inference_mode():

@@ -154,3 +154,17 @@ def test_torch_export_with_a_dynamic_batch_matches_eager():
             torch.testing.assert_close(program.module()(x), reference(x.double()).float(), rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="multiples of 32"):
         export_program(model, torch.randn(1, 3, 60, 64), dynamic_size=True)
+
+
+def test_published_file_exports_to_timm_format(published_nano, tmp_path):
+    """A released-format file (no classes, no transform): the model's timm defaults, the EMA weights."""
+    from conftest import PUBLISHED_NANO
+
+    from ppma.export import export_timm
+    from ppma.models.ppma import checkpoint_filter_fn
+
+    out = export_timm(PUBLISHED_NANO, tmp_path / "hub", model_name="ppma_nano")
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    want = checkpoint_filter_fn(published_nano["model_ema"])
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    assert model.pretrained_cfg["input_size"] == [3, 32, 32] and "label_names" not in model.pretrained_cfg

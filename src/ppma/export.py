@@ -105,6 +105,12 @@ def export_timm(
     data_config = dict(input_size=(3, t["input_size"], t["input_size"]), crop_pct=t["crop_pct"],
                        interpolation=t["interpolation"], mean=t["mean"], std=t["std"], crop_mode="center")  # fmt: skip
     model_config = {"label_names": list(info["classes"])} if info["classes"] else {}
+    if not info["classes"] and model.num_classes == 1000:  # a published file: ImageNet-1K's synsets, in timm's order
+        from timm.data import ImageNetInfo
+
+        imagenet = ImageNetInfo()
+        model_config = dict(label_names=list(imagenet.label_names()),
+                            label_descriptions=imagenet.label_descriptions(as_dict=True))  # fmt: skip
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     umask = os.umask(0)
     os.umask(umask)
