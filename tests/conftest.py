@@ -8,9 +8,40 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.models import generate_default_cfgs, register_model
 
+import ppma.models.ppma as ppma_models
+
+# The published micro fixture lives in the repository (tests/fixtures/README.md), so the equivalence
+# tests run on every clone; the larger nano fixture is an optional extra beside the checkout.
+PUBLISHED_MICRO = Path(__file__).resolve().parent / "fixtures" / "published_micro.pth"
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 PUBLISHED_NANO = Path(os.environ.get("PPMA_FIXTURE", FIXTURES / "published_nano.pth"))
+
+# The micro fixture's configuration as a timm name, so that commands taking --model can load it.
+MICRO_CONFIG = dict(embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
+# timm's register_model reads this module's default_cfgs: the transform defaults of ppma_nano.
+default_cfgs = generate_default_cfgs({"ppma_micro_fixture.untrained": ppma_models.default_cfgs["ppma_nano"].cfgs["untrained"]})
+
+
+@register_model
+def ppma_micro_fixture(pretrained: bool = False, **kwargs):
+    """ppma_nano at the size of tests/fixtures/published_micro.pth (tests only)."""
+    return ppma_models.ppma_nano(pretrained, **dict(MICRO_CONFIG, **kwargs))
+
+
+class Published(dict):
+    """A published fixture's contents, with the file (``path``) and the timm model name that fits it (``model``)."""
+
+    def __init__(self, path: Path, model: str, contents: dict) -> None:
+        super().__init__(contents)
+        self.path, self.model = path, model
+
+
+def _read_published(path: Path, model: str) -> Published:
+    from ppma.checkpoint import read_checkpoint
+
+    return Published(path, model, read_checkpoint(path))
 
 
 @pytest.fixture(autouse=True)
@@ -56,10 +87,11 @@ def check_layer_compiles_like_eager(mode: str, backend: str) -> None:
     torch.testing.assert_close(got_grad, want_grad)
 
 
-@pytest.fixture
-def published_nano():
+@pytest.fixture(params=["micro", "nano"])
+def published(request) -> Published:
+    """Each published fixture: micro (in the repository, always) and nano (when present beside the checkout)."""
+    if request.param == "micro":
+        return _read_published(PUBLISHED_MICRO, "ppma_micro_fixture")
     if not PUBLISHED_NANO.is_file():
-        pytest.skip(f"published fixture not found at {PUBLISHED_NANO}")
-    from ppma.checkpoint import read_checkpoint
-
-    return read_checkpoint(PUBLISHED_NANO)
+        pytest.skip(f"optional published nano fixture not found at {PUBLISHED_NANO}")
+    return _read_published(PUBLISHED_NANO, "ppma_nano")

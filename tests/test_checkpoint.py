@@ -45,24 +45,22 @@ def test_round_trip_through_published_key_names(name, tmp_path):
     torch.testing.assert_close(_logits(dst, x), _logits(src, x), rtol=0, atol=0)
 
 
-def test_filter_maps_every_published_key_of_the_fixture(published_nano):
-    ours = checkpoint_filter_fn(published_nano["model"])
-    model_keys = set(timm.create_model("ppma_nano").state_dict())
+def test_filter_maps_every_published_key_of_the_fixture(published):
+    ours = checkpoint_filter_fn(published["model"])
+    model_keys = set(timm.create_model(published.model).state_dict())
     assert set(ours) == model_keys
-    assert len(published_nano["model"]) == len(model_keys) + 4  # the four Relpos.angle buffers are dropped
+    assert len(published["model"]) == len(model_keys) + 4  # the four Relpos.angle buffers are dropped
 
 
-def test_ema_weights_are_chosen_on_request(published_nano, tmp_path):
-    from conftest import PUBLISHED_NANO
-
-    plain = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=dict(file=str(PUBLISHED_NANO)))
+def test_ema_weights_are_chosen_on_request(published, tmp_path):
+    plain = timm.create_model(published.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(published.path)))
     ema = timm.create_model(
-        "ppma_nano", pretrained=True, pretrained_cfg_overlay=dict(file=str(PUBLISHED_NANO)), checkpoint_ema=True
+        published.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(published.path)), checkpoint_ema=True
     )
-    key = "stages.3.blocks.1.attn.q_proj.weight"
-    torch.testing.assert_close(plain.state_dict()[key], checkpoint_filter_fn(published_nano["model"])[key])
-    torch.testing.assert_close(ema.state_dict()[key], checkpoint_filter_fn(published_nano["model_ema"])[key])
-    torch.save({"model": published_nano["model"]}, tmp_path / "no_ema.pth")
+    key = "stages.3.blocks.0.attn.q_proj.weight"
+    torch.testing.assert_close(plain.state_dict()[key], checkpoint_filter_fn(published["model"])[key])
+    torch.testing.assert_close(ema.state_dict()[key], checkpoint_filter_fn(published["model_ema"])[key])
+    torch.save({"model": published["model"]}, tmp_path / "no_ema.pth")
     with pytest.raises(ValueError, match="model_ema"):
         load_into(plain, tmp_path / "no_ema.pth", use_ema=True)
 
@@ -94,24 +92,24 @@ def test_other_class_count_keeps_the_new_classifier(tmp_path):
     torch.testing.assert_close(dst.head.proj.weight, src.head.proj.weight)
 
 
-def test_dense_checkpoint_loads_into_features_backbone(published_nano, tmp_path):
-    torch.save(published_nano["backbone"], tmp_path / "dense.pth")
+def test_dense_checkpoint_loads_into_features_backbone(published, tmp_path):
+    torch.save(published["backbone"], tmp_path / "dense.pth")
     model = timm.create_model(
-        "ppma_nano", features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "dense.pth"))
+        published.model, features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "dense.pth"))
     ).double()
     with torch.no_grad():
-        feats = model.eval()(published_nano["inputs"][0])
-    for got, want in zip(feats, published_nano["features_float64"]):
+        feats = model.eval()(published["inputs"][0])
+    for got, want in zip(feats, published["features_float64"]):
         assert (got - want).abs().max() <= 1e-10 * want.abs().max()
     # The same weights as `state_dict` with `backbone.*` keys (the dense frameworks' layout) load identically.
-    wrapped = {"state_dict": {f"backbone.{k}": v for k, v in published_nano["backbone"]["model"].items()}}
+    wrapped = {"state_dict": {f"backbone.{k}": v for k, v in published["backbone"]["model"].items()}}
     wrapped["state_dict"]["decode_head.conv_seg.weight"] = torch.randn(3, 3)
     torch.save(wrapped, tmp_path / "mmseg.pth")
     again = timm.create_model(
-        "ppma_nano", features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "mmseg.pth"))
+        published.model, features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "mmseg.pth"))
     ).double()
     with torch.no_grad():
-        for a, b in zip(again.eval()(published_nano["inputs"][0]), feats):
+        for a, b in zip(again.eval()(published["inputs"][0]), feats):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -131,15 +129,14 @@ def test_missing_file_is_named(tmp_path):
         read_checkpoint(tmp_path / "nothing.pth")
 
 
-def test_convert_to_safetensors_gives_the_same_model(published_nano, tmp_path, capsys):
-    from conftest import PUBLISHED_NANO
-
+def test_convert_to_safetensors_gives_the_same_model(published, tmp_path, capsys):
     out = tmp_path / "nano.safetensors"
-    assert cli_main(["convert", str(PUBLISHED_NANO), str(out)]) == 0
-    assert "wrote 216 tensors" in capsys.readouterr().out
-    model = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
-    x = published_nano["inputs"][1].float()
-    torch.testing.assert_close(_logits(model, x), published_nano["logits_float32"][1], rtol=0, atol=1e-4)
+    assert cli_main(["convert", str(published.path), str(out)]) == 0
+    tensors = {"ppma_nano": 216}.get(published.model, len(timm.create_model(published.model).state_dict()))
+    assert f"wrote {tensors} tensors" in capsys.readouterr().out
+    model = timm.create_model(published.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+    x = published["inputs"][1].float()
+    torch.testing.assert_close(_logits(model, x), published["logits_float32"][1], rtol=0, atol=1e-4)
 
 
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
@@ -154,3 +151,21 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
         atomic_save({"step": 2, "bad": Unpicklable()}, path)
     assert torch.load(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary file left behind
+
+
+def test_model_and_checkpoint_code_import_the_key_mapping_at_module_level():
+    """No import cycle to dodge: no function-level import in the model, checkpoint or key-mapping modules."""
+    import ast
+    from pathlib import Path
+
+    import ppma.checkpoint
+    import ppma.models.ppma
+    import ppma.models.published
+
+    for module in (ppma.checkpoint, ppma.models.ppma, ppma.models.published):
+        tree = ast.parse(Path(module.__file__).read_text())
+        inner = [ast.unparse(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                 for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and (n.level or "ppma" in (n.module or ""))]  # fmt: skip
+        assert inner == [], (module.__name__, inner)
+    assert ppma.models.ppma.checkpoint_filter_fn is ppma.models.published.checkpoint_filter_fn
+    assert ppma.checkpoint.checkpoint_filter_fn is ppma.models.published.checkpoint_filter_fn

@@ -128,19 +128,19 @@ def test_upernet_logits_match_input_size_for_odd_sizes_and_eval_mode_has_no_aux(
     assert model(torch.randn(1, 3, 45, 70)).shape == (1, 5, 45, 70)
 
 
-def test_backbone_from_published_classification_and_dense_checkpoints_gives_identical_outputs(tmp_path, published_nano):
+def test_backbone_from_published_classification_and_dense_checkpoints_gives_identical_outputs(tmp_path, published):
     # classification checkpoint (published names, 'model'): per-stage LayerNorms keep their init
     cls_path = tmp_path / "cls.pth"
-    atomic_save({"model": published_nano["model"]}, cls_path)
-    from_cls = create_backbone("ppma_nano", cls_path).eval()
+    atomic_save({"model": published["model"]}, cls_path)
+    from_cls = create_backbone(published.model, cls_path).eval()
     # a dense checkpoint (MMDetection-style 'state_dict' with 'backbone.*' keys and a head) made from it
     ours = {k.removeprefix("model."): v for k, v in from_cls.state_dict().items()}
     dense = {f"backbone.{k}": v for k, v in published_state_dict(ours).items()}
     dense["decode_head.conv_seg.weight"] = torch.randn(3, 8, 1, 1)
     dense_path = tmp_path / "dense.pth"
     atomic_save({"state_dict": dense, "meta": {}}, dense_path)
-    from_dense = create_backbone("ppma_nano", dense_path).eval()
-    fresh = create_backbone("ppma_nano").eval()
+    from_dense = create_backbone(published.model, dense_path).eval()
+    fresh = create_backbone(published.model).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         a, b, c = from_cls(x), from_dense(x), fresh(x)
@@ -194,14 +194,14 @@ def test_published_upernet_with_an_unknown_backbone_is_named(tmp_path):
         model_from_checkpoint(tmp_path / "upernet.pth")
 
 
-def test_backbone_from_published_dense_checkpoint_matches_published_features(tmp_path, published_nano):
-    dense = {f"backbone.{k}": v for k, v in published_nano["backbone"]["model"].items()}
+def test_backbone_from_published_dense_checkpoint_matches_published_features(tmp_path, published):
+    dense = {f"backbone.{k}": v for k, v in published["backbone"]["model"].items()}
     path = tmp_path / "dense.pth"
     atomic_save({"state_dict": dense}, path)
-    backbone = create_backbone("ppma_nano", path).double().eval()
+    backbone = create_backbone(published.model, path).double().eval()
     with torch.no_grad():
-        feats = backbone(published_nano["inputs"][0].double())
-    for ours, ref in zip(feats, published_nano["features_float64"]):
+        feats = backbone(published["inputs"][0].double())
+    for ours, ref in zip(feats, published["features_float64"]):
         assert torch.allclose(ours, ref, rtol=1e-9, atol=1e-10)
 
 

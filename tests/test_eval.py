@@ -24,15 +24,13 @@ def test_eval_transform_is_resize_256_then_centre_crop_224():
     assert isinstance(crop, transforms.CenterCrop) and tuple(crop.size) == (224, 224)
 
 
-def test_published_checkpoint_evaluates_like_a_hand_written_loop(published_nano, capsys):
-    """The published nano fixture (10 classes, published key names, EMA) on the digits val split, at 32 px."""
-    from conftest import PUBLISHED_NANO
-
-    metrics = evaluate_checkpoint(PUBLISHED_NANO, None, model_name="ppma_nano", workers=0, batch_size=100)
+def test_published_checkpoint_evaluates_like_a_hand_written_loop(published, capsys):
+    """Each published fixture (10 classes, published key names, EMA) on the digits val split, at 32 px."""
+    metrics = evaluate_checkpoint(published.path, None, model_name=published.model, workers=0, batch_size=100)
     assert metrics["weights"] == "ema" and metrics["images"] == 360 and metrics["input_size"] == 32
 
-    model = timm.create_model("ppma_nano", num_classes=10).eval()
-    load_into(model, PUBLISHED_NANO, use_ema=True)
+    model = timm.create_model(published.model, num_classes=10).eval()
+    load_into(model, published.path, use_ema=True)
     tf = build_transform(TrainConfig(input_size=32, crop_pct=1.0, interpolation="bicubic"), is_training=False)
     data = DigitsDataset("val", size=32)
     with torch.no_grad():
@@ -43,37 +41,33 @@ def test_published_checkpoint_evaluates_like_a_hand_written_loop(published_nano,
     assert metrics["top5"] == pytest.approx(100 * (top5 == targets[:, None]).any(1).double().mean().item())
     assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
 
-    assert main(["eval", "--checkpoint", str(PUBLISHED_NANO), "--model", "ppma_nano", "--weights", "model",
+    assert main(["eval", "--checkpoint", str(published.path), "--model", published.model, "--weights", "model",
                  "--workers", "0"]) == 0  # fmt: skip
-    assert "ppma_nano (model weights, 32px" in capsys.readouterr().out
+    assert f"{published.model} (model weights, 32px" in capsys.readouterr().out
 
 
-def test_published_checkpoint_without_a_model_name_is_a_one_line_error(published_nano, capsys):
-    from conftest import PUBLISHED_NANO
-
-    assert main(["eval", "--checkpoint", str(PUBLISHED_NANO)]) == 2
+def test_published_checkpoint_without_a_model_name_is_a_one_line_error(published, capsys):
+    assert main(["eval", "--checkpoint", str(published.path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "pass --model" in err and "\n" not in err
 
 
-def test_predict_gives_the_top_classes_of_a_hand_written_forward(published_nano, tmp_path, capsys):
+def test_predict_gives_the_top_classes_of_a_hand_written_forward(published, tmp_path, capsys):
     """ppma predict on image files: the checkpoint's transform and EMA weights, probabilities sorted, JSON out."""
     import json
 
     import numpy as np
     from PIL import Image
-
-    from conftest import PUBLISHED_NANO
     from ppma.train import predict_images
 
     paths = []
     for i in range(2):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(np.random.randint(0, 255, (40 + 7 * i, 36, 3), dtype=np.uint8)).save(paths[-1])
-    got = predict_images(PUBLISHED_NANO, paths, model_name="ppma_nano", topk=3, device="cpu")
+    got = predict_images(published.path, paths, model_name=published.model, topk=3, device="cpu")
 
-    model = timm.create_model("ppma_nano", num_classes=10).eval()
-    load_into(model, PUBLISHED_NANO, use_ema=True)
+    model = timm.create_model(published.model, num_classes=10).eval()
+    load_into(model, published.path, use_ema=True)
     tf = build_transform(TrainConfig(input_size=32, crop_pct=1.0, interpolation="bicubic"), is_training=False)
     for record, path in zip(got, paths, strict=True):
         with torch.no_grad():
@@ -83,12 +77,12 @@ def test_predict_gives_the_top_classes_of_a_hand_written_forward(published_nano,
         assert [name for name, _ in record["top"]] == [f"class_{i}" for i in indices.tolist()]
         assert [p for _, p in record["top"]] == pytest.approx(values.tolist(), rel=1e-5)
 
-    assert main(["predict", str(paths[0]), "--checkpoint", str(PUBLISHED_NANO), "--model", "ppma_nano",
+    assert main(["predict", str(paths[0]), "--checkpoint", str(published.path), "--model", published.model,
                  "--json", str(tmp_path / "p.json")]) == 0  # fmt: skip
     assert capsys.readouterr().out.startswith(f"{paths[0]}: class_")
     assert len(json.loads((tmp_path / "p.json").read_text())[0]["top"]) == 5
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    bad = ["predict", str(tmp_path / "bad.png"), "--checkpoint", str(PUBLISHED_NANO), "--model", "ppma_nano"]
+    bad = ["predict", str(tmp_path / "bad.png"), "--checkpoint", str(published.path), "--model", published.model]
     assert main(bad) == 2
     err = capsys.readouterr().err.strip()
     assert "bad.png" in err and "\n" not in err

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppma.layers import FlatRotary, PathDecay, PolylineAttention, rotate
+from ppma.decay import PathDecay
+from ppma.layers import FlatRotary, PolylineAttention, rotate
 
 
 def test_path_decay_shapes_sign_and_float32_under_autocast():

@@ -70,3 +70,36 @@ def test_bad_input_raises():
         polyline_linear_attention(q, q, q, a, -a)
     with pytest.raises(ValueError, match="paths: expected"):
         polyline_linear_attention(q, q, q, a, a, paths="x")
+
+
+@pytest.mark.parametrize("paths", ["both", "h2v", "v2h"])
+@pytest.mark.parametrize("H,W", [(1, 5), (4, 4), (5, 3)])
+def test_masked_linear_attention_is_the_rebuttals_form_forward_and_gradients(H, W, paths):
+    """((Q K^T) * L) V exactly: no feature map, no normaliser, against the N x N float64 formula."""
+    from ppma.linear import masked_linear_attention
+
+    B, heads, d, dv = 2, 2, 4, 3
+    q, k = (torch.randn(B, heads, H, W, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(B, heads, H, W, dv, dtype=torch.float64, requires_grad=True)
+    log_alpha = random_decays(B, heads, H, W).requires_grad_()
+    log_beta = random_decays(B, heads, H, W).requires_grad_()
+    inputs = (q, k, v, log_alpha, log_beta)
+    N = H * W
+    L = naive_polyline_log_mask(log_alpha, log_beta).exp()
+    scores = q.reshape(B, heads, N, d) @ k.reshape(B, heads, N, d).mT
+    masks = {"both": [L, L.mT], "h2v": [L], "v2h": [L.mT]}[paths]
+    want = (sum((scores * m) @ v.reshape(B, heads, N, dv) for m in masks) / len(masks)).reshape(B, heads, H, W, dv)
+    got = masked_linear_attention(*inputs, paths=paths)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    same = polyline_linear_attention(*inputs, paths=paths, feature_map=None, normalize=False)
+    torch.testing.assert_close(same, got, rtol=0, atol=0)
+    cotangent = torch.randn_like(got)
+    grads_got = torch.autograd.grad(got, inputs, cotangent, allow_unused=True)
+    grads_want = torch.autograd.grad(want, inputs, cotangent, allow_unused=True)
+    for g, w in zip(grads_got, grads_want):
+        if w is None:
+            assert g is None or g.abs().max() == 0
+        else:
+            torch.testing.assert_close(g if g is not None else torch.zeros_like(w), w, rtol=1e-9, atol=1e-11)
+    # the normalised form differs from it (the feature map and the row sums matter)
+    assert not torch.allclose(polyline_linear_attention(*inputs, paths=paths), got)

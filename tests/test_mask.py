@@ -1,4 +1,4 @@
-"""Mask maths (ppma.mask) against the token-by-token path walk, plus properties and gradients."""
+"""Mask maths (ppma.masks.polyline) against the token-by-token path walk, plus properties and gradients."""
 
 from __future__ import annotations
 

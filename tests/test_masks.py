@@ -11,10 +11,10 @@ from conftest import random_decays
 from naive import naive_polyline_log_mask
 
 import ppma
+from ppma.decay import FixedDecay
 from ppma.layers import PolylineAttention
 from ppma.masks import (
     MASKS,
-    FixedDecay,
     column_order,
     get_mask,
     hilbert_order,
@@ -337,3 +337,17 @@ def test_viz_mask_flag_draws_zoo_masks_side_by_side(tmp_path, capsys):
     assert out.stat().st_size > 10_000
     assert main(["viz", "mask", "--mask", "hilbert,spiral", "-o", str(out)]) == 2
     assert "valid masks are" in capsys.readouterr().err
+
+
+def test_scan_convention_aliases_name_the_path_from_its_source():
+    """h2v_scan (source -> target, 2DMamba) is our v2h: the key's row first, then the query's column."""
+    assert get_mask("h2v_scan") is MASKS["v2h"] and get_mask("v2h_scan") is MASKS["h2v"]
+    H, W = 3, 4
+    log_alpha, log_beta = random_decays(1, 1, H, W), random_decays(1, 1, H, W)
+    (m,) = get_mask("h2v_scan").log_masks(log_alpha, log_beta)
+    a, b = log_alpha[0, 0], log_beta[0, 0]
+    # query (0, 0), key (2, 3): from the key along its row (horizontal) to column 0, then up column 0
+    want = a[2, 1:].sum() + b[1:, 0].sum()
+    torch.testing.assert_close(m[0, 0, 0, 2 * W + 3], want)
+    layer = PolylineAttention(16, 2, mask="v2h_scan")
+    assert layer.mask.name == "h2v"

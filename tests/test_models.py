@@ -8,6 +8,7 @@ import torch
 
 import ppma  # noqa: F401  (registers the models)
 from ppma.flops import count_macs
+from ppma.masks import rmt_log_gamma
 
 VARIANTS = ["ppma_tiny", "ppma_small", "ppma_base"]
 PUBLISHED_PARAMS = {"ppma_tiny": 14.335e6, "ppma_small": 26.969e6, "ppma_base": 54.159e6}  # SPEC section 6
@@ -86,14 +87,13 @@ def test_forward_intermediates_agrees_with_forward_features():
     torch.testing.assert_close(inter[-1], final.permute(0, 3, 1, 2))
 
 
-def test_logits_equal_published_model(published_nano):
+def test_logits_equal_published_model(published):
     """The published code's own outputs on its own weights (fixture), float32 and float64."""
-    ckpt = published_nano
-    model = timm.create_model("ppma_nano", num_classes=10).eval()
+    ckpt = published
+    model = timm.create_model(published.model, num_classes=10).eval()
     from ppma.checkpoint import load_into
-    from conftest import PUBLISHED_NANO
 
-    load_into(model, PUBLISHED_NANO)
+    load_into(model, published.path)
     for x, want32, want64 in zip(ckpt["inputs"], ckpt["logits_float32"], ckpt["logits_float64"]):
         with torch.no_grad():
             torch.testing.assert_close(model(x.float()), want32, rtol=0, atol=1e-4)
@@ -144,3 +144,64 @@ def test_published_initialisation_statistics():
     dt = torch.nn.functional.softplus(attn.decay.dt_bias)  # the inverse softplus of the drawn dt
     assert ((dt >= 1e-3 - 1e-7) & (dt <= 1e-1 + 1e-7)).all()
     assert attn.decay.dt_linear.weight.shape == (2, 32)  # d = 256 / 8 heads, one matrix shared by heads
+
+
+def test_paired_seeds_give_every_shared_weight_the_same_initial_value():
+    """At one seed, the decay generator draws from its own stream: every other weight is the same for every kind."""
+    states = {}
+    for mask in ("none", "polyline", "rmt", "hilbert", "h2v", "polyline_shared"):
+        torch.manual_seed(0)
+        kwargs = dict(decomposed=(False,) * 4) if mask == "hilbert" else {}
+        states[mask] = timm.create_model("ppma_nano", mask=mask, **kwargs).state_dict()
+    base = states["none"]
+    assert "stages.0.blocks.0.attn.q_proj.weight" in base
+    for mask, state in states.items():
+        shared = [k for k in state if k in base and state[k].shape == base[k].shape]
+        assert len(shared) == len(base)  # every weight of `none` is in every kind
+        assert all(torch.equal(state[k], base[k]) for k in shared), mask
+    decay = "stages.2.blocks.1.attn.decay.A_log"
+    assert torch.equal(states["polyline"][decay], states["hilbert"][decay])  # the decays pair too
+    assert not torch.equal(states["polyline"][decay], states["polyline"]["stages.2.blocks.0.attn.decay.A_log"])
+    torch.manual_seed(1)
+    assert not torch.equal(timm.create_model("ppma_nano").state_dict()[decay], states["polyline"][decay])
+
+
+def test_decay_initial_values_keep_the_published_distributions():
+    torch.manual_seed(0)
+    model = timm.create_model("ppma_tiny", num_classes=10)
+    decays = [m for m in model.modules() if isinstance(m, ppma.PathDecay)]
+    A = torch.cat([d.A_log.detach() for d in decays]).exp()
+    dt = torch.nn.functional.softplus(torch.cat([d.dt_bias.detach() for d in decays]))
+    w = torch.cat([d.dt_linear.weight.detach().flatten() for d in decays])
+    assert 1.0 <= A.min() and A.max() <= 1.1 and A.std() > 0.01
+    assert 1e-3 * 0.999 <= dt.min() and dt.max() <= 1e-1 * 1.001
+    assert 0.015 < w.std() < 0.025 and w.abs().max() < 0.12  # trunc_normal_(std=0.02): cut at +-2 absolute
+
+
+def test_drop_rate_drops_before_the_classifier_in_training_only():
+    model = timm.create_model("ppma_nano", drop_rate=0.5)
+    assert isinstance(model.head.drop, torch.nn.Dropout) and model.head.drop.p == 0.5
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+        feats = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(model(x), model.head.fc(feats))
+        model.train()
+        a, b = model(x), model(x)
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="drop_rate"):
+        timm.create_model("ppma_nano", drop_rate=1.5)
+
+
+def test_rmt_uses_rmts_decays_per_variant():
+    """RMT-B's heads ranges are (5, 5, 6, 6), RMT-T/S's (4, 4, 6, 6); initial value 2 everywhere."""
+    small = dict(depths=(1, 1, 1, 1), head_hidden_size=8, num_classes=2)  # the variants' heads, less compute
+    base = timm.create_model("ppma_base", mask="rmt", **small)
+    got = base.stages[0].blocks[0].attn.decay.log_gamma.exp()
+    torch.testing.assert_close(got, torch.tensor([0.75, 0.875, 0.9375, 0.96875, 0.984375], dtype=torch.float64))
+    for name, ranges in (("ppma_base", (5, 5, 6, 6)), ("ppma_tiny", (4, 4, 6, 6)), ("ppma_small", (4, 4, 6, 6))):
+        model = base if name == "ppma_base" else timm.create_model(name, mask="rmt", **small)
+        for stage, heads_range in zip(model.stages, ranges, strict=True):
+            decay = stage.blocks[0].attn.decay
+            torch.testing.assert_close(decay.log_gamma, rmt_log_gamma(decay.num_heads, 2.0, heads_range), rtol=0, atol=0)

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-from ppma.ops import can_run, choose_backend, criss_cross_polyline_attention, polyline_attention
+from ppma.ops import Backend, can_run, choose_backend, criss_cross_polyline_attention, polyline_attention
 
 from conftest import check_layer_compiles_like_eager, random_decays
 
@@ -96,10 +96,10 @@ def test_auto_on_cuda_sends_large_decomposed_attention_to_triton(monkeypatch):
     """Decided from shapes alone, so a stand-in for a CUDA tensor suffices on a CPU machine."""
     from types import SimpleNamespace
 
-    from ppma.ops import api
+    from ppma.ops import backends
 
     monkeypatch.delenv("PPMA_BACKEND", raising=False)
-    monkeypatch.setattr(api, "_TRITON_INSTALLED", True)
+    monkeypatch.setattr(backends, "TRITON_INSTALLED", True)
 
     def cuda_q(B, heads, H, W):
         return SimpleNamespace(device=torch.device("cuda"), shape=(B, heads, H, W, 16), dtype=torch.bfloat16)
@@ -109,7 +109,7 @@ def test_auto_on_cuda_sends_large_decomposed_attention_to_triton(monkeypatch):
     assert choose_backend("criss_cross", cuda_q(1, 4, 512, 300), needs_grad=False).value == "triton"
     assert choose_backend("criss_cross", cuda_q(1, 4, 8192, 64), needs_grad=False).value == "dense"  # columns > 4096
     assert choose_backend("full", cuda_q(2, 8, 64, 64), needs_grad=True).value == "triton"
-    monkeypatch.setattr(api, "_TRITON_INSTALLED", False)
+    monkeypatch.setattr(backends, "TRITON_INSTALLED", False)
     assert choose_backend("criss_cross", cuda_q(1, 4, 512, 512), needs_grad=False).value == "dense"
 
 
@@ -240,3 +240,62 @@ def test_whole_model_traces_as_one_graph_in_train_and_eval():
     torch.testing.assert_close(got, want)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("op", ["full", "criss_cross"])
+@pytest.mark.parametrize("paths", ["h2v", "v2h"])
+def test_single_paths_run_on_cpu_like_the_float64_reference(op, paths):
+    """One path on the cpu backend (never a stored N x N mask), forward and every gradient."""
+    from ppma.ops import criss_cross_polyline_attention, polyline_attention
+
+    fn = polyline_attention if op == "full" else criss_cross_polyline_attention
+    B, heads, H, W, d = 2, 2, 4, 5, 6
+    q, k, v = (torch.randn(B, heads, H, W, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    log_alpha, log_beta = (random_decays(B, heads, H, W).requires_grad_() for _ in range(2))
+    inputs = (q, k, v, log_alpha, log_beta)
+    got = fn(*inputs, backend="cpu", paths=paths)
+    want = fn(*inputs, backend="reference", paths=paths)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(got, fn(*inputs, backend="reference"))  # one path is not the average
+    cot = torch.randn_like(got)
+    for g, w in zip(torch.autograd.grad(got, inputs, cot), torch.autograd.grad(want, inputs, cot)):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+    assert choose_backend(op, q, needs_grad=True, paths=paths) == Backend.CPU  # auto: cpu, as for both paths
+
+
+@pytest.mark.parametrize("backend", ["reference", "dense", "cpu", "auto"])
+def test_unmasked_attention_is_plain_softmax_on_every_backend(backend):
+    from ppma.ops import unmasked_attention
+
+    B, heads, H, W, d = 2, 3, 3, 4, 5
+    q, k, v = (torch.randn(B, heads, H, W, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    got = unmasked_attention(q, k, v, scale=0.7, backend=backend)
+    seq = [t.reshape(B, heads, H * W, d) for t in (q, k, v)]
+    want = (torch.softmax(seq[0] @ seq[1].mT * 0.7, -1) @ seq[2]).reshape(B, heads, H, W, d)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    cot = torch.randn_like(got)
+    for g, w in zip(torch.autograd.grad(got, (q, k, v), cot), torch.autograd.grad(want, (q, k, v), cot)):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("mask, mode, op, paths", [
+    ("none", "full", "unmasked", "both"), ("rmt", "full", "full", "h2v"), ("h2v", "full", "full", "h2v"),
+    ("none", "criss_cross", "criss_cross", "both"), ("hilbert", "full", "log_masks", "both"),
+])  # fmt: skip
+def test_the_mask_kind_names_the_op_and_the_layer_runs_it_on_its_backend(mask, mode, op, paths, monkeypatch):
+    from ppma.layers import FlatRotary, PolylineAttention
+    from ppma.masks import get_mask
+    from ppma.ops import cpu
+
+    assert get_mask(mask).op(mode) == (op, paths)
+    layer = PolylineAttention(16, 2, mode=mode, mask=mask, backend="reference").double()
+    x, rotary = torch.randn(1, 3, 4, 16, dtype=torch.float64), FlatRotary(8).double()(3, 4)
+    want = layer(x, rotary)
+    if op != "log_masks":  # the layer honours its backend: cpu runs it, and gives the reference's output
+        layer.backend = "cpu"
+        called = []
+        name = {"unmasked": "unmasked", "full": "full", "criss_cross": "criss_cross"}[op]
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, **kw: called.append(1) or real(*a, **kw))
+        torch.testing.assert_close(layer(x, rotary), want, rtol=1e-10, atol=1e-12)
+        assert called

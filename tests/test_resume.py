@@ -10,7 +10,7 @@ from imagefolder import make_image_folder, one_thread  # noqa: F401  (one_thread
 
 from ppma.checkpoint import read_checkpoint
 from ppma.train import TrainConfig, run
-from ppma.train.state import capture_rng, restore_rng
+from ppma.runtime import capture_rng, restore_rng
 
 
 def test_killed_mid_epoch_and_resumed_run_ends_with_the_same_weights(tmp_path):
@@ -24,7 +24,7 @@ def test_killed_mid_epoch_and_resumed_run_ends_with_the_same_weights(tmp_path):
     cut = run(config.replace(output_dir=str(tmp_path / "cut"), save_every_steps=4, stop_after_steps=9))
     assert cut["stopped"] and cut["steps"] == 9
     saved = read_checkpoint(tmp_path / "cut" / "last.pth")
-    assert (saved["epoch"], saved["step"], saved["step_in_epoch"]) == (1, 8, 2)
+    assert (saved["progress"]["epoch"], saved["progress"]["step"], saved["progress"]["step_in_epoch"]) == (1, 8, 2)
     resumed = run(config.replace(output_dir=str(tmp_path / "cut"), resume=""))
     assert resumed["steps"] == whole["steps"] == 12
 

@@ -109,7 +109,7 @@ def test_config_files_load_and_digits_file_matches_the_builtin_recipe():
 
 def test_options_layer_recipe_then_file_then_flags(tmp_path):
     from ppma.cli import build_parser
-    from ppma.train.config import config_from_args
+    from ppma.cli.train import config_from_args
 
     parser = build_parser()
     assert config_from_args(parser.parse_args(["train"])) == digits_config()
@@ -215,7 +215,7 @@ def test_ranks_skip_an_update_together_when_one_rank_has_no_usable_image():
     """A rank whose batch is all unreadable skips the update; under DDP every rank must skip it with it."""
     from timm.scheduler import CosineLRScheduler
 
-    from ppma.distributed import DistInfo
+    from ppma.runtime import DistInfo
     from ppma.train.data import Batch
     from ppma.train.engine import train_one_epoch
     from ppma.train.state import RunState

@@ -260,12 +260,12 @@ def test_kernels_compile_for_h100_without_a_gpu(tmp_path, monkeypatch):
 
 def _same_precision_reference(q, k, v, log_alpha, log_beta, scale):
     """PyTorch in the kernel's precision: products in q's dtype, mask and softmax in float32."""
-    from ppma.mask import _polyline_log_mask
+    from ppma.masks.polyline import unchecked_polyline_log_mask
 
     B, heads, H, W, _ = q.shape
     q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))
     scores = (q @ k.transpose(-1, -2)).float() * scale
-    mask = _polyline_log_mask(log_alpha, log_beta)
+    mask = unchecked_polyline_log_mask(log_alpha, log_beta)
     attn = 0.5 * torch.softmax(scores + mask, -1) + 0.5 * torch.softmax(scores + mask.mT, -1)
     return (attn.to(v.dtype) @ v).float().reshape(B, heads, H, W, -1)
 
@@ -310,3 +310,16 @@ def test_cuda_criss_cross_matches_reference_float32(H, W):
     got = _fwd_bwd(lambda *a: criss_cross(*a, d**-0.5), base, grad_out)
     for name, g, e in zip(NAMES, got, exact):
         torch.testing.assert_close(g.double(), e, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@interpreted
+def test_unmasked_attention_runs_on_triton_like_plain_softmax(kernels):
+    """Mask ``none`` on the triton backend: the fused full kernel with zero log-decays, forward and gradients."""
+    from ppma.ops import unmasked_attention
+
+    q, k, v = _case(1, 2, 3, 5, 4, 3)[:3]
+    grad_out = torch.randn(1, 2, 3, 5, 3, dtype=torch.float64)
+    got = _fwd_bwd(lambda *a: unmasked_attention(*a, backend="triton"), [q, k, v], grad_out)
+    want = _fwd_bwd(lambda *a: unmasked_attention(*a, backend="reference"), [q, k, v], grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name}: {m}")

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import PUBLISHED_NANO, random_decays
+from conftest import random_decays
 from PIL import Image
 
 import ppma
@@ -167,14 +167,14 @@ def test_capture_arrays(cap):
     assert all(((s["beta"] > 0) & (s["beta"] <= 1)).all() for s in d)
 
 
-def test_checkpoint_weights_are_used_and_named(image_file, published_nano, cap):
-    model = viz.load_model("ppma_nano", PUBLISHED_NANO)
-    stored = published_nano["model"]["layers.1.blocks.0.retention.path_embed.A_log"]
+def test_checkpoint_weights_are_used_and_named(image_file, published, cap):
+    model = viz.load_model(published.model, published.path)
+    stored = published["model"]["layers.1.blocks.0.retention.path_embed.A_log"]
     assert torch.equal(model.stages[1].blocks[0].attn.decay.A_log.detach(), stored)
     loaded = viz.run(model, image_file, size=64)
-    named = dataclasses.replace(loaded, model_name="ppma_nano", weights=None)  # what viz.run("ppma_nano") says
+    named = dataclasses.replace(loaded, model_name=published.model, weights=None)  # what viz.run(published.model) says
     assert "RANDOM" in named.caption() and "RANDOM" not in loaded.caption()
-    assert PUBLISHED_NANO.name in viz.run(model, image_file, checkpoint=PUBLISHED_NANO, size=64).caption()
+    assert published.path.name in viz.run(model, image_file, checkpoint=published.path, size=64).caption()
     assert not torch.equal(loaded.block(1, 0).log_alpha, cap.block(1, 0).log_alpha)
 
 
@@ -273,3 +273,41 @@ def test_attention_maps_refuse_other_mask_kinds(cap):
     with pytest.raises(ppma.errors.PPMAError, match="mask='polyline'"):
         viz.attention_maps(other, (0.5, 0.5), 2, 0)
     assert cap.block(2, 0).mask == "polyline" and viz.attention_maps(cap, (0.5, 0.5), 2, 0)["masked"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("stage", [0, 3])  # a decomposed (criss-cross) and a full-attention stage
+def test_attention_picture_is_the_layers_own_attention(image_file, stage):
+    """The map drawn equals the layer's attention: its own project(), its own op, identity values."""
+    model = viz.load_model("ppma_nano")
+    seen = {}
+    attn = model.stages[stage].blocks[0].attn
+    handle = attn.register_forward_pre_hook(lambda m, args: seen.update(x=args[0][:1], rotary=args[1]))
+    cap = viz.run(model, image_file, size=64)
+    handle.remove()
+    bc = cap.block(stage, 0)
+    H, W = bc.grid
+    query = (0.3, 0.6)
+    token = cap.image.query_token(query, bc.stride)
+    with torch.no_grad():
+        q, k, _, log_alpha, log_beta = attn.project(seen["x"], seen["rotary"])
+        rows = attn._attend(q[:, :1], k[:, :1], _eye_values(H, W).float(), log_alpha[:, :1], log_beta[:, :1])
+    want = rows[0, 0][token].reshape(H, W).numpy()
+    got = viz.attention_maps(cap, query, stage, 0, head=0)["masked"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_pictures_follow_the_layers_projection(image_file, monkeypatch):
+    """Change the layer's projection: the captured q, k and decays change with it (no copy of the layer's code)."""
+    model = viz.load_model("ppma_nano")
+    before = viz.run(model, image_file, size=64).block(0, 0)  # the first layer: its input is unchanged
+    real = ppma.PolylineAttention.project
+
+    def doubled(self, x, rotary):
+        q, k, v, log_alpha, log_beta = real(self, x, rotary)
+        return type(real(self, x, rotary))(2 * q, -k, v, 3 * log_alpha, log_beta)
+
+    monkeypatch.setattr(ppma.PolylineAttention, "project", doubled)
+    after = viz.run(model, image_file, size=64).block(0, 0)
+    torch.testing.assert_close(after.q, 2 * before.q)
+    torch.testing.assert_close(after.k, -before.k)
+    torch.testing.assert_close(after.log_alpha, 3 * before.log_alpha)

@@ -4,8 +4,9 @@
 """
 
 from . import models  # noqa: F401  (registers the timm models)
-from .layers import FlatRotary, PathDecay, PolylineAttention
-from .mask import line_log_mask, line_mask_matmul, polyline_log_mask, polyline_mask_matmul
+from .decay import PathDecay
+from .layers import FlatRotary, PolylineAttention
+from .masks.polyline import line_log_mask, line_mask_matmul, polyline_log_mask, polyline_mask_matmul
 from .models import PPMA
 from .ops import Backend, criss_cross_polyline_attention, polyline_attention
 

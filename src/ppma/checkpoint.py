@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .models.ppma import checkpoint_filter_fn
+from .models.published import checkpoint_filter_fn
 
 __all__ = ["read_checkpoint", "extract_state_dict", "load_into", "convert", "atomic_save"]
 

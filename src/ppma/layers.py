@@ -1,65 +1,21 @@
-"""Modules that own parameters: decay generator, flat rotary rotation, LePE, PPMA attention, conv FFN.
+"""Modules that own parameters: flat rotary rotation, LePE, PPMA attention, conv FFN.
 
-These read like SPEC sections 1 and 5; the maths lives in ``ppma.mask`` and ``ppma.ops``.
+The maths lives in ``ppma.masks``, the decay generators in ``ppma.decay``, the attention in ``ppma.ops``.
 Token tensors inside a stage are channels-last, (B, H, W, C).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .masks import RMT_STAGE_DECAYS, FixedDecay, MaskKind, NoDecay, get_mask
-from .ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention
+from .decay import decay_for_mask
+from .masks import RMT_STAGE_DECAYS, MaskKind, get_mask
+from .ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention, unmasked_attention
 
 Mode = Literal["full", "criss_cross"]
-
-
-class PathDecay(nn.Module):
-    """Per-token horizontal and vertical log-decays, SPEC section 1.
-
-    One ``dt_linear`` (d -> 2, no bias) shared by all heads reads each head's channels; channel 0
-    drives the horizontal decay, channel 1 the vertical one. ``log = softplus(dt + dt_bias) * a`` with
-    ``a = -exp(A_log)`` per head, always computed in float32.
-
-    ``channels=1`` (the ``polyline_shared`` mask) predicts one decay used for both directions.
-    """
-
-    def __init__(self, dim: int, num_heads: int, channels: int = 2) -> None:
-        super().__init__()
-        if channels not in (1, 2):
-            raise ValueError(f"channels: expected 1 (shared) or 2 (horizontal, vertical), got {channels}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.dt_linear = nn.Linear(self.head_dim, channels, bias=False)
-        self.dt_bias = nn.Parameter(torch.empty(num_heads))
-        self.A_log = nn.Parameter(torch.empty(num_heads))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Mamba2's initialisation: dt log-uniform in [1e-3, 1e-1], dt_bias its inverse softplus, A in [1, 1.1]."""
-        dt = torch.exp(torch.empty(self.num_heads).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log.copy_(torch.log(torch.empty(self.num_heads).uniform_(1.0, 1.1)))
-        nn.init.trunc_normal_(self.dt_linear.weight, std=0.02)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32, <= 0."""
-        B, H, W, _ = x.shape
-        dt = self.dt_linear(x.reshape(B, H, W, self.num_heads, self.head_dim))  # (B, H, W, heads, channels)
-        # Contiguous in the output layout before the element-wise ops: their backward then has one
-        # layout in eager and traced runs (aot_eager failed on a view of a permuted softplus gradient).
-        dt = dt.permute(0, 3, 4, 1, 2).contiguous()  # (B, heads, channels, H, W)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-            a = -torch.exp(self.A_log.to(dtype))[:, None, None, None]
-            log_decay = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)[:, None, None, None]) * a
-        return log_decay[:, :, 0], log_decay[:, :, -1]  # one channel: the same decay both ways
 
 
 class FlatRotary(nn.Module):
@@ -95,6 +51,16 @@ class DWConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, H, W, C) -> (B, C, H, W) -> conv -> (B, H, W, C)
         return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Projection(NamedTuple):
+    """The inputs of a PPMA attention op, as ``PolylineAttention.project`` computes them."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    log_alpha: torch.Tensor
+    log_beta: torch.Tensor
 
 
 class PolylineAttention(nn.Module):
@@ -141,59 +107,50 @@ class PolylineAttention(nn.Module):
         self.lepe = DWConv(dim, 5)
         self.out_proj = nn.Linear(dim, dim)
         self.decay = decay_for_mask(self.mask, dim, num_heads, rmt_decay)
+        self._op, self._paths = self.mask.op(mode)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
-        # (B, H, W, C) -> (B, heads, H, W, d)
+        # (B, H, W, C) -> (B, heads, H, W, d), a view
         return x.reshape(B, H, W, self.num_heads, self.head_dim).permute(0, 3, 1, 2, 4)
+
+    def project(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> Projection:
+        """What the attention op sees: (B, H, W, C) -> ``Projection(q, k, v, log_alpha, log_beta)``.
+
+        ``q`` rotated, ``k`` scaled by d^-0.5 then rotated (as published), both (B, heads, H, W, d);
+        ``v`` (B, heads, H, W, d), a view of the value projection; log-decays (B, heads, H, W), <= 0,
+        from the layer's decay generator. ``forward`` runs the op on exactly these (``ppma.viz`` draws
+        its pictures from them), so the op is called with ``scale=1.0``.
+        """
+        sin, cos = rotary
+        q = rotate(self._heads(self.q_proj(x)), sin, cos)
+        k = rotate(self._heads(self.k_proj(x) * self.scaling), sin, cos)  # scaled before rotation, as published
+        log_alpha, log_beta = self.decay(x)
+        return Projection(q, k, self._heads(self.v_proj(x)), log_alpha, log_beta)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         B, H, W, C = x.shape
-        sin, cos = rotary
-        v = self.v_proj(x)
-        lepe = self.lepe(v)
-        q = rotate(self._heads(self.q_proj(x)), sin, cos)
-        k = rotate(self._heads(self.k_proj(x) * self.scaling), sin, cos)  # scaled before rotation, as published
-        log_alpha, log_beta = self.decay(x)
-        out = self._attend(q, k, self._heads(v), log_alpha, log_beta)
+        q, k, v, log_alpha, log_beta = self.project(x, rotary)
+        lepe = self.lepe(v.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))  # back to the projection's layout: a view
+        out = self._attend(q, k, v, log_alpha, log_beta)
         out = out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C)  # merge heads
         return self.out_proj(out + lepe)
-
 
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor
     ) -> torch.Tensor:
-        """The masked op for this layer's mask kind; q, k, v (B, heads, H, W, d) -> (B, heads, H, W, d)."""
-        B, heads, H, W, _ = q.shape
-        if self.mask.full_only:  # scan masks: stored dense log-masks, averaged softmaxes
+        """The op this layer's mask kind names (``MaskKind.op``); q, k, v (B, heads, H, W, d) -> (B, heads, H, W, d)."""
+        if self._op == "log_masks":  # scan masks: stored dense log-masks, averaged softmaxes
+            B, heads, H, W, _ = q.shape
             seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
             out = log_mask_attention(*seq, self.mask.log_masks(log_alpha, log_beta), scale=1.0, backend=self.backend)
             return out.reshape(B, heads, H, W, -1)
-        if self.mask.decay == "none" and self.mode == "full":  # no mask at all: plain SDPA
-            seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
-            return F.scaled_dot_product_attention(*seq, scale=1.0).reshape(B, heads, H, W, -1)
-        op = polyline_attention if self.mode == "full" else criss_cross_polyline_attention
-        paths = self.mask.paths
-        if self.mask.decay == "fixed" and self.mode == "full":  # RMT's M is symmetric: one softmax is the average
-            paths = "h2v"
+        if self._op == "unmasked":
+            return unmasked_attention(q, k, v, scale=1.0, backend=self.backend)
+        op = polyline_attention if self._op == "full" else criss_cross_polyline_attention
         # Decays are <= 0 by construction: skip the value check and its device sync.
-        return op(q, k, v, log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False, paths=paths)
-
-
-def decay_for_mask(
-    kind: str | MaskKind, dim: int, num_heads: int, rmt_decay: tuple[float, float] = RMT_STAGE_DECAYS[0]
-) -> nn.Module:
-    """The decay source of a mask kind, (B, H, W, C) -> log_alpha, log_beta (B, heads, H, W):
-    ``PathDecay`` (2 channels, or 1 for ``polyline_shared``), RMT's fixed gammas, or zeros."""
-    kind = get_mask(kind)
-    if kind.decay == "learned":
-        return PathDecay(dim, num_heads)
-    if kind.decay == "shared":
-        return PathDecay(dim, num_heads, channels=1)
-    if kind.decay == "fixed":
-        return FixedDecay(num_heads, *rmt_decay)
-    return NoDecay(num_heads)
+        return op(q, k, v, log_alpha, log_beta, scale=1.0, backend=self.backend, check_values=False, paths=self._paths)
 
 
 class ConvFFN(nn.Module):

@@ -11,7 +11,6 @@ max-pooled level), images resized to 800 (short) x 1333 (long max), AdamW lr 1e-
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections import OrderedDict
@@ -30,28 +29,21 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..distributed import (
+from ..runtime import (
     DistInfo,
     autocast,
     cleanup_distributed,
+    console_line,
     main_process_first,
-    seed_everything,
+    rng_untouched,
     setup_distributed,
     unwrap,
+    warmup_multistep,
 )
-from ..errors import PPMAError
+from ..runtime.config import option, resume_option
 from .backbone import create_backbone
 from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import (
-    load_state,
-    log_line,
-    param_groups,
-    read_run_info,
-    resumable_loader,
-    resume_path,
-    rng_untouched,
-    save_state,
-)
+from .engine import DenseRun, load_weights, read_run_info, seed_run, start_run
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -69,12 +61,12 @@ __all__ = [
 class DetectConfig:
     """Mask R-CNN training run; defaults are the published 1x schedule (``schedule="3x"`` for 3x)."""
 
-    data: str = ""  # COCO root (annotations/instances_{split}.json, {split}/) or "builtin" (the coins set)
+    data: str = option("", "dataset root, or 'builtin' for the bundled example set")
     train_split: str = "train2017"
     val_split: str = "val2017"
     output: str = "runs/detect"
     backbone: str = "ppma_tiny"
-    pretrained: str = ""  # backbone checkpoint: classification or dense, ours or published
+    pretrained: str = option("", "backbone checkpoint (classification or dense; ours or published), or ppma_tiny.in1k")
     schedule: str = "1x"  # "1x": 12 epochs, steps 8, 11; "3x": 36 epochs, steps 27, 33, multi-scale
     epochs: int = 0  # 0: from the schedule
     lr_steps: tuple[int, ...] = ()  # epochs after which lr *= 0.1; () from the schedule
@@ -88,17 +80,17 @@ class DetectConfig:
     max_size: int = 1333
     drop_path_rate: float | None = None
     heads: str = "published"  # "published" (FPN 256, box head 1024, 4x256 mask convs) or "light" (CPU examples)
-    grad_checkpointing: str = "none"  # "all", "none" or stages like "1,2"
-    amp: bool = False  # bf16 autocast
+    grad_checkpointing: str = option("none", "per-stage gradient checkpointing: all, none, or stages like 1,2")
+    amp: bool = option(False, "bf16 autocast")
     clip_grad: float = 0.0  # 0: none (as published)
-    max_iters: int = 0  # stop after this many iterations (quick runs); 0: the full schedule
+    max_iters: int = option(0, "stop after this many iterations (quick runs); 0: the full schedule")
     eval_every: int = 1  # epochs
     save_every: int = 500  # iterations between mid-epoch checkpoints (last.pth); 0: at epoch ends only
     stop_after: int = 0  # stop at once after this many iterations, as if killed (tests of resume); 0: never
     workers: int = 2
     seed: int = 0
     device: str = "auto"
-    resume: str = ""  # "auto": output/last.pth if present
+    resume: str | None = resume_option()
     quiet: bool = False
 
     def resolved(self) -> DetectConfig:
@@ -246,19 +238,6 @@ def coco_split(root: str | os.PathLike, split: str, train: bool) -> CocoDetectio
 # ---- training ---------------------------------------------------------------------------------------------
 
 
-def _lr_lambda(config: DetectConfig, iters_per_epoch: int):
-    """Per-iteration lr factor: linear warm-up from ``warmup_ratio``, then x0.1 after each step epoch."""
-
-    def factor(it: int) -> float:
-        epoch = it // max(iters_per_epoch, 1)
-        f = 0.1 ** sum(epoch >= s for s in config.lr_steps)
-        if it < config.warmup_iters:
-            f *= config.warmup_ratio + (1 - config.warmup_ratio) * it / config.warmup_iters
-        return f
-
-    return factor
-
-
 def train_detection(config: DetectConfig) -> dict[str, float]:
     """Train Mask R-CNN (one process, or one per GPU under torchrun); returns the last evaluation's scores.
 
@@ -267,121 +246,101 @@ def train_detection(config: DetectConfig) -> dict[str, float]:
     """
     config = config.resolved()
     info = setup_distributed(config.device)
+    run = None
     try:
-        return _train(config, info)
+        run, val_set = _set_up(config, info)
+        scores: dict[str, float] = {}
+        it = run.progress.get("iteration", 0)
+        for epoch in range(run.progress.get("epoch", 0), config.epochs):
+            if config.max_iters and it >= config.max_iters:  # resumed from the end of a shortened run
+                break
+            start = time.time()
+            it, finished = _train_epoch(run, epoch, it)
+            if finished is None:
+                return {}  # "killed" (stop_after): what survives is the last checkpoint
+            done = bool(config.max_iters) and it >= config.max_iters
+            if done or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                scores = _evaluate(run, val_set, epoch + 1, it, start)
+            if done:
+                break
+        return scores
     finally:
+        if run is not None:
+            run.folder.close()
         cleanup_distributed(info)
 
 
-def _train(config: DetectConfig, info: DistInfo) -> dict[str, float]:
-    seed_everything(config.seed + info.rank)
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+def _set_up(config: DetectConfig, info: DistInfo) -> tuple[DenseRun, CocoDetection]:
+    """Data, model and the shared set-up (``ppma.dense.engine.start_run``); prints the start line."""
+    seed_run(config, info)
+    Path(config.output).mkdir(parents=True, exist_ok=True)
     with main_process_first(info):  # rank 0 writes the built-in set, if asked for, before the others read it
         root, train_split, val_split = resolve_data(config)
     train_set = coco_split(root, train_split, train=True)
     val_set = coco_split(root, val_split, train=False)
     if val_set.category_ids != train_set.category_ids:
         raise ValueError(f"data: train and val categories differ ({train_set.category_ids} vs {val_set.category_ids})")
-    model = build_mask_rcnn(
-        train_set.num_classes,
-        config.backbone,
-        config.pretrained or None,
-        config.min_size,
-        config.max_size,
-        bool(config.multiscale),
-        config.grad_checkpointing,
-        config.drop_path_rate,
-        **HEADS[config.heads],
-    ).to(info.device)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-    sampler, loader = resumable_loader(train_set, config.batch_size, info, config.seed, config.workers,
-                                       detection_collate, drop_last=False)  # fmt: skip
-    iters_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, iters_per_epoch))
-    meta = dict(task="detect", class_names=train_set.class_names, category_ids=train_set.category_ids)
-    progress = dict(epoch=0, iteration=0, step_in_epoch=0)
-    resume = resume_path(config.resume, out)
-    if resume is not None:
-        progress = {"step_in_epoch": 0, **load_state(resume, model, optimizer, scheduler, rank=info.rank)}
-        if not config.quiet and info.is_main:
-            print(f"resumed from {resume} at epoch {progress['epoch']}, iteration {progress['iteration']}")
-    if info.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
-    if info.is_main:
-        (out / "config.json").write_text(json.dumps(dict(vars(config)), indent=2, default=str))
-        if not config.quiet:
-            print(
-                f"detect: {len(train_set)} train images ({train_set.skipped} without annotations skipped), "
-                f"{len(val_set)} val images, {train_set.num_classes} classes, {config.epochs} epochs "
-                f"x {iters_per_epoch} iterations, device {info.device}, {info.world_size} process(es)"
-            )
-    scores: dict[str, float] = {}
-    it = progress["iteration"]
+    model = build_mask_rcnn(train_set.num_classes, config.backbone, config.pretrained or None, config.min_size,
+                            config.max_size, bool(config.multiscale), config.grad_checkpointing,
+                            config.drop_path_rate, **HEADS[config.heads]).to(info.device)  # fmt: skip
+    meta = dict(task="detect", model_name=config.backbone, classes=train_set.class_names,
+                category_ids=train_set.category_ids)  # fmt: skip
 
-    def checkpoint(epoch: int, step: int) -> None:  # a collective (save_state gathers every rank's states)
-        progress = dict(epoch=epoch, iteration=it, step_in_epoch=step)
-        save_state(out / "last.pth", info, model, optimizer, scheduler, progress, config, meta)
+    def schedule(optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> Any:
+        milestones = [s * iters_per_epoch for s in config.lr_steps]
+        return warmup_multistep(optimizer, config.warmup_iters, config.warmup_ratio, milestones)
 
-    for epoch in range(progress["epoch"], config.epochs):
-        if config.max_iters and it >= config.max_iters:  # resumed from the end of a shortened run
-            break
-        step = progress["step_in_epoch"] if epoch == progress["epoch"] else 0
-        sampler.set_epoch(epoch, skip=step * config.batch_size)
-        model.train()
-        t0 = time.time()
-        done = False
-        for images, targets in loader:
-            images = [im.to(info.device) for im in images]
-            targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
-            with autocast(info.device, config.amp):
-                losses = model(images, targets)
-            loss = sum(losses.values())
-            if not math.isfinite(loss.item()):
-                raise PPMAError(f"detect: loss is {loss.item()} at iteration {it} (lower --lr, or check the data)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            it += 1
-            step += 1
-            if info.is_main and (it % 20 == 0 or it == 1):
-                log_line(
-                    out,
-                    dict(
-                        epoch=epoch,
-                        iteration=it,
-                        lr=scheduler.get_last_lr()[0],
-                        loss=loss.item(),
-                        **{k: v.item() for k, v in losses.items()},
-                    ),
-                    config.quiet,
-                )
-            done = bool(config.max_iters) and it >= config.max_iters
-            if step < iters_per_epoch and (done or (config.save_every and it % config.save_every == 0)):
-                checkpoint(epoch, step)
-            if config.stop_after and it >= config.stop_after:
-                return {}  # "killed": what survives is the last checkpoint
-            if done:
-                break
-        if not done or step == iters_per_epoch:
-            checkpoint(epoch + 1, 0)
-        if done or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            with rng_untouched(info.device):  # a resumed run must not depend on whether an evaluation ran
-                scores = evaluate_detection(unwrap(model), val_set, info, config.amp)
-            if info.is_main:
-                log_line(
-                    out,
-                    dict(epoch=epoch + 1, iteration=it, seconds=round(time.time() - t0, 1), **scores),
-                    config.quiet,
-                    show=_SHOWN,
-                )
+    run = start_run(config, info, meta, model, train_set, detection_collate, False, schedule)
+    run.log.print(
+        f"detect: {len(train_set)} train images ({train_set.skipped} without annotations skipped), "
+        f"{len(val_set)} val images, {train_set.num_classes} classes, {config.epochs} epochs "
+        f"x {len(run.loader)} iterations, device {info.device}, {info.world_size} process(es)"
+    )
+    return run, val_set
+
+
+def _train_epoch(run: DenseRun, epoch: int, it: int) -> tuple[int, bool | None]:
+    """The (rest of the) epoch; returns (iteration, whether the epoch ended), None for a simulated kill.
+
+    ``last.pth`` is written every ``save_every`` iterations, at the end of the epoch and where
+    ``max_iters`` cuts it short.
+    """
+    config, info = run.config, run.info
+    step = run.progress.get("step_in_epoch", 0) if epoch == run.progress.get("epoch", 0) else 0
+    iters_per_epoch = len(run.loader)
+    run.sampler.set_epoch(epoch, skip=step * config.batch_size)
+    run.model.train()
+    for images, targets in run.loader:
+        images = [im.to(info.device) for im in images]
+        targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
+        with autocast(info.device, config.amp):
+            losses = run.model(images, targets)
+        loss = sum(losses.values())
+        run.step(loss, it)
+        it, step = it + 1, step + 1
+        if it % 20 == 0 or it == 1:
+            parts = {k: v.item() for k, v in losses.items()}
+            run.log.write(dict(epoch=epoch, iteration=it, lr=run.scheduler.get_last_lr()[0], loss=loss.item(), **parts))
+        done = bool(config.max_iters) and it >= config.max_iters
+        if step < iters_per_epoch and (done or (config.save_every and it % config.save_every == 0)):
+            run.save(dict(epoch=epoch, iteration=it, step_in_epoch=step))
+        if config.stop_after and it >= config.stop_after:
+            return it, None
         if done:
             break
+        if step < iters_per_epoch:  # at the epoch's end the run saves and evaluates first
+            run.stop_if_signalled(dict(epoch=epoch, iteration=it, step_in_epoch=step))
+    if step == iters_per_epoch:
+        run.save(dict(epoch=epoch + 1, iteration=it, step_in_epoch=0))
+    return it, step == iters_per_epoch
+
+
+def _evaluate(run: DenseRun, val_set: CocoDetection, epoch: int, it: int, start: float) -> dict[str, float]:
+    """Score the model on ``val_set`` and log it; the random states are left as they were."""
+    with rng_untouched(run.info.device):  # a resumed run must not depend on whether an evaluation ran
+        scores = evaluate_detection(unwrap(run.model), val_set, run.info, run.config.amp)
+    record = dict(epoch=epoch, iteration=it, seconds=round(time.time() - start, 1), **scores)
+    run.log.write(record, console_line(record, _SHOWN))
     return scores
 
 
@@ -462,7 +421,7 @@ def model_from_checkpoint(
         **HEADS[config.get("heads", "published")],
     )
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
-        load_state(path, model)
+        load_weights(path, model)
     return model.to(device).eval(), config, meta
 
 

@@ -16,10 +16,9 @@ their module names (``decode_head.psp_modules``, ``lateral_convs``, ``fpn_convs`
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..checkpoint import read_checkpoint
-from ..distributed import (
+from ..runtime import (
     DistInfo,
     autocast,
     cleanup_distributed,
     main_process_first,
-    seed_everything,
+    rng_untouched,
     setup_distributed,
     unwrap,
+    warmup_poly,
 )
-from ..errors import PPMAError
 from ..models.ppma import checkpoint_filter_fn
+from ..runtime.config import option, resume_option
 from .backbone import create_backbone
 from .data import (
     ADE20K_CLASSES,
@@ -59,16 +59,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import (
-    load_state,
-    log_line,
-    param_groups,
-    read_run_info,
-    resumable_loader,
-    resume_path,
-    rng_untouched,
-    save_state,
-)
+from .engine import DenseRun, load_weights, read_run_info, seed_run, start_run
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -209,21 +200,20 @@ def build_upernet(
 class SegmentConfig:
     """UPerNet training run; defaults are the published ADE20K 160k schedule."""
 
-    data: str = ""  # dataset root or "builtin" (the coins + page set)
+    data: str = option("", "dataset root, or 'builtin' for the bundled example set")
     layout: str = "ade20k"  # "ade20k" (labels 0 = ignore, 1..K) or "cityscapes" (labelTrainIds, 255 = ignore)
     train_split: str = ""  # "" : training / train
     val_split: str = ""  # "" : validation / val
     num_classes: int = 0  # 0: classes.json beside the data, else 150 (ADE20K) / 19 (Cityscapes)
     output: str = "runs/segment"
     backbone: str = "ppma_tiny"
-    pretrained: str = ""
+    pretrained: str = option("", "backbone checkpoint (classification or dense; ours or published), or ppma_tiny.in1k")
     iters: int = 160_000
     lr: float = 6e-5
     weight_decay: float = 0.01
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
     power: float = 1.0
-    min_lr: float = 0.0
     batch_size: int = 2  # per process
     crop_size: int = 512
     scale: tuple[int, int] = (2048, 512)  # (long, short) of the keep-ratio rescale
@@ -231,15 +221,15 @@ class SegmentConfig:
     aux_channels: int = 256  # 0: no auxiliary head
     aux_weight: float = 0.4
     drop_path_rate: float | None = None
-    grad_checkpointing: str = "none"
-    amp: bool = False  # bf16 autocast
+    grad_checkpointing: str = option("none", "per-stage gradient checkpointing: all, none, or stages like 1,2")
+    amp: bool = option(False, "bf16 autocast")
     eval_every: int = 16_000
     save_every: int = 1000  # iterations between checkpoints (last.pth) besides those at evaluations; 0: none
     stop_after: int = 0  # stop at once after this many iterations, as if killed (tests of resume); 0: never
     workers: int = 2
     seed: int = 0
     device: str = "auto"
-    resume: str = ""  # "auto": output/last.pth if present
+    resume: str | None = resume_option()
     quiet: bool = False
 
     def resolved(self) -> SegmentConfig:
@@ -309,19 +299,6 @@ def make_dataset(root: Path, config: SegmentConfig, num_classes: int, train: boo
 # ---- training ----------------------------------------------------------------------------------------------
 
 
-def _lr_lambda(config: SegmentConfig):
-    """Per-iteration lr factor: poly decay to ``min_lr`` with a linear warm-up from ``warmup_ratio``."""
-
-    def factor(it: int) -> float:
-        floor = config.min_lr / config.lr
-        f = (1 - floor) * (1 - min(it, config.iters) / config.iters) ** config.power + floor
-        if it < config.warmup_iters:
-            f *= config.warmup_ratio + (1 - config.warmup_ratio) * it / config.warmup_iters
-        return f
-
-    return factor
-
-
 def segmentation_loss(
     outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], label: torch.Tensor, aux_weight: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -351,103 +328,80 @@ def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
                 f"batch_size: the heads' BatchNorm (the 1x1 pyramid pooling level) needs at least 2 images "
                 f"per step, got {config.batch_size} (1 per GPU works only with SyncBatchNorm: multi-GPU)"
             )
-        return _train(config, info)
+        run, val_set = _set_up(config, info)
+        try:
+            return _train(run, val_set)
+        finally:
+            run.folder.close()
     finally:
         cleanup_distributed(info)
 
 
-def _train(config: SegmentConfig, info: DistInfo) -> dict[str, Any]:
-    seed_everything(config.seed + info.rank)
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+def _set_up(config: SegmentConfig, info: DistInfo) -> tuple[DenseRun, SegmentationSet]:
+    """Data, model and the shared set-up (``ppma.dense.engine.start_run``); prints the start line."""
+    seed_run(config, info)
+    Path(config.output).mkdir(parents=True, exist_ok=True)
     with main_process_first(info):  # rank 0 writes the built-in set, if asked for, before the others read it
         root, names = resolve_data(config)
     train_set = make_dataset(root, config, len(names), train=True)
     val_set = make_dataset(root, config, len(names), train=False)
-    model = build_upernet(
-        len(names),
-        config.backbone,
-        config.pretrained or None,
-        config.grad_checkpointing,
-        config.drop_path_rate,
-        config.channels,
-        config.aux_channels,
-    ).to(info.device)
+    model = build_upernet(len(names), config.backbone, config.pretrained or None, config.grad_checkpointing,
+                          config.drop_path_rate, config.channels, config.aux_channels).to(info.device)  # fmt: skip
     if info.distributed and info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all GPUs, as published
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-    meta = dict(task="segment", class_names=names)
-    progress = dict(iteration=0)
-    resume = resume_path(config.resume, out)
-    if resume is not None:
-        progress = load_state(resume, model, optimizer, scheduler, rank=info.rank)
-        if not config.quiet and info.is_main:
-            print(f"resumed from {resume} at iteration {progress['iteration']}")
-    if info.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
-    sampler, loader = resumable_loader(train_set, config.batch_size, info, config.seed, config.workers,
-                                       segmentation_collate, drop_last=True)  # fmt: skip
-    if len(loader) == 0:
-        raise ValueError(
-            f"batch_size: {config.batch_size} per process is more than the {len(train_set)} training images allow"
-        )
-    if info.is_main:
-        (out / "config.json").write_text(json.dumps(dict(vars(config)), indent=2, default=str))
-        if not config.quiet:
-            print(
-                f"segment: {len(train_set)} train / {len(val_set)} val images, {len(names)} classes, "
-                f"{config.iters} iterations, device {info.device}, {info.world_size} process(es)"
-            )
-    it = progress["iteration"]
+    meta = dict(task="segment", model_name=config.backbone, classes=names)
+
+    def schedule(optimizer: torch.optim.Optimizer, _: int) -> Any:
+        return warmup_poly(optimizer, config.warmup_iters, config.warmup_ratio, config.iters, config.power)
+
+    run = start_run(config, info, meta, model, train_set, segmentation_collate, True, schedule)
+    run.log.print(
+        f"segment: {len(train_set)} train / {len(val_set)} val images, {len(names)} classes, "
+        f"{config.iters} iterations, device {info.device}, {info.world_size} process(es)"
+    )
+    return run, val_set
+
+
+def _batches(run: DenseRun, it: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches from iteration ``it`` on: epoch ``it // len(loader)``, that many batches into it."""
+    epoch, step = divmod(it, len(run.loader))
+    while True:
+        run.sampler.set_epoch(epoch, skip=step * run.config.batch_size)
+        yield from run.loader
+        epoch, step = epoch + 1, 0
+
+
+def _train(run: DenseRun, val_set: SegmentationSet) -> dict[str, Any]:
+    """Iterate to ``config.iters``: ``last.pth`` at every evaluation and every ``save_every`` iterations."""
+    config, info = run.config, run.info
+    it = run.progress.get("iteration", 0)
     scores: dict[str, Any] = {}
-    model.train()
-    t0 = time.time()
-
-    def batches():  # endless, from iteration ``it`` on: epoch it // len(loader), that many batches into it
-        epoch, step = divmod(it, len(loader))
-        while True:
-            sampler.set_epoch(epoch, skip=step * config.batch_size)
-            yield from loader
-            epoch, step = epoch + 1, 0
-
-    def checkpoint() -> None:  # a collective (save_state gathers every rank's states)
-        save_state(out / "last.pth", info, model, optimizer, scheduler, dict(iteration=it), config, meta)
-
-    stream = batches()
+    run.model.train()
+    start = time.time()
+    stream = _batches(run, it)
     while it < config.iters:
         image, label = next(stream)
         image, label = image.to(info.device), label.to(info.device)
         with autocast(info.device, config.amp):
-            outputs = model(image)
+            outputs = run.model(image)
         loss, parts = segmentation_loss(outputs, label, config.aux_weight)
-        if not math.isfinite(loss.item()):
-            raise PPMAError(f"segment: loss is {loss.item()} at iteration {it} (lower --lr, or check the labels)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        run.step(loss, it)
         it += 1
-        if info.is_main and (it % 20 == 0 or it == 1):
-            log_line(out, dict(iteration=it, lr=scheduler.get_last_lr()[0], loss=loss.item(), **parts), config.quiet)
+        if it % 20 == 0 or it == 1:
+            run.log.write(dict(iteration=it, lr=run.scheduler.get_last_lr()[0], loss=loss.item(), **parts))
         evaluate_now = it % config.eval_every == 0 or it == config.iters
         if evaluate_now or (config.save_every and it % config.save_every == 0):
-            checkpoint()
+            run.save(dict(iteration=it))
         if config.stop_after and it >= config.stop_after:
             return {}  # "killed": what survives is the last checkpoint
         if evaluate_now:
             with rng_untouched(info.device):  # a resumed run must not depend on whether an evaluation ran
-                scores = evaluate_segmentation(unwrap(model), val_set, info=info, amp=config.amp)
-            if info.is_main:
-                record = dict(
-                    iteration=it,
-                    seconds=round(time.time() - t0, 1),
-                    **{k: v for k, v in scores.items() if k in ("mIoU", "mAcc", "aAcc")},
-                )
-                log_line(out, record, config.quiet)
-            model.train()
+                scores = evaluate_segmentation(unwrap(run.model), val_set, info=info, amp=config.amp)
+            shown = {k: v for k, v in scores.items() if k in ("mIoU", "mAcc", "aAcc")}
+            run.log.write(dict(iteration=it, seconds=round(time.time() - start, 1), **shown))
+            run.model.train()
+        if it < config.iters:
+            run.stop_if_signalled(dict(iteration=it))
     return scores
 
 
@@ -548,7 +502,7 @@ def model_from_checkpoint(
         len(meta["class_names"]), config["backbone"], channels=config["channels"], aux_channels=config["aux_channels"]
     )
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
-        load_state(path, model)
+        load_weights(path, model)
     return model.to(device).eval(), config, meta
 
 

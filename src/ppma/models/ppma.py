@@ -10,7 +10,6 @@ Registered in timm: ppma_nano (CI and the digits job), ppma_tiny, ppma_small, pp
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -21,8 +20,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from .._checks import check_tensor
+from ..checkpoint import load_into
+from ..decay import DecayLinear
 from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
-from ..masks import RMT_STAGE_DECAYS, get_mask
+from ..masks import RMT_STAGE_DECAYS, RMT_VARIANT_DECAYS, get_mask
+from ..ops import Backend
+from .published import checkpoint_filter_fn, published_state_dict
 
 __all__ = ["PPMA", "checkpoint_filter_fn", "published_state_dict"]
 
@@ -123,19 +126,20 @@ class Stage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, Linear(1024 -> classes)."""
+    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, dropout, Linear(1024 -> classes)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, hidden_dim)
         self.norm = nn.BatchNorm2d(hidden_dim)
         self.act = nn.SiLU()
+        self.drop = nn.Dropout(drop_rate)  # timm's head_drop: before the final fc
         self.fc = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.proj(x).permute(0, 3, 1, 2)  # (B, H, W, 1024) -> (B, 1024, H, W) for BatchNorm over channels
         x = self.act(self.norm(x)).mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
+        return x if pre_logits else self.fc(self.drop(x))
 
 
 class PPMA(nn.Module):
@@ -156,13 +160,16 @@ class PPMA(nn.Module):
         feature_norms: add a LayerNorm on each stage output for dense tasks (``features_only`` sets it).
         backend: attention backend for every layer (see ``ppma.ops``); ``set_backend`` changes it later.
         mask: the attention mask of every layer, a ``ppma.masks.MASKS`` name: ``"polyline"`` (published),
-            ``"none"``, ``"h2v"``, ``"v2h"``, ``"polyline_shared"``, ``"rmt"`` (stage i uses RMT's
-            ``RMT_STAGE_DECAYS[i]``), or a full-attention-only scan mask ``"raster"``, ``"cross_scan"``,
+            ``"none"``, ``"h2v"``, ``"v2h"``, ``"polyline_shared"``, ``"rmt"`` (stage i uses
+            ``rmt_decays[i]``), or a full-attention-only scan mask ``"raster"``, ``"cross_scan"``,
             ``"hilbert"``, ``"zorder"``.
         checkpoint_ema: with ``pretrained=True``, load a training checkpoint's EMA weights (True) or its
             plain ones (False); None: the EMA where the file has one for the published names
             (``ppma_tiny.in1k``: the published evaluation reports the EMA's top-1), plain for a given file.
         global_pool: only ``"avg"`` (timm convention).
+        drop_rate: dropout on the pooled features before the classifier (timm's ``drop_rate``).
+        rmt_decays: RMT's (initial_value, heads_range) per stage for ``mask="rmt"``; the registered
+            variants pass RMT's own (``ppma.masks.RMT_VARIANT_DECAYS``: Base differs from Tiny/Small).
     """
 
     def __init__(
@@ -184,6 +191,7 @@ class PPMA(nn.Module):
         checkpoint_ema: bool | None = None,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        rmt_decays: Sequence[tuple[float, float]] = RMT_STAGE_DECAYS,
     ) -> None:
         super().__init__()
         if global_pool not in ("avg", ""):
@@ -224,20 +232,23 @@ class PPMA(nn.Module):
                     downsample=i > 0,
                     backend=backend,
                     mask=mask,
-                    rmt_decay=RMT_STAGE_DECAYS[min(i, len(RMT_STAGE_DECAYS) - 1)],
+                    rmt_decay=tuple(rmt_decays[min(i, len(rmt_decays) - 1)]),
                 )
             )
             start += depths[i]
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in embed_dims) if feature_norms else None
-        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
+        self.drop_rate = drop_rate
+        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes, drop_rate)
         self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         # Network-wide init runs last, as published: every Linear trunc-normal(0.02), LayerNorm (1, 0).
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) and not isinstance(m, DecayLinear):  # the decay draws its own (paired seeds)
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -277,8 +288,6 @@ class PPMA(nn.Module):
 
     def set_backend(self, backend: str) -> None:
         """Use ``backend`` for every attention layer (see ``ppma.ops``)."""
-        from ..ops import Backend
-
         Backend.parse(backend)  # fail here, not at the next forward
         for m in self.modules():
             if isinstance(m, PolylineAttention):
@@ -348,91 +357,10 @@ class PPMA(nn.Module):
 
     def load_pretrained(self, path: str) -> None:
         """timm's custom-load hook: load a published ``.pth`` or one of ours (see ``ppma.checkpoint``)."""
-        from ..checkpoint import load_into
-
         use_ema = self.checkpoint_ema
         if use_ema is None:  # "hf": the published weights through timm's hub loading
             use_ema = "auto" if getattr(self, "pretrained_cfg", {}).get("custom_load") == "hf" else False
         load_into(self, path, use_ema=use_ema)
-
-
-# ---- published checkpoints ----------------------------------------------------------------------------
-
-# (published key, our key): {i} stage, {j} block, {n} any index, {r} the rest of the key.
-_RENAMES = [
-    ("patch_embed.proj.{n}.{r}", "stem.{n}.{r}"),
-    ("layers.{i}.blocks.{j}.retention_layer_norm.{r}", "stages.{i}.blocks.{j}.norm1.{r}"),
-    ("layers.{i}.blocks.{j}.final_layer_norm.{r}", "stages.{i}.blocks.{j}.norm2.{r}"),
-    ("layers.{i}.blocks.{j}.retention.path_embed.{r}", "stages.{i}.blocks.{j}.attn.decay.{r}"),
-    ("layers.{i}.blocks.{j}.retention.{r}", "stages.{i}.blocks.{j}.attn.{r}"),
-    ("layers.{i}.blocks.{j}.gamma_1", "stages.{i}.blocks.{j}.ls1.gamma"),
-    ("layers.{i}.blocks.{j}.gamma_2", "stages.{i}.blocks.{j}.ls2.gamma"),
-    ("layers.{i}.blocks.{j}.{r}", "stages.{i}.blocks.{j}.{r}"),
-    ("layers.{i}.downsample.{r}", "stages.{i+1}.downsample.{r}"),  # published: end of stage i
-    ("outnorm{n}.{r}", "norms.{n}.{r}"),
-    ("proj.{r}", "head.proj.{r}"),
-    ("norm.{r}", "head.norm.{r}"),
-    ("head.{r}", "head.fc.{r}"),
-]
-_DROPPED = re.compile(r"^layers\.\d+\.Relpos\.")  # rotary angles: recomputed, not learned
-
-
-def _template_regex(template: str) -> re.Pattern:
-    pattern = re.escape(template)
-    for field, group in (("{i+1}", r"(?P<ip>\d+)"), ("{i}", r"(?P<i>\d+)"), ("{j}", r"(?P<j>\d+)"),
-                         ("{n}", r"(?P<n>\d+)"), ("{r}", r"(?P<r>.+)")):  # fmt: skip
-        pattern = pattern.replace(re.escape(field), group)
-    return re.compile(f"^{pattern}$")
-
-
-def _fill(template: str, groups: dict[str, str]) -> str:
-    if "ip" in groups:  # {i+1} matched: give back stage i
-        groups = dict(groups, i=str(int(groups["ip"]) - 1))
-    if "i" in groups:
-        template = template.replace("{i+1}", str(int(groups["i"]) + 1))
-    for key, value in groups.items():
-        template = template.replace("{" + key + "}", value)
-    return template
-
-
-_TO_OURS = [(_template_regex(pub), ours) for pub, ours in _RENAMES]
-_TO_PUBLISHED = [(_template_regex(ours), pub) for pub, ours in _RENAMES]
-
-
-def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
-    for pattern, template in rules:
-        m = pattern.match(key)
-        if m:
-            return _fill(template, m.groupdict())
-    return None
-
-
-def _is_published(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith(("layers.", "patch_embed.")) for k in state_dict)
-
-
-def checkpoint_filter_fn(
-    state_dict: dict[str, torch.Tensor], model: nn.Module | None = None
-) -> dict[str, torch.Tensor]:
-    """Map a published state dict (SPEC section 7 key names) to ours; ours passes through unchanged."""
-    if not _is_published(state_dict):
-        return dict(state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        if _DROPPED.match(key):
-            continue
-        new = _rename(key, _TO_OURS)
-        out[new if new is not None else key] = value
-    return out
-
-
-def published_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict in the published key names (for round-trip tests and export to the published code)."""
-    out = {}
-    for key, value in state_dict.items():
-        new = _rename(key, _TO_PUBLISHED)
-        out[new if new is not None else key] = value
-    return out
 
 
 # ---- registry -----------------------------------------------------------------------------------------
@@ -548,5 +476,5 @@ def ppma_small(pretrained: bool = False, **kwargs) -> PPMA:
 def ppma_base(pretrained: bool = False, **kwargs) -> PPMA:
     args = dict(embed_dims=(80, 160, 320, 512), depths=(4, 8, 25, 8), num_heads=(5, 5, 10, 16), mlp_ratios=(4, 4, 3, 3),
                 decomposed=(True, True, True, False), layer_scale=(False, False, True, True),
-                drop_path_rate=0.4)  # fmt: skip
+                drop_path_rate=0.4, rmt_decays=RMT_VARIANT_DECAYS["base"])  # fmt: skip
     return _create_ppma("ppma_base", pretrained, **dict(args, **kwargs))

@@ -49,7 +49,7 @@ def _score_bytes(dtype: torch.dtype) -> int:
     return 8 if dtype == torch.float64 else 4
 
 
-def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     B, heads, H, W, _ = q.shape
     bh, N = B * heads, H * W
     with upcast(q, k, v) as (q, k, v):
@@ -60,7 +60,7 @@ def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
         rows_per_block = max(1, MAX_SCORE_BYTES // (_score_bytes(q.dtype) * bh * W * N))
         if rows_per_block >= H:  # all at once: M written once, M^T read through strides
             dist = (row.unsqueeze(-2) + col_ikl.unsqueeze(-3)).reshape(bh, N, N)  # [(i, j), (k, l)]
-            return _two_softmaxes(q, k, v, dist, dist.transpose(1, 2), scale).reshape(B, heads, H, W, -1)
+            return _softmaxes(q, k, v, _on_paths(dist, dist.transpose(1, 2), paths), scale).reshape(B, heads, H, W, -1)
         # Blocks of query grid rows, each with its rows of M and of M^T (both built from the line tables):
         # M^T[(i,j),(k,l)] = M[(k,l),(i,j)] = row[k, l, j] + col[j, k, i]  (the line masks are symmetric)
         row_jkl = row.permute(0, 3, 1, 2).contiguous().unsqueeze(1)  # [., j, k, l]
@@ -70,32 +70,48 @@ def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
             i1 = min(H, i0 + rows_per_block)
             dist = (row[:, i0:i1].unsqueeze(-2) + col_ikl[:, i0:i1].unsqueeze(-3)).reshape(bh, -1, N)
             dist_t = (row_jkl + col_ijk[:, i0:i1]).reshape(bh, -1, N)
-            outs.append(_two_softmaxes(q[:, i0 * W : i1 * W], k, v, dist, dist_t, scale))
+            outs.append(_softmaxes(q[:, i0 * W : i1 * W], k, v, _on_paths(dist, dist_t, paths), scale))
         return torch.cat(outs, dim=1).reshape(B, heads, H, W, -1)
 
 
-def _two_softmaxes(q, k, v, dist, dist_t, scale: float) -> torch.Tensor:
-    """``0.5 * (softmax(S - dist) + softmax(S - dist_t)) @ v`` with ``S = scale * q k^T`` formed once."""
+def _on_paths(dist, dist_t, paths: str) -> list:
+    """The path distances a ``paths`` value averages over: M (h2v), M^T (v2h) or both."""
+    return {"both": [dist, dist_t], "h2v": [dist], "v2h": [dist_t]}[paths]
+
+
+def _softmaxes(q, k, v, dists, scale: float) -> torch.Tensor:
+    """``mean_i softmax(S - dist_i) @ v`` with ``S = scale * q k^T`` formed once (one or two distances)."""
     scores = torch.bmm(q, k.transpose(1, 2))
     if scale != 1.0:
         scores = scores * scale
-    attn = torch.softmax(scores - dist, dim=-1) + torch.softmax(scores - dist_t, dim=-1)
+    if len(dists) == 1:
+        return torch.bmm(torch.softmax(scores - dists[0], dim=-1), v)
+    attn = torch.softmax(scores - dists[0], dim=-1) + torch.softmax(scores - dists[1], dim=-1)
     return torch.bmm(attn, v) * 0.5
 
 
-def criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+def unmasked(q, k, v, scale: float) -> torch.Tensor:
+    """``softmax(scale * q k^T) @ v`` over the grid's tokens, as explicit batched matmuls."""
+    B, heads, H, W, _ = q.shape
+    with upcast(q, k, v) as (q, k, v):
+        q, k, v = (t.reshape(B * heads, H * W, -1) for t in (q, k, v))  # tokens row-major
+        attn = torch.softmax(torch.baddbmm(q.new_zeros(()), q, k.transpose(1, 2), beta=0, alpha=scale), dim=-1)
+        return torch.bmm(attn, v).reshape(B, heads, H, W, -1)
+
+
+def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     B, heads, H, W, _ = q.shape
     per_head = _score_bytes(q.dtype) * H * W * (H + W)  # row and column scores of one (batch, head)
     step = max(1, MAX_SCORE_BYTES // per_head)
     if step >= B * heads:
-        return _criss_cross(q, k, v, log_alpha, log_beta, scale)
+        return _criss_cross(q, k, v, log_alpha, log_beta, scale, paths)
     # (batch, head) pairs are independent: a slice of them at a time, as a batch of one-head grids
     parts = [t.flatten(0, 1).unsqueeze(1) for t in (q, k, v, log_alpha, log_beta)]
-    outs = [_criss_cross(*(t[i : i + step] for t in parts), scale) for i in range(0, B * heads, step)]
+    outs = [_criss_cross(*(t[i : i + step] for t in parts), scale, paths) for i in range(0, B * heads, step)]
     return torch.cat(outs).reshape(B, heads, H, W, -1)
 
 
-def _criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+def _criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     B, heads, H, W, _ = q.shape
     dv = v.shape[-1]
     rows, cols = B * heads * H, B * heads * W
@@ -112,6 +128,11 @@ def _criss_cross(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
         q_rows, k_rows, v_rows = (t.reshape(rows, W, -1) for t in (q, k, v))
         attn_w = torch.softmax(_masked_scores(row_dist, q_rows, k_rows, scale), dim=-1)
         attn_h = torch.softmax(_masked_scores(col_dist, to_cols(q), to_cols(k), scale), dim=-1)
+        if paths == "h2v":  # Aw (Ah v): the query's path leaves along its row
+            cols_v = cols_to_rows(torch.bmm(attn_h, to_cols(v)))
+            return torch.bmm(attn_w, cols_v).reshape(B, heads, H, W, dv)
+        if paths == "v2h":  # Ah (Aw v)
+            return cols_to_rows(torch.bmm(attn_h, to_cols(torch.bmm(attn_w, v_rows)))).reshape(B, heads, H, W, dv)
         cols_v = cols_to_rows(torch.bmm(attn_h, to_cols(v)))  # Ah v
         # One row product serves both orders: Aw [v | Ah v].
         rows_both = torch.bmm(attn_w, torch.cat([v_rows, cols_v], dim=-1))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..mask import _line_log_mask, _polyline_log_mask
+from ..masks.polyline import unchecked_line_log_mask, unchecked_polyline_log_mask
 from ._common import upcast
 
 
@@ -20,13 +20,20 @@ def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> tor
     B, heads, H, W, d = q.shape
     with upcast(q, k, v) as (q, k, v):
         q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))  # tokens row-major
-        mask = _polyline_log_mask(log_alpha, log_beta).to(q.dtype)
+        mask = unchecked_polyline_log_mask(log_alpha, log_beta).to(q.dtype)
         if paths != "both":  # one path only: M (h2v) or M^T (v2h)
             mask = mask if paths == "h2v" else mask.transpose(-1, -2)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).reshape(B, heads, H, W, -1)
         h2v = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         v2h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.transpose(-1, -2), scale=scale)
         return (0.5 * (h2v + v2h)).reshape(B, heads, H, W, -1)
+
+
+def unmasked(q, k, v, scale: float) -> torch.Tensor:
+    """Plain SDPA over the grid's tokens; q, k, v (B, heads, H, W, d)."""
+    B, heads, H, W, _ = q.shape
+    seq = [t.reshape(B, heads, H * W, -1) for t in (q, k, v)]  # tokens row-major
+    return F.scaled_dot_product_attention(*seq, scale=scale).reshape(B, heads, H, W, -1)
 
 
 def masked(q, k, v, log_masks, scale: float) -> torch.Tensor:
@@ -47,8 +54,8 @@ def _batched_sdpa(q, k, v, mask, scale: float) -> torch.Tensor:
 
 def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     with upcast(q, k, v) as (q, k, v):
-        row_mask = _line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W)
-        col_mask = _line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)  # (B, heads, W, H, H)
+        row_mask = unchecked_line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W)
+        col_mask = unchecked_line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)  # (B, heads, W, H, H)
         q_cols, k_cols = q.transpose(2, 3), k.transpose(2, 3)  # (B, heads, W, H, d): columns as sequences
 
         def along_rows(u):  # Aw u: each row of the grid is a length-W sequence

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..masks.polyline import decay_dtype
 from ._common import prefix_sums
 
 
@@ -38,7 +39,7 @@ def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
     B, heads, H, W, d = q.shape
     N = H * W
     flex = _flex_for(q.device)
-    cum_alpha, cum_beta = prefix_sums(log_alpha, log_beta, torch.float64 if q.dtype == torch.float64 else torch.float32)
+    cum_alpha, cum_beta = prefix_sums(log_alpha, log_beta, decay_dtype(q))
     # One table per indexing site (see module docstring): flat (B, heads, N) or grid (B, heads, H, W).
     alpha_q, alpha_k = cum_alpha.reshape(B, heads, N), cum_alpha.reshape(B, heads, N).clone()
     alpha_h2v, alpha_v2h = cum_alpha.clone(), cum_alpha.clone()

@@ -1,6 +1,6 @@
 """The oracle: SPEC sections 3-4 written as directly as possible, the definition every backend is tested against.
 
-Forms the log-mask with ``ppma.mask``, applies two softmaxes and averages. Runs in float64 when
+Forms the log-mask with ``ppma.masks.polyline``, applies two softmaxes and averages. Runs in float64 when
 given float64; half-precision inputs are upcast to float32 with autocast off.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..mask import _line_log_mask, _polyline_log_mask
+from ..masks.polyline import unchecked_line_log_mask, unchecked_polyline_log_mask
 from ._common import upcast
 
 
@@ -18,11 +18,20 @@ def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> tor
     ``paths="h2v"`` keeps ``softmax(S + M)`` only, ``"v2h"`` ``softmax(S + M^T)`` only.
     """
     B, heads, H, W, d = q.shape
-    mask = _polyline_log_mask(log_alpha, log_beta)
+    mask = unchecked_polyline_log_mask(log_alpha, log_beta)
     masks = {"both": [mask, mask.transpose(-1, -2)], "h2v": [mask], "v2h": [mask.transpose(-1, -2)]}[paths]
     with upcast(q, k, v) as (q, k, v):
         q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))  # tokens row-major
         return masked(q, k, v, masks, scale).reshape(B, heads, H, W, -1)
+
+
+def unmasked(q, k, v, scale: float) -> torch.Tensor:
+    """``softmax(S) @ v`` over the grid's tokens; q, k, v (B, heads, H, W, d)."""
+    B, heads, H, W, _ = q.shape
+    with upcast(q, k, v) as (q, k, v):
+        q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))  # tokens row-major
+        attn = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
+        return (attn @ v).reshape(B, heads, H, W, -1)
 
 
 def masked(q, k, v, log_masks, scale: float) -> torch.Tensor:
@@ -39,8 +48,8 @@ def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both")
     ``paths="h2v"`` keeps ``Aw(Ah v)`` (the query's path leaves along its row), ``"v2h"`` keeps ``Ah(Aw v)``.
     """
     with upcast(q, k, v) as (q, k, v):
-        row_mask = _line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W): row i, [j, l]
-        col_mask = _line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)  # (B, heads, W, H, H): column j, [i, k]
+        row_mask = unchecked_line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W): row i, [j, l]
+        col_mask = unchecked_line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)  # (B, heads, W, H, H): column j, [i, k]
         attn_w = torch.softmax(torch.einsum("bhijd,bhild->bhijl", q, k) * scale + row_mask, dim=-1)
         attn_h = torch.softmax(torch.einsum("bhijd,bhkjd->bhjik", q, k) * scale + col_mask, dim=-1)
 

@@ -26,9 +26,7 @@ from .config import TrainConfig
 __all__ = [
     "Batch",
     "DigitsDataset",
-    "ResumableSampler",
     "SafeImageFolder",
-    "ShardSampler",
     "build_datasets",
     "build_eval_dataset",
     "build_transform",
@@ -243,43 +241,6 @@ def collate(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
 
 
 # ---- samplers -------------------------------------------------------------------------------------------
-
-
-class ResumableSampler(Sampler[int]):
-    """torch's ``DistributedSampler`` (shuffled by seed and epoch, one shard per process) that can start
-    ``skip`` items into the epoch, to resume mid-epoch. It also tells the dataset the epoch (its
-    ``set_epoch``, which seeds the items' augmentation)."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
-        from torch.utils.data.distributed import DistributedSampler
-
-        self.dataset = dataset
-        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.inner.set_epoch(epoch)
-        self.dataset.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.inner)[self.skip :])
-
-    def __len__(self) -> int:
-        return len(self.inner) - self.skip
-
-
-class ShardSampler(Sampler[int]):
-    """Every ``num_replicas``-th index from ``rank``, in order, without padding: exact metrics after a sum."""
-
-    def __init__(self, n: int, num_replicas: int, rank: int) -> None:
-        self.indices = list(range(rank, n, num_replicas))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, drop_last: bool,

@@ -1,11 +1,12 @@
 """The training and evaluation loops, and ``run(config)`` that wires them to timm's parts.
 
 ``run`` builds, from a ``TrainConfig``: the datasets and loaders (``data.py``), the model
-(``timm.create_model``), AdamW with timm's parameter groups (no weight decay on norms, biases and the
-model's ``no_weight_decay()``: ``dt_bias``, ``A_log``), timm's cosine schedule with warm-up stepped every
-update, timm Mixup/CutMix and its soft-target or label-smoothing loss, timm ``ModelEmaV3``, autocast
-(bf16/fp16 with a grad scaler), optional clipping and ``torch.compile``, and DDP under ``torchrun``.
-Then it loops: ``train_one_epoch`` -> ``evaluate`` (model and EMA) -> checkpoints -> log.
+(``timm.create_model``), AdamW on the parameter groups of ``ppma.runtime.param_groups``, timm's cosine
+schedule with warm-up stepped every update, timm Mixup/CutMix and its soft-target or label-smoothing
+loss, timm ``ModelEmaV3``, autocast (bf16/fp16 with a grad scaler), optional clipping and
+``torch.compile``, and DDP under ``torchrun``.
+Then it loops: ``train_one_epoch`` -> ``evaluate`` (model and EMA) -> checkpoints -> log; the run folder,
+checkpoint format, random states, samplers and log writer are ``ppma.runtime``'s.
 """
 
 from __future__ import annotations
@@ -24,29 +25,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..distributed import (
+from ..errors import PPMAError
+from ..runtime import (
     DistInfo,
+    ResumableSampler,
+    RunFolder,
+    RunLog,
+    ShardSampler,
+    all_rng_states,
     amp_dtype_for,
     autocast,
     cleanup_distributed,
+    param_groups,
     pick_device,
+    read_training_checkpoint,
+    restore_rank_rng,
+    resume_checkpoint,
     seed_everything,
     setup_distributed,
     unwrap,
 )
-from ..errors import PPMAError
 from .config import TrainConfig
-from .data import (
-    ResumableSampler,
-    ShardSampler,
-    build_datasets,
-    build_eval_dataset,
-    build_transform,
-    describe_skipped,
-    make_loader,
-)
-from .report import Reporter, plot_curves, progress_bar
-from .state import RunState, capture_rng, find_resume_checkpoint, new_epoch_stats, restore_rng
+from .data import build_datasets, build_eval_dataset, build_transform, describe_skipped, make_loader
+from .report import plot_curves, progress_bar
+from .state import RunState, new_epoch_stats
 
 __all__ = [
     "build_model",
@@ -55,6 +57,7 @@ __all__ = [
     "evaluate_checkpoint",
     "predict_images",
     "resolve_lr",
+    "resumed_options",
     "run",
     "train_one_epoch",
 ]  # fmt: skip
@@ -87,12 +90,12 @@ def resolve_lr(config: TrainConfig, total_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """timm's optimizer with its two parameter groups: weight decay on weights of >= 2 dims, none on norms,
-    biases and the names in ``model.no_weight_decay()`` (``dt_bias``, ``A_log``). Layer-scale gammas are
-    (1, 1, 1, C), so they are decayed, as published."""
+    """timm's optimizer ``config.opt`` on the parameter groups of ``ppma.runtime.param_groups`` with the
+    layer-scale gammas decayed, as the published classification recipe (timm's own grouping) does."""
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(model, opt=config.opt, lr=lr, weight_decay=config.weight_decay, eps=config.opt_eps)
+    groups = param_groups(model, config.weight_decay, decay_layer_scale=True)
+    return create_optimizer_v2(groups, opt=config.opt, lr=lr, weight_decay=config.weight_decay, eps=config.opt_eps)
 
 
 def _build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, updates_per_epoch: int) -> Any:
@@ -167,24 +170,12 @@ def train_one_epoch(
         if dist_info is not None and dist_info.distributed:
             usable = usable if dist_info.all_reduce_sum([float(usable == 0)])[0] == 0 else 0
         if usable > 0:
-            images, targets = batch.images.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True)
-            images, targets = images[:usable], targets[:usable]
+            images = batch.images[:usable].to(device, non_blocking=True)
+            targets = batch.targets[:usable].to(device, non_blocking=True)
             if mixup is not None:
                 images, targets = mixup(images, targets)
-            with autocast(device, amp_dtype):
-                loss = loss_fn(model(images), targets)
-            if not math.isfinite(loss.item()):
-                raise PPMAError(f"train: loss is {loss.item()} at step {state.step + 1}; lower --lr or set --clip-grad")
-            state.optimizer.zero_grad(set_to_none=True)
-            state.scaler.scale(loss).backward()
-            if clip_grad is not None:
-                state.scaler.unscale_(state.optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-            if state.ema is not None:
-                state.ema.update(unwrapped, step=state.step + 1)
-            stats["loss_sum"] += loss.item() * len(targets)
+            loss = _update(model, images, targets, state, loss_fn, amp_dtype, clip_grad, unwrapped)
+            stats["loss_sum"] += loss * len(targets)
             stats["images"] += len(targets)
         state.step += 1
         state.step_in_epoch += 1
@@ -197,6 +188,26 @@ def train_one_epoch(
         if on_step is not None and on_step():
             return True
     return False
+
+
+def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, state: RunState, loss_fn: nn.Module,
+            amp_dtype: torch.dtype | None, clip_grad: float | None, unwrapped: nn.Module) -> float:
+    """One optimizer update (autocast forward, scaled backward, optional clip, step, EMA); returns the loss."""
+    with autocast(images.device, amp_dtype):
+        loss = loss_fn(model(images), targets)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise PPMAError(f"train: loss is {value} at step {state.step + 1}; lower --lr or set --clip-grad")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if clip_grad is not None:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    if state.ema is not None:
+        state.ema.update(unwrapped, step=state.step + 1)
+    return value
 
 
 @torch.no_grad()
@@ -241,7 +252,37 @@ def evaluate(
             "images_per_s": n / max(elapsed, 1e-9), "skipped": int(n_skipped)}  # fmt: skip
 
 
-# ---- a whole run ------------------------------------------------------------------------------------------
+# ---- a whole run: set-up, loop, end of epoch, end ---------------------------------------------------------
+
+
+def resumed_options(resume: str | None, output_dir: str | None) -> dict[str, Any] | None:
+    """The options of the run that ``resume`` names (``ppma.runtime.resume_checkpoint``), without its
+    ``resume`` and ``stop_after_steps``: a resumed run starts from them; None when nothing is resumed."""
+    path = resume_checkpoint(resume, output_dir)
+    if path is None:
+        return None
+    saved = read_training_checkpoint(path).get("config") or {}
+    return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps")}
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the set-up of a run builds, for its loop and its epoch ends."""
+
+    config: TrainConfig
+    d: DistInfo
+    folder: RunFolder
+    log: RunLog
+    state: RunState
+    train_model: nn.Module  # the model as trained: DDP / SyncBatchNorm / torch.compile wrapped
+    train_sampler: ResumableSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    mixup: Any
+    loss_fn: nn.Module
+    amp_dtype: torch.dtype | None
+    meta: dict[str, Any]
+    stopped: bool = False
 
 
 def _output_dir(config: TrainConfig, resume_path: Path | None, dist_info: DistInfo) -> Path:
@@ -269,17 +310,33 @@ def run(config: TrainConfig) -> dict[str, Any]:
     """
     config.validate()
     dist_info = setup_distributed(config.device)
+    r = None
     try:
-        return _run(config, dist_info)
+        r = _set_up(config, dist_info)
+        while r.state.epoch < config.epochs and not r.stopped:
+            if _train_epoch(r):
+                break
+            _end_epoch(r)
+        return _finish(r)
     finally:
+        if r is not None:
+            r.folder.close()
         cleanup_distributed(dist_info)
 
 
-def _run(config: TrainConfig, d: DistInfo) -> dict[str, Any]:
-    resume_path = find_resume_checkpoint(config.resume, config.output_dir) if config.resume is not None else None
-    out = _output_dir(config, resume_path, d)
-    if resume_path is None and (out / "last.pth").exists():
-        raise PPMAError(f"output_dir: {out} already holds a run (last.pth); --resume it or pick another --output-dir")
+def _set_up(config: TrainConfig, d: DistInfo) -> _Run:
+    """Folder, data, model, optimizer, schedule, EMA, loss; the resumed state and random states (the folder
+    is given back if any of it fails)."""
+    resume_path = resume_checkpoint(config.resume, config.output_dir)
+    folder = RunFolder(_output_dir(config, resume_path, d), d).open(resuming=resume_path is not None)
+    try:
+        return _build_run(config, d, folder, resume_path)
+    except BaseException:
+        folder.close()
+        raise
+
+
+def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path: Path | None) -> _Run:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     if config.deterministic:
@@ -287,23 +344,53 @@ def _run(config: TrainConfig, d: DistInfo) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = False
     elif d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    # Data. Every process reads the same folders; the sampler gives each its shard.
-    train_set, val_set, classes = build_datasets(config)
+    train_set, val_set, classes = build_datasets(config)  # every process reads the folders; samplers shard them
     train_sampler = ResumableSampler(train_set, d.world_size, d.rank, config.seed)
-    train_loader = make_loader(train_set, train_sampler, config.batch_size, config.workers, drop_last=True,
-                               pin_memory=d.device.type == "cuda")  # fmt: skip
+    pin = d.device.type == "cuda"
+    train_loader = make_loader(train_set, train_sampler, config.batch_size, config.workers, True, pin)
     val_loader = make_loader(val_set, ShardSampler(len(val_set), d.world_size, d.rank), config.batch_size,
-                             config.workers, drop_last=False, pin_memory=d.device.type == "cuda")  # fmt: skip
-    updates_per_epoch = len(train_sampler) // config.batch_size
-    if updates_per_epoch == 0:
+                             config.workers, False, pin)  # fmt: skip
+    if len(train_sampler) // config.batch_size == 0:
         raise PPMAError(f"data: {len(train_sampler)} training images per process, fewer than one batch of "
                         f"{config.batch_size}; lower --batch-size")  # fmt: skip
+    state, meta, amp_dtype = _build_state(config, d, classes, len(train_sampler) // config.batch_size)
+    mixup, loss_fn = _build_loss(config, len(classes))
+    rng_states = None
+    if resume_path is not None:
+        rng_states = state.load(resume_path, expect=meta)["rng"]
+        state.scheduler.step_update(num_updates=state.step)
+    log = RunLog(folder.path, d.is_main, tensorboard=config.tensorboard)
+    folder.write_text("config.yaml", _yaml(config.to_dict()))
+    where = "digits (built in)" if config.data_path is None else config.data_path
+    res = meta["resolved"]
+    log.print(
+        f"ppma train: {config.model} ({res['params'] / 1e6:.2f} M params, {len(classes)} classes) on {where}: "
+        f"{len(train_set)} train / {len(val_set)} val images, {d.world_size} process(es) on {d.device}, "
+        f"total batch {res['total_batch']}, lr {res['lr']:.2e}, amp {res['amp']}, output {folder.path}"
+        + (f"; resumed at epoch {state.epoch + 1} step {state.step}" if resume_path else "")
+    )
+    # Training RNG: per rank, restored exactly on resume (the augmentation RNG is per sample, see data.py).
+    if rng_states is None:
+        seed_everything(config.seed + d.rank)
+    elif not restore_rank_rng(rng_states, d, config.seed + 1000 * state.step):
+        log.print(f"resume: saved with {len(rng_states)} processes, now {d.world_size}: RNG reseeded")
+    return _Run(config, d, folder, log, state, _wrap(state.model, config, d), train_sampler, train_loader,
+                val_loader, mixup, loss_fn, amp_dtype, meta)  # fmt: skip
 
-    # Model, optimizer, schedule, EMA: the same initial weights on every rank (seeded before creation).
+
+def _yaml(values: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def _build_state(
+    config: TrainConfig, d: DistInfo, classes: list[str], updates_per_epoch: int
+) -> tuple[RunState, dict[str, Any], torch.dtype | None]:
+    """Model, optimizer, schedule, scaler and EMA (the same initial weights on every rank: seeded before
+    creation), the checkpoint metadata, and the autocast dtype."""
     seed_everything(config.seed)
     model = build_model(config, len(classes)).to(d.device)
-    params = sum(p.numel() for p in model.parameters())
     total_batch = config.batch_size * d.world_size
     lr = resolve_lr(config, total_batch)
     optimizer = build_optimizer(model, config, lr)
@@ -316,145 +403,135 @@ def _run(config: TrainConfig, d: DistInfo) -> dict[str, Any]:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=ema_decay, use_warmup=config.ema_warmup)
-    mixup, loss_fn = _build_loss(config, len(classes))
-    state = RunState(model, optimizer, scheduler, scaler, ema)
+    resolved = {"lr": lr, "total_batch": total_batch, "world_size": d.world_size, "ema_decay": ema_decay,
+                "amp": str(amp_dtype).removeprefix("torch."), "params": sum(p.numel() for p in model.parameters())}
     meta = {"model_name": config.model, "num_classes": len(classes), "classes": classes, "config": config.to_dict(),
-            "resolved": {"lr": lr, "total_batch": total_batch, "world_size": d.world_size, "ema_decay": ema_decay,
-                         "amp": str(amp_dtype).removeprefix("torch."), "params": params}}  # fmt: skip
+            "resolved": resolved}  # fmt: skip
+    return RunState(model, optimizer, scheduler, scaler, ema), meta, amp_dtype
 
-    rng_states = None
-    if resume_path is not None:
-        ckpt = state.load(resume_path, expect=meta)
-        rng_states = ckpt["rng"]
-        scheduler.step_update(num_updates=state.step)
 
-    train_model: nn.Module = model
+def _wrap(model: nn.Module, config: TrainConfig, d: DistInfo) -> nn.Module:
+    """The model as trained: SyncBatchNorm and DDP across processes, ``torch.compile`` if asked."""
     if config.sync_bn and d.distributed:
-        train_model = nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if d.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        device_ids = [d.device.index] if d.device.type == "cuda" else None
-        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
-    if config.compile:
-        train_model = torch.compile(train_model)
+        model = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    return torch.compile(model) if config.compile else model
 
-    reporter = Reporter(out, d.rank, config.tensorboard)
-    if d.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        import yaml
 
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    where = "digits (built in)" if config.data_path is None else config.data_path
-    reporter.print(
-        f"ppma train: {config.model} ({params / 1e6:.2f} M params, {len(classes)} classes) on {where}: "
-        f"{len(train_set)} train / {len(val_set)} val images, {d.world_size} process(es) on {d.device}, "
-        f"total batch {total_batch}, lr {lr:.2e}, amp {meta['resolved']['amp']}, output {out}"
-        + (f"; resumed at epoch {state.epoch + 1} step {state.step}" if resume_path else "")
-    )
+def _save_last(r: _Run) -> None:
+    """``last.pth``; a collective (every rank's random states are gathered), rank 0 writes."""
+    rng = all_rng_states(r.d)
+    if r.d.is_main:
+        r.folder.save(r.state.checkpoint(r.meta, rng))
 
-    # Training RNG: per rank, restored exactly on resume (the augmentation RNG is per sample, see data.py).
-    if rng_states is not None:
-        if len(rng_states) == d.world_size:
-            restore_rng(rng_states[d.rank])
-        else:
-            reporter.print(f"resume: saved with {len(rng_states)} processes, now {d.world_size}: RNG reseeded")
-            seed_everything(config.seed + d.rank + 1000 * state.step)
-    else:
-        seed_everything(config.seed + d.rank)
 
-    def save_last() -> None:
-        rng = d.all_gather(capture_rng())  # a collective: every rank calls it at the same steps
-        if d.rank == 0:
-            state.save(out / "last.pth", meta, rng)
-
-    stopped = False
+def _train_epoch(r: _Run) -> bool:
+    """The (rest of the) current epoch; True when the run stops inside it (``stop_after_steps``)."""
+    config, state = r.config, r.state
 
     def on_step() -> bool:
-        nonlocal stopped
         if config.stop_after_steps is not None and state.step >= config.stop_after_steps:
-            stopped = True
+            r.stopped = True
             return True
         if config.save_every_steps and state.step % config.save_every_steps == 0:
-            save_last()
+            _save_last(r)
+        signum = r.folder.stop_requested()
+        if signum:  # SIGTERM / SIGINT: save where the run stands, then stop
+            _save_last(r)
+            raise r.folder.stopped(signum, f"epoch {state.epoch + 1}, step {state.step}")
         return False
 
-    while state.epoch < config.epochs and not stopped:
-        epoch = state.epoch
-        train_sampler.set_epoch(epoch, skip=state.step_in_epoch * config.batch_size)
-        desc = f"epoch {epoch + 1}/{config.epochs}"
-        bar = progress_bar(train_loader, len(train_loader), desc, config.progress, d.rank)
-        if train_one_epoch(train_model, train_loader, state, loss_fn, mixup, d.device, amp_dtype, config.clip_grad,
-                           on_step, bar, dist_info=d):  # fmt: skip
-            break
-        bar.close()
-        stats = state.epoch_stats
-        loss_sum, images, n_skipped = d.all_reduce_sum([stats["loss_sum"], stats["images"], len(stats["skipped"])])
-        train_time = max(d.all_gather(stats["time"]))
-        if d.distributed:  # each rank's last forward moved its own BatchNorm statistics: take rank 0's everywhere
-            from timm.utils import distribute_bn
+    r.train_sampler.set_epoch(state.epoch, skip=state.step_in_epoch * config.batch_size)
+    bar = progress_bar(r.train_loader, len(r.train_loader), f"epoch {state.epoch + 1}/{config.epochs}",
+                       config.progress, r.d.rank)  # fmt: skip
+    if train_one_epoch(r.train_model, r.train_loader, state, r.loss_fn, r.mixup, r.d.device, r.amp_dtype,
+                       config.clip_grad, on_step, bar, dist_info=r.d):  # fmt: skip
+        return True
+    bar.close()
+    return False
 
-            distribute_bn(model, d.world_size, reduce=False)
-            if ema is not None:
-                distribute_bn(ema.module, d.world_size, reduce=False)
-        metrics = evaluate(model, val_loader, d.device, amp_dtype, d)
-        ema_metrics = evaluate(ema.module, val_loader, d.device, amp_dtype, d) if ema is not None else None
-        record = {
-            "epoch": epoch + 1, "epochs": config.epochs, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / max(images, 1), "train_images_per_s": images / max(train_time, 1e-9),
-            "train_time_s": train_time, "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"],
-            "eval_images_per_s": metrics["images_per_s"], "val_images": metrics["images"], "train_images": int(images),
-            "ema_top1": ema_metrics["top1"] if ema_metrics else None,
-            "ema_top5": ema_metrics["top5"] if ema_metrics else None,
-            "ema_loss": ema_metrics["loss"] if ema_metrics else None,
-            "skipped_images": int(n_skipped) + metrics["skipped"], "time_s": train_time,
-        }  # fmt: skip
-        skipped_note = describe_skipped(stats["skipped"])
-        state.history.append(record)
-        state.epoch, state.step_in_epoch = epoch + 1, 0
-        state.epoch_stats = new_epoch_stats()
-        score = record["ema_top1"] if ema is not None else record["top1"]
-        if score > state.best_top1:
-            state.best_top1, state.best_epoch = score, epoch + 1
-            if d.rank == 0:  # weights and metadata only: best.pth is for evaluation and release
-                best = {"format": 0, **meta, "epoch": epoch + 1, "metrics": record, "model": model.state_dict()}
-                if ema is not None:
-                    best["model_ema"] = ema.module.state_dict()
-                from ..checkpoint import atomic_save
 
-                atomic_save(best, out / "best.pth")
-        save_last()
-        reporter.epoch(record)
-        if record["skipped_images"]:
-            reporter.print(f"  epoch {epoch + 1}: {record['skipped_images']} unreadable image(s) skipped in all "
-                           f"processes; rank 0: {skipped_note or 'none'}")  # fmt: skip
+def _end_epoch(r: _Run) -> None:
+    """Evaluate the model and the EMA, log the epoch, keep the best weights, write ``last.pth``."""
+    config, state, d, ema = r.config, r.state, r.d, r.state.ema
+    stats = state.epoch_stats
+    loss_sum, images, n_skipped = d.all_reduce_sum([stats["loss_sum"], stats["images"], len(stats["skipped"])])
+    train_time = max(d.all_gather(stats["time"]))
+    if d.distributed:  # each rank's last forward moved its own BatchNorm statistics: take rank 0's everywhere
+        from timm.utils import distribute_bn
 
-    if d.rank == 0 and config.plot and state.history and not stopped:
+        distribute_bn(state.model, d.world_size, reduce=False)
+        if ema is not None:
+            distribute_bn(ema.module, d.world_size, reduce=False)
+    metrics = evaluate(state.model, r.val_loader, d.device, r.amp_dtype, d)
+    ema_metrics = evaluate(ema.module, r.val_loader, d.device, r.amp_dtype, d) if ema is not None else {}
+    record = {
+        "epoch": state.epoch + 1, "epochs": config.epochs, "step": state.step,
+        "lr": state.optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(images, 1),
+        "train_images_per_s": images / max(train_time, 1e-9), "train_time_s": train_time, "top1": metrics["top1"],
+        "top5": metrics["top5"], "loss": metrics["loss"], "eval_images_per_s": metrics["images_per_s"],
+        "val_images": metrics["images"], "train_images": int(images), "ema_top1": ema_metrics.get("top1"),
+        "ema_top5": ema_metrics.get("top5"), "ema_loss": ema_metrics.get("loss"),
+        "skipped_images": int(n_skipped) + metrics["skipped"], "time_s": train_time,
+    }  # fmt: skip
+    skipped_note = describe_skipped(stats["skipped"])
+    state.history.append(record)
+    state.epoch, state.step_in_epoch, state.epoch_stats = state.epoch + 1, 0, new_epoch_stats()
+    score = record["ema_top1"] if ema is not None else record["top1"]
+    if score > state.best_top1:
+        state.best_top1, state.best_epoch = score, state.epoch
+        best = {"format": 0, "task": "classify", **r.meta, "epoch": state.epoch, "metrics": record,
+                "model": state.model.state_dict()}  # weights and metadata only: for evaluation and release
+        if ema is not None:
+            best["model_ema"] = ema.module.state_dict()
+        r.folder.save(best, "best.pth")
+    _save_last(r)
+    r.log.write(record, _epoch_line(record), step_key="epoch")
+    if record["skipped_images"]:
+        r.log.print(f"  epoch {state.epoch}: {record['skipped_images']} unreadable image(s) skipped in all "
+                    f"processes; rank 0: {skipped_note or 'none'}")  # fmt: skip
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    ema = f"  ema top-1 {record['ema_top1']:.2f}" if record.get("ema_top1") is not None else ""
+    return (f"epoch {record['epoch']:>3}/{record['epochs']}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
+            f"val top-1 {record['top1']:.2f} top-5 {record['top5']:.2f}{ema}  "
+            f"{record['train_images_per_s']:.0f} img/s  {record['time_s']:.0f} s")  # fmt: skip
+
+
+def _finish(r: _Run) -> dict[str, Any]:
+    """Curves, and the summary ``run`` returns."""
+    state, out = r.state, r.folder.path
+    if r.d.is_main and r.config.plot and state.history and not r.stopped:
         plot_curves(state.history, out / "curves.png")
-    reporter.close()
-    d.barrier()
+    r.log.close()
+    r.d.barrier()
     last = state.history[-1] if state.history else {}
-    use_ema = ema is not None
+    key = "ema_" if state.ema is not None else ""
+    res = r.meta["resolved"]
     return {
         "best_top1": state.best_top1 if state.history else None,
         "best_epoch": state.best_epoch,
-        "final_top1": last.get("ema_top1" if use_ema else "top1"),
-        "final_top5": last.get("ema_top5" if use_ema else "top5"),
-        "final_loss": last.get("ema_loss" if use_ema else "loss"),
+        "final_top1": last.get(key + "top1"),
+        "final_top5": last.get(key + "top5"),
+        "final_loss": last.get(key + "loss"),
         "final_top1_model": last.get("top1"),
         "final_top1_ema": last.get("ema_top1"),
-        "train_images_per_s": float(np.mean([r["train_images_per_s"] for r in state.history])) if last else None,
-        "eval_images_per_s": float(np.mean([r["eval_images_per_s"] for r in state.history])) if last else None,
-        "params": params,
+        "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in state.history])) if last else None,
+        "eval_images_per_s": float(np.mean([h["eval_images_per_s"] for h in state.history])) if last else None,
+        "params": res["params"],
         "epochs": state.epoch,
         "steps": state.step,
-        "lr": lr,
-        "total_batch": total_batch,
+        "lr": res["lr"],
+        "total_batch": res["total_batch"],
         "output_dir": str(out),
         "best_checkpoint": str(out / "best.pth"),
         "last_checkpoint": str(out / "last.pth"),
-        "stopped": stopped,
-        "skipped_images": sum(r["skipped_images"] for r in state.history),
+        "stopped": r.stopped,
+        "skipped_images": sum(h["skipped_images"] for h in state.history),
         "history": state.history,
     }
 

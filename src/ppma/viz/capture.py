@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import PPMAError
-from ..layers import PolylineAttention, rotate
+from ..layers import PolylineAttention
 
 __all__ = [
     "SAMPLES",
@@ -261,11 +261,8 @@ class Capture:
 
 
 def _recompute(module: PolylineAttention, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]):
-    """q, k and log-decays of image 0, as ``PolylineAttention.forward`` computes them."""
-    sin, cos = rotary
-    q = rotate(module._heads(module.q_proj(x)), sin, cos)
-    k = rotate(module._heads(module.k_proj(x) * module.scaling), sin, cos)
-    log_alpha, log_beta = module.decay(x)
+    """q, k and log-decays of image 0: the layer's own ``project``, what its forward passes to the op."""
+    q, k, _, log_alpha, log_beta = module.project(x, rotary)
     return [t[0].detach().float().cpu() for t in (q, k, log_alpha, log_beta)]
 
 

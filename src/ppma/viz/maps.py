@@ -2,7 +2,7 @@
 
 Two layers:
 
-- tensor functions for ONE head, written like SPEC sections 3-4 and built on ``ppma.mask``
+- tensor functions for ONE head, written like SPEC sections 3-4 and built on ``ppma.masks.polyline``
   (``query_mask_maps``, ``full_attention_map``, ``criss_cross_attention_map``, ``window_log_mask``);
 - functions on a ``Capture`` that pick the block, head and query token and return numpy arrays
   (``mask_maps``, ``attention_maps``, ``mask_matrix``, ``decay_maps``).
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import PPMAError
-from ..mask import line_log_mask, polyline_log_mask
+from ..masks.polyline import line_log_mask, polyline_log_mask
 from .capture import BlockCapture, Capture
 
 __all__ = [
@@ -147,7 +147,7 @@ def window_log_mask(
 # ---- on a capture: pick block, head, query -----------------------------------------------------------
 
 
-def _heads(bc: BlockCapture, head: int | None) -> list[int]:
+def head_indices(bc: BlockCapture, head: int | None) -> list[int]:
     """The heads to use: one, or all (averaged) for ``None``."""
     if head is None:
         return list(range(bc.heads))
@@ -182,7 +182,7 @@ def mask_maps(
     bc = cap.block(stage, block)
     token = cap.image.query_token(query, bc.stride)
     per_head = [query_mask_maps(log_mask_fn(bc.log_alpha[h], bc.log_beta[h]), token, bc.grid)
-                for h in _heads(bc, head)]  # fmt: skip
+                for h in head_indices(bc, head)]  # fmt: skip
     out = {name: _mean([m[name] for m in per_head]) for name in ("h2v", "v2h", "average")}
     return dict(out, token=token, block=bc)
 
@@ -202,7 +202,7 @@ def mask_matrix(
         ``window``; ``token``; ``block``.
     """
     bc = cap.block(stage, block)
-    (h,) = _heads(bc, head)
+    (h,) = head_indices(bc, head)
     token = cap.image.query_token(query, bc.stride)
     log_mask, origin = window_log_mask(bc.log_alpha[h], bc.log_beta[h], token, window)
     return {"h2v": log_mask.exp().numpy(), "v2h": log_mask.T.exp().numpy(), "origin": origin, "window": window,
@@ -223,7 +223,7 @@ def attention_maps(cap: Capture, query: tuple[float, float], stage: int, block: 
         raise PPMAError(f"block: attention maps are drawn for mask='polyline' layers; this one uses {bc.mask!r}")
     token = cap.image.query_token(query, bc.stride)
     masked, unmasked = [], []
-    for h in _heads(bc, head):
+    for h in head_indices(bc, head):
         q, k, la, lb = bc.q[h], bc.k[h], bc.log_alpha[h], bc.log_beta[h]
         if bc.mode == "full":
             log_mask = polyline_mask(la, lb)
@@ -248,7 +248,7 @@ def decay_maps(cap: Capture, block: int = -1, head: int | None = None) -> list[d
     out = []
     for stage in range(len(cap.blocks)):
         bc = cap.block(stage, block)
-        heads = _heads(bc, head)
+        heads = head_indices(bc, head)
         out.append({"alpha": bc.log_alpha[heads].exp().mean(0).numpy(),
                         "beta": bc.log_beta[heads].exp().mean(0).numpy(), "block": bc})  # fmt: skip
     return out

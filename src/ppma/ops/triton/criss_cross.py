@@ -36,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .full import _abs, _online_softmax_step, _sign
+from ...masks.polyline import decay_dtype
+from .full import abs_value, online_softmax_step, sign
 
 MAX_LINE = 4096  # H and W: the limit the dispatcher checks (ops/api.py)
 BLOCK = 64  # queries / keys per block (at least 16 for tl.dot)
@@ -87,8 +88,8 @@ def _line_fwd_kernel(
         u = _line_block(U, su_b, su_h, su_l, su_t, su_d, b, h, line, offs_n, L, DU, DUP)
         p_k = tl.load(P + b * sp_b + h * sp_h + line * sp_l + offs_n * sp_t, mask=k_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * scale
-        s = tl.where(k_ok[None, :], s - _abs(p_q[:, None] - p_k[None, :]).to(ACC), float("-inf"))
-        m, l_sum, acc = _online_softmax_step(s, m, l_sum, acc, u, ACC, PREC)
+        s = tl.where(k_ok[None, :], s - abs_value(p_q[:, None] - p_k[None, :]).to(ACC), float("-inf"))
+        m, l_sum, acc = online_softmax_step(s, m, l_sum, acc, u, ACC, PREC)
 
     tok = (bh * NL + line) * L + offs_m  # contiguous (B, heads, lines, L[, DU]) outputs
     offs_u = tl.arange(0, DUP)
@@ -103,10 +104,10 @@ def _line_bwd_tile(q, k, u, do, p_q, p_k, lse, delta, q_ok, k_ok, scale, ACC: tl
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * scale
     diff = (p_q[:, None] - p_k[None, :]).to(ACC)
     ok = q_ok[:, None] & k_ok[None, :]
-    p = tl.where(ok, tl.exp(s - _abs(diff) - lse[:, None]), 0.0)
+    p = tl.where(ok, tl.exp(s - abs_value(diff) - lse[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(u), out_dtype=ACC, input_precision=PREC)
     ds = p * (dp - delta[:, None])
-    return p, ds, _sign(diff)
+    return p, ds, sign(diff)
 
 
 @triton.jit
@@ -231,7 +232,7 @@ def _line_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T * scale - |P[p] - P[q]|) @ u over (B, heads, lines, L, .) strided views: (out, lse)."""
     B, heads, NL, L, _ = q.shape
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = decay_dtype(q)
     out = torch.empty(B, heads, NL, L, u.shape[4], device=q.device, dtype=acc)
     lse = torch.empty(B, heads, NL, L, device=q.device, dtype=acc)
     cfg = _config(q, u, block)
@@ -242,7 +243,7 @@ def _line_fwd(
 
 @_line_fwd.register_fake
 def _(q, k, u, p, scale, block):
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = decay_dtype(q)
     return q.new_empty((*q.shape[:4], u.shape[4]), dtype=acc), q.new_empty(q.shape[:4], dtype=acc)
 
 
@@ -332,7 +333,7 @@ def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both",
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     elif q.dtype != k.dtype or q.dtype != v.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
-    table_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    table_dtype = decay_dtype(q)
     p_rows = torch.cumsum(log_alpha.to(table_dtype), dim=-1)  # (B, heads, H, W): row i is a line
     p_cols = torch.cumsum(log_beta.to(table_dtype), dim=-2).transpose(-1, -2)  # (B, heads, W, H) view
     q_cols, k_cols = q.transpose(2, 3), k.transpose(2, 3)  # columns as lines, no copies

@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...masks.polyline import decay_dtype
 from .._common import prefix_sums
 
 MAX_WIDTH = 256  # a whole grid row (padded to a power of two) is one tile row
@@ -49,12 +50,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _abs(x):
+def abs_value(x):
     return tl.where(x < 0, -x, x)
 
 
 @triton.jit
-def _sign(x):
+def sign(x):
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0)).to(x.dtype)
 
 
@@ -72,13 +73,13 @@ def _masks(aq, bq, ak, bk, BM: tl.constexpr, BN: tl.constexpr):
     b_kl = bk[None, None, :, :]
     a_kj = tl.trans(ak)[None, :, :, None]
     b_kj = tl.trans(bk)[None, :, :, None]
-    h2v = -_abs(a_ij - a_il) - _abs(b_il - b_kl)
-    v2h = -_abs(a_kl - a_kj) - _abs(b_kj - b_ij)
+    h2v = -abs_value(a_ij - a_il) - abs_value(b_il - b_kl)
+    v2h = -abs_value(a_kl - a_kj) - abs_value(b_kj - b_ij)
     return tl.reshape(h2v, (BM, BN)), tl.reshape(v2h, (BM, BN))
 
 
 @triton.jit
-def _online_softmax_step(s, m, l_sum, acc, v, ACC: tl.constexpr, PREC: tl.constexpr):
+def online_softmax_step(s, m, l_sum, acc, v, ACC: tl.constexpr, PREC: tl.constexpr):
     """One key tile of a running softmax: rescale (m, l_sum, acc) to the new row maximum, add p @ v."""
     m_new = tl.maximum(m, tl.max(s, 1))
     p = tl.exp(s - m_new[:, None])
@@ -153,8 +154,8 @@ def _fwd_kernel(
         s1 = tl.where(k_ok[None, :], s + mh, float("-inf"))
         s2 = tl.where(k_ok[None, :], s + mv, float("-inf"))
 
-        m1, l1, acc1 = _online_softmax_step(s1, m1, l1, acc1, v, ACC, PREC)
-        m2, l2, acc2 = _online_softmax_step(s2, m2, l2, acc2, v, ACC, PREC)
+        m1, l1, acc1 = online_softmax_step(s1, m1, l1, acc1, v, ACC, PREC)
+        m2, l2, acc2 = online_softmax_step(s2, m2, l2, acc2, v, ACC, PREC)
 
     o1 = acc1 / l1[:, None]
     o2 = acc2 / l2[:, None]
@@ -280,11 +281,11 @@ def _bwd_query_kernel(
         g1 = tl.reshape(ds1, (R_Q, WP, R_K, WP))  # [i, j, k, l]
         g2 = tl.reshape(ds2, (R_Q, WP, R_K, WP))
         # h2v: -|A[i,j] - A[i,l]| -> A[i,j]: -sign, A[i,l]: +sign;  -|B[i,l] - B[k,l]| -> B[i,l]: -sign
-        gs1 = g1 * _sign(a_ij - a_il)
+        gs1 = g1 * sign(a_ij - a_il)
         daq += tl.sum(tl.sum(gs1, 2), 1) - tl.sum(tl.sum(gs1, 3), 2)
-        dbq -= tl.sum(tl.sum(g1 * _sign(b_il - bk[None, None, :, :]), 2), 1)
+        dbq -= tl.sum(tl.sum(g1 * sign(b_il - bk[None, None, :, :]), 2), 1)
         # v2h: -|B[k,j] - B[i,j]| -> B[i,j]: +sign
-        dbq += tl.sum(tl.sum(g2 * _sign(tl.trans(bk)[None, :, :, None] - b_ij), 3), 2)
+        dbq += tl.sum(tl.sum(g2 * sign(tl.trans(bk)[None, :, :, None] - b_ij), 3), 2)
     dq = dq * scale
     offs_d = tl.arange(0, DP)
     tok = bh * H * W + qi * W + qj
@@ -337,11 +338,11 @@ def _bwd_key_kernel(
         g1 = tl.reshape(ds1, (R_Q, WP, R_K, WP))  # [i, j, k, l]
         g2 = tl.reshape(ds2, (R_Q, WP, R_K, WP))
         # h2v: -|B[i,l] - B[k,l]| -> B[k,l]: +sign
-        dbk += tl.sum(tl.sum(g1 * _sign(bq[:, None, None, :] - b_kl), 1), 0)
+        dbk += tl.sum(tl.sum(g1 * sign(bq[:, None, None, :] - b_kl), 1), 0)
         # v2h: -|A[k,l] - A[k,j]| -> A[k,l]: -sign, A[k,j]: +sign;  -|B[k,j] - B[i,j]| -> B[k,j]: -sign
-        gs3 = g2 * _sign(a_kl - a_kj)
+        gs3 = g2 * sign(a_kl - a_kj)
         dak += tl.trans(tl.sum(tl.sum(gs3, 3), 0)) - tl.sum(tl.sum(gs3, 1), 0)
-        dbk -= tl.trans(tl.sum(tl.sum(g2 * _sign(b_kj - bq[:, :, None, None]), 3), 0))
+        dbk -= tl.trans(tl.sum(tl.sum(g2 * sign(b_kj - bq[:, :, None, None]), 3), 0))
     dk = dk * scale
     offs_d = tl.arange(0, DP)
     offs_dv = tl.arange(0, DVP)
@@ -382,7 +383,7 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
 
 def _forward(q, k, v, cum_a, cum_b, scale: float, tile_tokens: int):
     B, heads, H, W, d = q.shape
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = decay_dtype(q)
     out = torch.empty(*q.shape[:4], v.shape[-1], device=q.device, dtype=acc)
     o1 = torch.empty_like(out)
     lse1 = torch.empty(q.shape[:4], device=q.device, dtype=acc)
@@ -435,7 +436,7 @@ def _full_fwd(
 
 @_full_fwd.register_fake
 def _(q, k, v, cum_a, cum_b, scale, tile_tokens):
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = decay_dtype(q)
     out = q.new_empty((*q.shape[:4], v.shape[-1]), dtype=acc)
     lse = q.new_empty(q.shape[:4], dtype=acc)
     return out, torch.empty_like(out), lse, torch.empty_like(lse)
@@ -495,6 +496,6 @@ def full(q, k, v, log_alpha, log_beta, scale: float, *, tile_tokens: int = TILE_
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     elif q.dtype != k.dtype or q.dtype != v.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
-    table_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    table_dtype = decay_dtype(q)
     cum_a, cum_b = (t.contiguous() for t in prefix_sums(log_alpha, log_beta, table_dtype))
     return _full_fwd(q, k, v, cum_a, cum_b, scale, tile_tokens)[0]

@@ -1,13 +1,16 @@
-"""``ppma train`` and ``ppma eval``: parse, call ``ppma.train.run`` / ``evaluate_checkpoint``, print."""
+"""``ppma train``, ``ppma eval``, ``ppma predict``: parse, call ``ppma.train``, print."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from .options import add_dataclass_flags, given_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli_export import add_pretrained_flag
-    from .config import add_config_flags
+    from .export import add_pretrained_flag
+    from ..train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -17,11 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Multi-GPU / multi-node: torchrun --nproc-per-node N -m ppma.cli train ...",
     )
     p.add_argument("--config", help="YAML or JSON file of options (e.g. configs/in1k_ppma_tiny.yaml)")
-    add_config_flags(p)
-    # --resume takes an optional value: alone, it means the output folder's last.pth
-    for action in p._actions:
-        if action.dest == "resume":
-            action.nargs, action.const = "?", ""
+    add_dataclass_flags(p, TrainConfig)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="top-1 / top-5 / loss / images/s of a checkpoint (ours or a published .pth)")
@@ -55,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _checkpoint(args: argparse.Namespace) -> str:
-    from ..cli_export import checkpoint_from_args
+    from .export import checkpoint_from_args
 
     checkpoint = checkpoint_from_args(args)
     if not checkpoint:
@@ -63,17 +62,19 @@ def _checkpoint(args: argparse.Namespace) -> str:
     return checkpoint
 
 
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
+    """The ``TrainConfig`` of ``ppma train``: recipe <- ``base`` <- ``--config`` file <- flags."""
+    from ..train.config import TrainConfig, layered_config, load_config_file
+
+    from_file = load_config_file(args.config) if getattr(args, "config", None) else {}
+    return layered_config(base, from_file, given_flags(args, TrainConfig))
+
+
 def _train(args: argparse.Namespace) -> None:
-    from .config import config_from_args
-    from .engine import run
+    from ..train import run
+    from ..train.engine import resumed_options
 
-    base = None
-    if getattr(args, "resume", None) is not None:  # start from the resumed run's own options
-        from ..checkpoint import read_checkpoint
-        from .state import find_resume_checkpoint
-
-        saved = read_checkpoint(find_resume_checkpoint(args.resume, getattr(args, "output_dir", None))).get("config")
-        base = {k: v for k, v in (saved or {}).items() if k not in ("resume", "stop_after_steps")}
+    base = resumed_options(getattr(args, "resume", None), getattr(args, "output_dir", None))
     summary = run(config_from_args(args, base))
     if summary["best_top1"] is not None:
         print(f"best top-1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']}), final top-1 "
@@ -81,7 +82,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .engine import evaluate_checkpoint
+    from ..train import evaluate_checkpoint
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
@@ -97,7 +98,7 @@ def _predict(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from .engine import predict_images
+    from ..train import predict_images
 
     records = predict_images(_checkpoint(args), args.images, args.model, args.weights, args.topk, args.device,
                              args.input_size, args.crop_pct)  # fmt: skip

@@ -33,6 +33,15 @@ The mask between two tokens is the sum of the step log-decays between their posi
 Scan masks are defined for full attention only: a 1D scan order has no row/column factorisation,
 so decomposed (criss-cross) blocks refuse them (``MaskKind.full_only``).
 
+Which path is "h2v": this library names a path from the QUERY's side. Mask row i holds the path
+from query i: ``h2v`` leaves the query along its row (horizontal), then runs along the key's column
+(vertical), ``M[(i,j),(k,l)] = row_i(j, l) + col_l(i, k)``. Scan-based models (2DMamba's "one-way
+horizontal-to-vertical scanning") name a scan from SOURCE to TARGET: information flows from the key
+to the query. Read that way our ``h2v`` path starts at the key, runs along the key's column, then
+along the query's row: vertical then horizontal. The two conventions differ, so the zoo also takes
+the scan convention's names: ``h2v_scan`` is our ``v2h`` and ``v2h_scan`` our ``h2v`` (``ALIASES``).
+The averaged mask (``polyline``) is the same in both.
+
 Decomposed blocks: ``polyline`` is SPEC section 4 (``0.5 Ah(Aw v) + 0.5 Aw(Ah v)``); ``h2v`` keeps
 ``Aw(Ah v)`` (column pass first, so a query's path leaves along its row: horizontal then vertical),
 ``v2h`` keeps ``Ah(Aw v)``; ``none``, ``rmt`` and ``polyline_shared`` run the same two-order average
@@ -48,17 +57,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
-from ._checks import check_log_decay, check_tensor
-from .mask import _acc_dtype, _polyline_log_mask
+from .._checks import check_log_decay, check_tensor
+from .polyline import decay_dtype, unchecked_polyline_log_mask
 
 __all__ = [
+    "ALIASES",
     "MASKS",
     "RMT_STAGE_DECAYS",
-    "FixedDecay",
+    "RMT_VARIANT_DECAYS",
+    "column_order",
+    "raster_order",
     "MaskKind",
-    "NoDecay",
     "get_mask",
     "hilbert_order",
     "mask_names",
@@ -74,9 +84,15 @@ Paths = Literal["both", "h2v", "v2h"]
 DecaySource = Literal["learned", "shared", "fixed", "none"]
 LogMasksFn = Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]
 
-# RMT's (initial_value, heads_range) per stage, the same in all its variants (RMT-T/S/B/L configs; also in
-# the published PPMA constructor's config, where PPMA ignores them). Stages past the fourth reuse the last.
+# RMT's (initial_value, heads_range) per stage, from RMT's own configurations (also in the published PPMA
+# constructor's config, where PPMA ignores them): RMT-T and RMT-S use heads ranges (4, 4, 6, 6), RMT-B
+# (5, 5, 6, 6); the initial value is 2 everywhere. Stages past the fourth reuse the last.
 RMT_STAGE_DECAYS: tuple[tuple[float, float], ...] = ((2.0, 4.0), (2.0, 4.0), (2.0, 6.0), (2.0, 6.0))
+RMT_VARIANT_DECAYS: dict[str, tuple[tuple[float, float], ...]] = {
+    "tiny": RMT_STAGE_DECAYS,
+    "small": RMT_STAGE_DECAYS,
+    "base": ((2.0, 5.0), (2.0, 5.0), (2.0, 6.0), (2.0, 6.0)),
+}
 
 
 # ---- scan orders ------------------------------------------------------------------------------------
@@ -212,7 +228,7 @@ def scan_log_mask(
     stays = torch.ones(N, dtype=torch.bool, device=order.device)
     stays[1:] = line[1:] == line[:-1]  # step t stays on its line; step 0 never enters a sum
     x = torch.where(stays, same.reshape(B, heads, N)[..., order], other.reshape(B, heads, N)[..., order])
-    cum = torch.cumsum(x, dim=-1, dtype=_acc_dtype(x))  # (B, heads, N) in scan positions
+    cum = torch.cumsum(x, dim=-1, dtype=decay_dtype(x))  # (B, heads, N) in scan positions
     cum = cum[..., torch.argsort(order)]  # back to token order: cum of the token's scan position
     return -(cum.unsqueeze(-1) - cum.unsqueeze(-2)).abs()
 
@@ -223,23 +239,23 @@ def scan_log_mask(
 def none_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torch.Tensor]:
     """No mask: one zero log-mask (plain softmax attention)."""
     B, heads, H, W = log_alpha.shape
-    return [log_alpha.new_zeros(B, heads, H * W, H * W, dtype=_acc_dtype(log_alpha))]
+    return [log_alpha.new_zeros(B, heads, H * W, H * W, dtype=decay_dtype(log_alpha))]
 
 
 def polyline_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torch.Tensor]:
     """The published 2D polyline mask: h2v ``M`` and v2h ``M^T`` (SPEC section 3)."""
-    mask = _polyline_log_mask(log_alpha, log_beta)
+    mask = unchecked_polyline_log_mask(log_alpha, log_beta)
     return [mask, mask.transpose(-1, -2)]
 
 
 def h2v_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torch.Tensor]:
     """One polyline path: along the query's row, then the key's column (``M``)."""
-    return [_polyline_log_mask(log_alpha, log_beta)]
+    return [unchecked_polyline_log_mask(log_alpha, log_beta)]
 
 
 def v2h_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torch.Tensor]:
     """One polyline path: along the query's column, then the key's row (``M^T``)."""
-    return [_polyline_log_mask(log_alpha, log_beta).transpose(-1, -2)]
+    return [unchecked_polyline_log_mask(log_alpha, log_beta).transpose(-1, -2)]
 
 
 def polyline_shared_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torch.Tensor]:
@@ -250,7 +266,7 @@ def polyline_shared_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -
 def rmt_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torch.Tensor]:
     """RMT's Manhattan decay: with constant decays log(gamma_h) the polyline ``M`` is
     ``log(gamma_h) * (|i - k| + |j - l|)``, symmetric, so one softmax equals the two-path average."""
-    return [_polyline_log_mask(log_alpha, log_beta)]
+    return [unchecked_polyline_log_mask(log_alpha, log_beta)]
 
 
 def raster_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torch.Tensor]:
@@ -301,6 +317,21 @@ class MaskKind:
     log_masks: LogMasksFn
     summary: str
 
+    def op(self, mode: Literal["full", "criss_cross"]) -> tuple[str, Paths]:
+        """The attention op of ``ppma.ops`` this kind runs in a ``mode`` block, and its paths.
+
+        ``log_masks`` for scan masks (stored dense masks), ``unmasked`` for ``none`` in full attention,
+        ``full`` with one path for ``rmt`` (its M is symmetric: one softmax equals the average),
+        otherwise ``mode`` itself with the kind's paths.
+        """
+        if self.full_only:
+            return "log_masks", "both"
+        if mode == "full" and self.decay == "none":
+            return "unmasked", "both"
+        if mode == "full" and self.decay == "fixed":
+            return "full", "h2v"
+        return mode, self.paths
+
 
 MASKS: dict[str, MaskKind] = {
     kind.name: kind
@@ -320,21 +351,27 @@ MASKS: dict[str, MaskKind] = {
 }  # fmt: skip
 
 
+# Source -> target names (2DMamba's convention, see the module docstring) for the single-path kinds.
+ALIASES: dict[str, str] = {"h2v_scan": "v2h", "v2h_scan": "h2v"}
+
+
 def mask_names() -> list[str]:
     """The zoo's names, in the table's order."""
     return list(MASKS)
 
 
 def get_mask(name: str | MaskKind) -> MaskKind:
-    """The zoo entry called ``name``; a ``ValueError`` listing the valid names otherwise."""
+    """The zoo entry called ``name`` (or an ``ALIASES`` name); a ``ValueError`` listing the valid names otherwise."""
     if isinstance(name, MaskKind):
         return name
+    name = ALIASES.get(name, name)
     if name not in MASKS:
-        raise ValueError(f"mask: unknown name {name!r}; valid masks are {', '.join(map(repr, MASKS))}")
+        valid = ", ".join(map(repr, [*MASKS, *ALIASES]))
+        raise ValueError(f"mask: unknown name {name!r}; valid masks are {valid}")
     return MASKS[name]
 
 
-# ---- decay sources without a learned generator ------------------------------------------------------
+# ---- RMT's fixed decay -----------------------------------------------------------------------------
 
 
 def rmt_log_gamma(num_heads: int, init_value: float = 2.0, heads_range: float = 4.0) -> torch.Tensor:
@@ -350,40 +387,6 @@ def rmt_log_gamma(num_heads: int, init_value: float = 2.0, heads_range: float = 
     """
     h = torch.arange(num_heads, dtype=torch.float64)
     return torch.log1p(-(2.0 ** (-init_value - heads_range * h / num_heads)))
-
-
-class FixedDecay(nn.Module):
-    """RMT's data-independent decay: (B, H, W, C) -> constant log_alpha = log_beta = log(gamma_h).
-
-    No parameters; the per-head table is a non-persistent float64 buffer, so state dicts equal the
-    ``none`` kind's (no decay generator). Decays come out in float32, or float64 for float64 input.
-    """
-
-    def __init__(self, num_heads: int, init_value: float = 2.0, heads_range: float = 4.0) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.register_buffer("log_gamma", rmt_log_gamma(num_heads, init_value, heads_range), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32 (float64 for float64 x)."""
-        B, H, W, _ = x.shape
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        log = self.log_gamma.to(dtype)[None, :, None, None].expand(B, self.num_heads, H, W)
-        return log, log
-
-
-class NoDecay(nn.Module):
-    """No decay: (B, H, W, C) -> zero log_alpha, log_beta; no parameters."""
-
-    def __init__(self, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> log_alpha, log_beta, each (B, heads, H, W) float32 zeros."""
-        B, H, W, _ = x.shape
-        zero = x.new_zeros(B, self.num_heads, H, W, dtype=torch.float32)
-        return zero, zero
 
 
 # ---- pictures -----------------------------------------------------------------------------------------

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from .options import int_list
+
 
 def _names(text: str) -> list[str]:
-    from .masks import mask_names
+    from ..masks import mask_names
 
     return mask_names() if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "With --data-path: the published recipe on an ImageNet-layout folder (set --model, --epochs, --device).",
     )
     p.add_argument("--masks", type=_names, help="comma-separated zoo names, or all (default)")
-    p.add_argument("--seeds", type=_seeds, default=[0, 1], help="comma-separated seeds (default 0,1)")
+    p.add_argument("--seeds", type=int_list, default=[0, 1], help="comma-separated seeds (default 0,1)")
     p.add_argument(
         "--output-dir", default="runs/ablate", help="runs and ablation.md / ablation.json (default runs/ablate)"
     )
@@ -45,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> None:
-    from .ablate import ablate, default_base_config
-    from .masks import mask_names
-    from .train import TrainConfig, load_config_file
+    from ..ablate import ablate, default_base_config
+    from ..masks import mask_names
+    from ..train import TrainConfig, load_config_file
 
     options = load_config_file(args.config) if args.config else {}
     for name in ("model", "data_path", "epochs", "batch_size", "device"):

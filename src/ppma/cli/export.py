@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _size(text: str) -> tuple[int, int]:
-    from .cli_core import _size as parse
-
-    return parse(text)
+from .options import size as _size
 
 
 def add_pretrained_flag(p: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
-"""Polyline path masks in log space (SPEC sections 2-3) and the paper's fast mask product (Theorem 2).
+"""The pure log-mask maths: polyline path masks in log space and the paper's fast mask product (Theorem 2).
 
-Plain functions on tensors, no module state. Log-decays are <= 0; a mask entry is the sum of the
+Plain functions on tensors, no module state. The ``unchecked_*`` forms skip argument checks, for
+callers (the ops, the zoo) that validated their inputs already. Log-decays are <= 0; a mask entry is the sum of the
 log-decays along the path between two tokens, so ``exp(mask)`` lies in (0, 1].
 
 Naming: ``log_alpha`` holds the horizontal log-decays (summed along rows), ``log_beta`` the vertical
@@ -13,9 +14,29 @@ import math
 
 import torch
 
-from ._checks import check_log_decay, check_same_shape, check_tensor
+from .._checks import check_log_decay, check_same_shape, check_tensor
 
-__all__ = ["line_log_mask", "polyline_log_mask", "polyline_mask_matmul", "line_mask_matmul"]
+__all__ = [
+    "check_decays",
+    "decay_dtype",
+    "line_log_mask",
+    "line_mask_matmul",
+    "polyline_log_mask",
+    "polyline_mask_matmul",
+    "unchecked_line_log_mask",
+    "unchecked_line_mask_matmul",
+    "unchecked_polyline_log_mask",
+    "unchecked_polyline_mask_matmul",
+]
+
+
+def decay_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype log-decays and their prefix sums are accumulated in: float64 for float64, else float32.
+
+    A prefix sum over hundreds of bf16 terms is wrong in the second digit, so never below float32;
+    callers under autocast compute in this dtype with autocast off.
+    """
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def line_log_mask(x: torch.Tensor) -> torch.Tensor:
@@ -38,21 +59,17 @@ def line_log_mask(x: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("x", x, min_ndim=1)
     check_log_decay("x", x)
-    return _line_log_mask(x)
+    return unchecked_line_log_mask(x)
 
 
-def _line_log_mask(x: torch.Tensor) -> torch.Tensor:
+def unchecked_line_log_mask(x: torch.Tensor) -> torch.Tensor:
     """line_log_mask without checks; accumulates in at least float32."""
-    cum = torch.cumsum(x, dim=-1, dtype=_acc_dtype(x))
+    cum = torch.cumsum(x, dim=-1, dtype=decay_dtype(x))
     return -(cum.unsqueeze(-1) - cum.unsqueeze(-2)).abs()
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    # A prefix sum over hundreds of bf16 terms is wrong in the second digit: never below float32.
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _check_decays(log_alpha: torch.Tensor, log_beta: torch.Tensor, check_values: bool = True) -> None:
+def check_decays(log_alpha: torch.Tensor, log_beta: torch.Tensor, check_values: bool = True) -> None:
+    """Both (B, heads, H, W) of one shape, finite and <= 0 (values checked unless ``check_values`` is False)."""
     check_tensor("log_alpha", log_alpha, ndim=4)
     check_tensor("log_beta", log_beta, ndim=4)
     check_same_shape("log_alpha", log_alpha, "log_beta", log_beta)
@@ -78,15 +95,15 @@ def polyline_log_mask(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> torch.
     Returns:
         M of shape (B, heads, H*W, H*W); row = query, column = key, tokens row-major.
     """
-    _check_decays(log_alpha, log_beta)
-    return _polyline_log_mask(log_alpha, log_beta)
+    check_decays(log_alpha, log_beta)
+    return unchecked_polyline_log_mask(log_alpha, log_beta)
 
 
-def _polyline_log_mask(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> torch.Tensor:
+def unchecked_polyline_log_mask(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> torch.Tensor:
     """polyline_log_mask without checks."""
     B, heads, H, W = log_alpha.shape
-    row = _line_log_mask(log_alpha)  # (B, heads, H, W, W): [i, j, l]
-    col = _line_log_mask(log_beta.transpose(-1, -2))  # (B, heads, W, H, H): [l, i, k]
+    row = unchecked_line_log_mask(log_alpha)  # (B, heads, H, W, W): [i, j, l]
+    col = unchecked_line_log_mask(log_beta.transpose(-1, -2))  # (B, heads, W, H, H): [l, i, k]
     col = col.permute(0, 1, 3, 4, 2)  # (B, heads, H, H, W): [i, k, l]
     # [i, j, k, l] = row[i, j, l] + col[i, k, l]
     mask = row.unsqueeze(-2) + col.unsqueeze(-3)
@@ -113,14 +130,14 @@ def line_mask_matmul(x: torch.Tensor, v: torch.Tensor, chunk: int | None = None)
     check_log_decay("x", x)
     if v.shape[:-1] != x.shape:
         raise ValueError(f"v: expected shape {tuple(x.shape)} + (d,), got {tuple(v.shape)}")
-    return _line_mask_matmul(x, v, chunk)
+    return unchecked_line_mask_matmul(x, v, chunk)
 
 
-def _line_mask_matmul(x: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def unchecked_line_mask_matmul(x: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """line_mask_matmul without checks."""
     n = x.shape[-1]
     chunk = chunk or max(1, math.isqrt(n - 1) + 1 if n > 1 else 1)
-    dtype = torch.promote_types(_acc_dtype(x), v.dtype)
+    dtype = torch.promote_types(decay_dtype(x), v.dtype)
     x, v = x.to(dtype), v.to(dtype)
     lower = _causal_decay_matmul(x, v, chunk)
     # Upper triangle: sum over a[p+1..q] equals a causal product on the reversed line whose
@@ -172,21 +189,21 @@ def polyline_mask_matmul(log_alpha: torch.Tensor, log_beta: torch.Tensor, x: tor
     Returns:
         (B, heads, H*W, d) in the promoted dtype (at least float32).
     """
-    _check_decays(log_alpha, log_beta)
+    check_decays(log_alpha, log_beta)
     check_tensor("x", x, ndim=4)
     B, heads, H, W = log_alpha.shape
     if x.shape[:3] != (B, heads, H * W):
         raise ValueError(f"x: expected shape (B, heads, H*W, d) = ({B}, {heads}, {H * W}, d), got {tuple(x.shape)}")
-    return _polyline_mask_matmul(log_alpha, log_beta, x)
+    return unchecked_polyline_mask_matmul(log_alpha, log_beta, x)
 
 
-def _polyline_mask_matmul(log_alpha: torch.Tensor, log_beta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def unchecked_polyline_mask_matmul(log_alpha: torch.Tensor, log_beta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """polyline_mask_matmul without checks."""
     B, heads, H, W = log_alpha.shape
     d = x.shape[-1]
     grid = x.reshape(B, heads, H, W, d)
     # Column pass: z[i, l] = sum_k exp(col_l(i, k)) x[k, l]; lines are columns, (B, heads, W, H, d).
-    z = _line_mask_matmul(log_beta.transpose(-1, -2), grid.transpose(2, 3))
+    z = unchecked_line_mask_matmul(log_beta.transpose(-1, -2), grid.transpose(2, 3))
     # Row pass: y[i, j] = sum_l exp(row_i(j, l)) z[i, l]; lines are rows, (B, heads, H, W, d).
-    y = _line_mask_matmul(log_alpha, z.transpose(2, 3))
+    y = unchecked_line_mask_matmul(log_alpha, z.transpose(2, 3))
     return y.reshape(B, heads, H * W, d)

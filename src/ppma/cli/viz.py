@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .export import add_pretrained_flag, checkpoint_from_args
+from .options import size
+
 
 def _query(text: str) -> tuple[float, float]:
     """'X,Y': integers are image pixels, numbers with a decimal point fractions of width / height."""
@@ -17,20 +20,6 @@ def _query(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(
             f"expected X,Y like 120,80 (pixels) or 0.5,0.25 (fractions), got {text!r}"
         ) from None
-
-
-def _window(text: str) -> tuple[int, int]:
-    parts = [p for p in text.lower().replace("x", ",").split(",") if p]
-    try:
-        size = [int(p) for p in parts] * (2 if len(parts) == 1 else 1)
-    except ValueError:
-        size = []
-    if len(size) != 2 or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"expected a window like 4 or 4x4 (tokens), got {text!r}")
-    return size[0], size[1]
-
-
-from ..cli_export import add_pretrained_flag, checkpoint_from_args
 
 
 def _common(
@@ -61,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = vsub.add_parser("mask", help="the polyline mask of one query token (H2V, V2H, average), on grid and image")
     _common(p, "ppma_viz_mask.png")
-    p.add_argument("--matrix", type=_window, metavar="HxW",
+    p.add_argument("--matrix", type=size, metavar="HxW",
                    help="also draw the N x N mask matrix of an HxW token window at the query (e.g. 4x4)")  # fmt: skip
     p.add_argument("--mask", help="zoo mask(s) instead: a name (hilbert, rmt, ...), a comma list, or all "
                    "(side by side, the paper's Figure 6), with the captured block's decays")  # fmt: skip
@@ -86,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _capture(args: argparse.Namespace):
-    from . import run
+    from ..viz import run
 
     ema = "auto" if args.pretrained else args.ema  # the published weights: the EMA, as published
     return run(args.model, args.image, checkpoint=checkpoint_from_args(args), ema=ema, size=args.size,
@@ -94,8 +83,8 @@ def _capture(args: argparse.Namespace):
 
 
 def _mask(args: argparse.Namespace) -> None:
-    from . import render
-    from .maps import polyline_mask
+    from ..viz import render
+    from ..viz.maps import polyline_mask
 
     if args.mask is not None:  # zoo masks (ppma.masks), validated before the model runs
         from ..masks import get_mask, mask_names
@@ -117,21 +106,21 @@ def _mask(args: argparse.Namespace) -> None:
 
 
 def _attention(args: argparse.Namespace) -> None:
-    from . import render
+    from ..viz import render
 
     fig = render.attention_figure(_capture(args), args.query, args.stage, args.block, args.head, dpi=args.dpi)
     print(render.save(fig, args.out))
 
 
 def _decay(args: argparse.Namespace) -> None:
-    from . import render
+    from ..viz import render
 
     fig = render.decay_figure(_capture(args), args.block, args.head, args.stage, dpi=args.dpi)
     print(render.save(fig, args.out))
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from . import render
+    from ..viz import render
 
     frames = render.sweep_frames(_capture(args), args.stage, args.block, args.head, args.what, args.steps, args.dpi)
     print(render.save_gif(frames, args.out, args.duration))

@@ -1,7 +1,8 @@
 """``ppma detect train|eval|predict`` and ``ppma segment train|eval|predict``.
 
 Training flags are generated from the ``DetectConfig`` / ``SegmentConfig`` fields (one source of
-truth); ``--data builtin`` starts from the built-in example's settings instead of the published ones,
+truth, ``ppma.cli.options.add_dataclass_flags``); ``--data builtin`` starts from the built-in example's
+settings instead of the published ones,
 and any flag given overrides either.
 """
 
@@ -10,56 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import typing
 from pathlib import Path
 from typing import Any
 
-_HELP = {
-    "data": "dataset root, or 'builtin' for the bundled example set",
-    "pretrained": "backbone checkpoint (classification or dense; ours or published), or a published name: ppma_tiny.in1k",
-    "grad_checkpointing": "gradient checkpointing per backbone stage: all, none, or stages like 1,2",
-    "resume": "checkpoint to resume from, or 'auto' (OUTPUT/last.pth if present)",
-    "amp": "bf16 autocast",
-    "max_iters": "stop after this many iterations (quick runs); 0: the full schedule",
-}
-
-
-def _parse_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 8,11 or 2048x512, got {text!r}") from None
-
-
-def _add_config_flags(p: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--field-name`` flag per dataclass field; unset flags are absent from the namespace."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        hint = str(hints[f.name])
-        kw: dict[str, Any] = dict(
-            dest=f"cfg_{f.name}",
-            default=argparse.SUPPRESS,
-            metavar=f.name.upper(),
-            help=_HELP.get(f.name, "") + f" (default {f.default!r})",
-        )
-        if "bool" in hint:
-            p.add_argument(
-                flag, action=argparse.BooleanOptionalAction, **{k: v for k, v in kw.items() if k != "metavar"}
-            )
-        elif "tuple" in hint:
-            p.add_argument(flag, type=_parse_tuple, **kw)
-        elif "float" in hint:
-            p.add_argument(flag, type=float, **kw)
-        elif "int" in hint:
-            p.add_argument(flag, type=int, **kw)
-        else:
-            p.add_argument(flag, type=str, **kw)
-
+from .options import add_dataclass_flags, given_flags
 
 def _config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+    """The recipe (``--data builtin``: the built-in example's) with the flags given on top."""
+    given = given_flags(args, cls)
     base = cls.builtin_example() if given.get("data") == "builtin" else cls()
     return dataclasses.replace(base, **given)
 
@@ -71,8 +30,8 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .detection import DetectConfig
-    from .segmentation import SegmentConfig
+    from ..dense.detection import DetectConfig
+    from ..dense.segmentation import SegmentConfig
 
     for task, cls, what in (
         ("detect", DetectConfig, "Mask R-CNN (torchvision) on a PPMA backbone, COCO format"),
@@ -81,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(task, help=what, description=what)
         actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
         t = actions.add_parser("train", help="train (torchrun for several processes)")
-        _add_config_flags(t, cls)
+        add_dataclass_flags(t, cls)
         t.set_defaults(func=_detect_train if task == "detect" else _segment_train)
 
         checkpoint_help = "last.pth written by train" + (", or a published UPerNet .pth" if task == "segment" else "")
@@ -109,11 +68,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         r.set_defaults(func=_detect_predict if task == "detect" else _segment_predict)
 
 
-def _is_main() -> bool:
-    """Rank 0 of a torchrun launch, or a single process."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _write_json(path: str | None, scores: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -121,11 +75,13 @@ def _write_json(path: str | None, scores: dict[str, Any]) -> None:
 
 
 def _detect_train(args: argparse.Namespace) -> None:
-    from .detection import DetectConfig, train_detection
+    from ..dense.detection import DetectConfig, train_detection
 
     config = _config_from_args(DetectConfig, args)
     scores = train_detection(config)
-    if scores and _is_main():
+    from ..runtime import is_main_process
+
+    if scores and is_main_process():
         print(
             f"done: box mAP {100 * scores['bbox_mAP']:.1f}, mask mAP {100 * scores['segm_mAP']:.1f} "
             f"(weights in {Path(config.output) / 'last.pth'})"
@@ -135,8 +91,8 @@ def _detect_train(args: argparse.Namespace) -> None:
 def _detect_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from ..distributed import DistInfo
-    from .detection import DetectConfig, coco_split, evaluate_detection, model_from_checkpoint, resolve_data
+    from ..runtime import DistInfo
+    from ..dense.detection import DetectConfig, coco_split, evaluate_detection, model_from_checkpoint, resolve_data
 
     model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)
     config = config_from_dict(DetectConfig, cfg)
@@ -155,7 +111,7 @@ def _detect_eval(args: argparse.Namespace) -> None:
 
 
 def _detect_predict(args: argparse.Namespace) -> None:
-    from .detection import predict_detection
+    from ..dense.detection import predict_detection
 
     records = predict_detection(args.checkpoint, args.images, args.output, args.score_threshold, args.device)
     for r in records:
@@ -163,19 +119,27 @@ def _detect_predict(args: argparse.Namespace) -> None:
 
 
 def _segment_train(args: argparse.Namespace) -> None:
-    from .segmentation import SegmentConfig, train_segmentation
+    from ..dense.segmentation import SegmentConfig, train_segmentation
 
     config = _config_from_args(SegmentConfig, args)
     scores = train_segmentation(config)
-    if scores and _is_main():
+    from ..runtime import is_main_process
+
+    if scores and is_main_process():
         print(f"done: mIoU {100 * scores['mIoU']:.1f} (weights in {Path(config.output) / 'last.pth'})")
 
 
 def _segment_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from ..distributed import DistInfo
-    from .segmentation import SegmentConfig, evaluate_segmentation, make_dataset, model_from_checkpoint, resolve_data
+    from ..runtime import DistInfo
+    from ..dense.segmentation import (
+        SegmentConfig,
+        evaluate_segmentation,
+        make_dataset,
+        model_from_checkpoint,
+        resolve_data,
+    )
 
     model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)
     config = config_from_dict(SegmentConfig, cfg)
@@ -196,7 +160,7 @@ def _segment_eval(args: argparse.Namespace) -> None:
 
 
 def _segment_predict(args: argparse.Namespace) -> None:
-    from .segmentation import predict_segmentation
+    from ..dense.segmentation import predict_segmentation
 
     records = predict_segmentation(args.checkpoint, args.images, args.output, args.aug, args.aug, args.device)
     for r in records:

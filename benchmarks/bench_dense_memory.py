@@ -2,9 +2,9 @@
 
 Run one configuration per fresh process, so the process's peak (``ru_maxrss``) belongs to it alone::
 
-    python -m ppma.dense.memory --model ppma_tiny --size 800x1344            # inference forward
-    python -m ppma.dense.memory --model ppma_tiny --size 800x1344 --train    # forward + backward
-    python -m ppma.dense.memory --model ppma_tiny --size 800x1344 --train --grad-checkpointing all
+    python benchmarks/bench_dense_memory.py --model ppma_tiny --size 800x1344            # inference forward
+    python benchmarks/bench_dense_memory.py --model ppma_tiny --size 800x1344 --train    # forward + backward
+    python benchmarks/bench_dense_memory.py --model ppma_tiny --size 800x1344 --train --grad-checkpointing all
 
 800x1344 is what the backbone sees for an 800x1333 image: Mask R-CNN pads to a multiple of 32.
 """
@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from .backbone import create_backbone
+from ppma.cli.options import size
+from ppma.dense import create_backbone
 
 __all__ = ["measure_backbone_memory"]
 
@@ -74,13 +75,12 @@ def measure_backbone_memory(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="ppma_tiny")
-    p.add_argument("--size", default="800x1344")
+    p.add_argument("--size", type=size, default=(800, 1344), help="HxW (default 800x1344)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--train", action="store_true")
     p.add_argument("--grad-checkpointing", default=None)
     a = p.parse_args()
-    h, w = (int(v) for v in a.size.lower().split("x"))
-    print(json.dumps(measure_backbone_memory(a.model, (h, w), a.batch, a.train, a.grad_checkpointing)))
+    print(json.dumps(measure_backbone_memory(a.model, a.size, a.batch, a.train, a.grad_checkpointing)))
 
 
 if __name__ == "__main__":

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-
-def _size(text: str) -> tuple[int, int]:
-    """'224' -> (224, 224); '512x768' -> (512, 768) as (height, width)."""
-    m = re.fullmatch(r"(\d+)(?:[x,](\d+))?", text.strip().lower())
-    if not m or int(m[1]) < 1 or (m[2] is not None and int(m[2]) < 1):
-        raise argparse.ArgumentTypeError(f"expected a size like 224 or 512x768, got {text!r}")
-    return int(m[1]), int(m[2] or m[1])
+from .options import size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters and GFLOPs of a model at an input size")
     p.add_argument("model", help="timm model name, e.g. ppma_tiny")
-    p.add_argument("--size", type=_size, default=(224, 224), help="input size: 224 or HxW (default 224)")
+    p.add_argument("--size", type=size, default=(224, 224), help="input size: 224 or HxW (default 224)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(func=_info)
 
@@ -35,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _info(args: argparse.Namespace) -> None:
     import timm
 
-    import ppma  # noqa: F401  (registers the models)
-    from ppma.flops import count_macs
+    from .. import models  # noqa: F401  (registers the models)
+    from ..flops import count_macs
 
     if args.model not in timm.list_models("*"):
         raise ValueError(f"model: unknown name {args.model!r}; PPMA models: {', '.join(timm.list_models('ppma_*'))}")
@@ -50,7 +43,7 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from ppma.checkpoint import convert
+    from ..checkpoint import convert
 
     n = convert(args.src, args.dst, use_ema=args.ema)
     print(f"wrote {n} tensors to {args.dst}")
@@ -59,7 +52,7 @@ def _convert(args: argparse.Namespace) -> None:
 def _backends(args: argparse.Namespace) -> None:
     import torch
 
-    from ppma.ops import Backend, can_run, choose_backend
+    from ..ops import Backend, can_run, choose_backend
 
     q = torch.zeros(1, 1, 2, 2, 8, device=args.device)
     print(f"device {args.device}, torch {torch.__version__}")

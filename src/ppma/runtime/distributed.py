@@ -1,4 +1,4 @@
-"""Process and device plumbing shared by the classification and dense-task training loops.
+"""Processes and devices: the one way a run knows its rank.
 
 One home for: joining and leaving the process group that ``torchrun`` describes (NCCL on CUDA,
 Gloo on CPU), the ``DistInfo`` record of where this process sits, device picking, seeding,
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -24,9 +22,9 @@ __all__ = [
     "amp_dtype_for",
     "autocast",
     "cleanup_distributed",
+    "is_main_process",
     "main_process_first",
     "pick_device",
-    "seed_everything",
     "setup_distributed",
     "unwrap",
 ]  # fmt: skip
@@ -89,6 +87,20 @@ class DistInfo:
             dist.barrier()
 
 
+def _env_ranks() -> tuple[int, int, int]:
+    """(world size, rank, local rank) as ``torchrun`` sets them; (1, 0, 0) in a plain process."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (of the process group if one is up, else of the ``torchrun`` launch) or in a single process.
+
+    Inside a run use ``DistInfo.is_main``; this is for code outside it (a command printing its summary).
+    """
+    return (dist.get_rank() if dist.is_initialized() else _env_ranks()[1]) == 0
+
+
 def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """The device a device string names.
 
@@ -125,8 +137,7 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     Raises:
         ValueError: a CUDA device is asked for but CUDA is not available.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, rank, local_rank = _env_ranks()
     dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         if world_size > 1:  # one GPU per process, whatever index was asked for
@@ -143,13 +154,6 @@ def cleanup_distributed(info: DistInfo) -> None:
     """Destroy the process group if ``setup_distributed`` started it (a caller's own group stays)."""
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and PyTorch's (CPU and CUDA) generators with ``seed``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,7 @@
+"""``python -m ppma.cli``: the ``ppma`` command (also under ``torchrun ... -m ppma.cli``)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

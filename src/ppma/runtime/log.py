@@ -1,0 +1,69 @@
+"""The one log writer of a run: a JSON line per record in ``log.jsonl``, a console line, TensorBoard if asked.
+
+Only rank 0 writes; other ranks get a writer that does nothing, so callers need no rank checks.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLog", "console_line"]
+
+
+def console_line(record: dict[str, Any], show: tuple[str, ...] = ()) -> str:
+    """``key value`` pairs (floats to 4 significant digits), only the ``show`` keys when given."""
+    shown = {k: v for k, v in record.items() if not show or k in show}
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+
+
+class RunLog:
+    """``log.jsonl`` in ``folder`` plus the console (unless ``quiet``) plus TensorBoard (``tensorboard``).
+
+    Args:
+        folder: the run folder (None: console only).
+        active: False on every rank but 0.
+        quiet: no console lines (the JSON lines are still written).
+        tensorboard: also write ``folder/tensorboard`` (needs the ``tensorboard`` package).
+    """
+
+    def __init__(
+        self, folder: Path | None, active: bool = True, quiet: bool = False, tensorboard: bool = False
+    ) -> None:
+        self.folder, self.active, self.quiet = folder, active, quiet
+        self.tb = None
+        if active and tensorboard and folder is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(folder / "tensorboard"))
+            except ImportError:
+                warnings.warn(
+                    "tensorboard: not installed (pip install tensorboard); logging to log.jsonl only", stacklevel=2
+                )
+
+    def print(self, text: str) -> None:
+        """A console line (rank 0, not quiet)."""
+        if self.active and not self.quiet:
+            print(text, flush=True)
+
+    def write(self, record: dict[str, Any], line: str | None = None, step_key: str | None = None) -> None:
+        """Append ``record`` to ``log.jsonl`` and print ``line`` (default: ``console_line(record)``); its
+        numbers go to TensorBoard at ``record[step_key]``."""
+        if not self.active:
+            return
+        if self.folder is not None:
+            with open(self.folder / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.print(console_line(record) if line is None else line)
+        if self.tb is not None and step_key is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != step_key:
+                    self.tb.add_scalar(key, value, record[step_key])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
