@@ -28,7 +28,7 @@ def checkpoint_from_args(args: argparse.Namespace) -> str | None:
         raise ValueError("--pretrained and --checkpoint: give one (--pretrained takes the published file of --model)")
     if not getattr(args, "model", None):
         raise ValueError("--pretrained needs --model, e.g. --model ppma_tiny.in1k")
-    from .hub import pretrained_file
+    from ..hub import pretrained_file
 
     return str(pretrained_file(args.model))
 
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export_onnx, export_timm
+    from ..export import export_onnx, export_timm
 
     checkpoint = checkpoint_from_args(args)
     if not checkpoint:
