@@ -156,15 +156,13 @@ def test_torch_export_with_a_dynamic_batch_matches_eager():
         export_program(model, torch.randn(1, 3, 60, 64), dynamic_size=True)
 
 
-def test_published_file_exports_to_timm_format(published_nano, tmp_path):
+def test_published_file_exports_to_timm_format(published, tmp_path):
     """A released-format file (no classes, no transform): the model's timm defaults, the EMA weights."""
-    from conftest import PUBLISHED_NANO
-
     from ppma.export import export_timm
     from ppma.models.ppma import checkpoint_filter_fn
 
-    out = export_timm(PUBLISHED_NANO, tmp_path / "hub", model_name="ppma_nano")
+    out = export_timm(published.path, tmp_path / "hub", model_name=published.model)
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
-    want = checkpoint_filter_fn(published_nano["model_ema"])
+    want = checkpoint_filter_fn(published["model_ema"])
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
-    assert model.pretrained_cfg["input_size"] == [3, 32, 32] and "label_names" not in model.pretrained_cfg
+    assert tuple(model.pretrained_cfg["input_size"]) == (3, 32, 32) and "label_names" not in model.pretrained_cfg
