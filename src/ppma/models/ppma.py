@@ -22,6 +22,7 @@ from timm.models._features import feature_take_indices
 from .._checks import check_tensor
 from ..checkpoint import load_into
 from ..decay import DecayLinear
+from ..hub import is_hub_failure, weights_unavailable
 from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
 from ..masks import RMT_STAGE_DECAYS, RMT_VARIANT_DECAYS, get_mask
 from ..ops import Backend
@@ -437,8 +438,6 @@ def _create_ppma(variant: str, pretrained: bool = False, **kwargs) -> PPMA:
             **kwargs,
         )
     except Exception as e:
-        from ..hub import is_hub_failure, weights_unavailable
-
         if not (pretrained and is_hub_failure(e)):
             raise
         # A failed download: say where the weights come from and how to pass a local file instead.
