@@ -42,8 +42,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"checkpoint: cannot read {path} safely ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 
-def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """The model weights inside a checkpoint dict; ``use_ema`` picks ``model_ema`` (an error if absent)."""
+def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool | str = False) -> dict[str, torch.Tensor]:
+    """The model weights inside a checkpoint dict; ``use_ema`` picks ``model_ema`` (an error if absent),
+    ``"auto"`` the EMA where the file has one."""
+    if use_ema == "auto":
+        use_ema = isinstance(checkpoint.get("model_ema"), dict)
     if use_ema:
         if not isinstance(checkpoint.get("model_ema"), dict):
             raise ValueError(
@@ -61,7 +64,7 @@ def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool = False) -> dic
     return state
 
 
-def load_into(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> None:
+def load_into(model: nn.Module, path: str | os.PathLike, use_ema: bool | str = False) -> None:
     """Load a checkpoint into a PPMA model, strictly.
 
     Published and our key names both work. Tolerated, with the model's own initial values kept:

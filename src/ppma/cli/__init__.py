@@ -9,6 +9,7 @@ This package is the only place in ``ppma`` that imports ``argparse``. Its module
 | ``dense`` | ``detect train|eval|predict``, ``segment train|eval|predict`` |
 | ``viz`` | ``viz mask|attention|decay|sweep`` |
 | ``ablate`` | ``ablate`` |
+| ``export`` | ``export`` (timm format, ONNX); ``--pretrained`` for predict / eval / viz |
 | ``options`` | shared argument types (``size``: the one ``HxW`` parser) and ``add_dataclass_flags`` / |
 | | ``given_flags``: the one generator of flags from a config dataclass |
 
@@ -32,7 +33,7 @@ from ..errors import PPMAError
 from ..runtime.run_folder import RunStopped
 
 # Modules of this package with a `register(subparsers)` function, in the order of `ppma --help`.
-COMMAND_MODULES = ["core", "train", "viz", "dense", "ablate"]
+COMMAND_MODULES = ["core", "train", "viz", "dense", "ablate", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from .options import add_dataclass_flags, given_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .export import add_pretrained_flag
     from ..train.config import TrainConfig
 
     p = sub.add_parser(
@@ -25,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="top-1 / top-5 / loss / images/s of a checkpoint (ours or a published .pth)")
-    p.add_argument("--checkpoint", required=True, help="a .pth or .safetensors file")
+    p.add_argument("--checkpoint", help="a .pth or .safetensors file (or --model NAME --pretrained)")
     p.add_argument("--data-path", help="class folders, or an ImageNet root with val/ (default: the digits val split)")
     p.add_argument("--model", help="timm model name (default: the one stored in the checkpoint)")
+    add_pretrained_flag(p)
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
                    help="auto: the EMA weights where the file has them")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128)
@@ -40,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="top-k classes of image files with a checkpoint (ours or a published .pth)")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--checkpoint", required=True, help="a .pth or .safetensors file")
+    p.add_argument("--checkpoint", help="a .pth or .safetensors file (or --model NAME --pretrained)")
     p.add_argument("--model", help="timm model name (default: the one stored in the checkpoint)")
+    add_pretrained_flag(p)
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
                    help="auto: the EMA weights where the file has them")  # fmt: skip
     p.add_argument("--topk", type=int, default=5)
@@ -50,6 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
     p.add_argument("--json", help="also write the predictions to this JSON file")
     p.set_defaults(func=_predict)
+
+
+def _checkpoint(args: argparse.Namespace) -> str:
+    from .export import checkpoint_from_args
+
+    checkpoint = checkpoint_from_args(args)
+    if not checkpoint:
+        raise ValueError("give --checkpoint FILE, or --model NAME --pretrained (e.g. --model ppma_tiny.in1k)")
+    return checkpoint
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
@@ -76,7 +88,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    m = evaluate_checkpoint(args.checkpoint, args.data_path, args.model, args.weights, args.batch_size, args.workers,
+    m = evaluate_checkpoint(_checkpoint(args), args.data_path, args.model, args.weights, args.batch_size, args.workers,
                             args.device, args.input_size, args.crop_pct, args.amp)  # fmt: skip
     what = f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f})"
     print(f"{what} on {m['images']} images: "
@@ -90,7 +102,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     from ..train import predict_images
 
-    records = predict_images(args.checkpoint, args.images, args.model, args.weights, args.topk, args.device,
+    records = predict_images(_checkpoint(args), args.images, args.model, args.weights, args.topk, args.device,
                              args.input_size, args.crop_pct)  # fmt: skip
     for r in records:
         print(r["file"] + ": " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in r["top"]))

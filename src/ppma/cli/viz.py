@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .export import add_pretrained_flag, checkpoint_from_args
 from .options import size
 
 
@@ -29,6 +30,7 @@ def _common(
     p.add_argument("--model", default="ppma_tiny", help="PPMA model name (default ppma_tiny)")
     p.add_argument("--checkpoint", help="weights, ours or published (.pth / .safetensors); default random weights")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    add_pretrained_flag(p)
     p.add_argument("--size", type=int, default=224, help="longer image side fed to the model (default 224)")
     if query:
         p.add_argument("--query", type=_query, default=(0.5, 0.5),
@@ -75,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _capture(args: argparse.Namespace):
     from ..viz import run
 
-    return run(args.model, args.image, checkpoint=args.checkpoint, ema=args.ema, size=args.size, sample=args.sample)
+    ema = "auto" if args.pretrained else args.ema  # the published weights: the EMA, as published
+    return run(args.model, args.image, checkpoint=checkpoint_from_args(args), ema=ema, size=args.size,
+               sample=args.sample)
 
 
 def _mask(args: argparse.Namespace) -> None:

@@ -79,7 +79,9 @@ def create_backbone(
     Args:
         name: a PPMA timm name (``ppma_nano``, ``ppma_tiny``, ``ppma_small``, ``ppma_base``).
         pretrained: a checkpoint file: classification (ours or published; the per-stage LayerNorms
-            keep their initial values) or dense (``state_dict`` with ``backbone.*`` keys, or ``outnorm*``).
+            keep their initial values) or dense (``state_dict`` with ``backbone.*`` keys, or ``outnorm*``);
+            or a published name (``ppma_tiny.in1k``): its classification weights (``model``, not the EMA)
+            from the Hugging Face cache.
         grad_checkpointing: per-stage gradient checkpointing (see ``parse_stage_flags``).
         drop_path_rate: stochastic depth; the variant's default (SPEC section 6) when None.
         backend: attention backend (see ``ppma.ops``).
@@ -93,6 +95,14 @@ def create_backbone(
     kwargs = dict(features_only=True, out_indices=(0, 1, 2, 3), backend=backend)
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
+    if pretrained and not os.path.exists(pretrained) and str(pretrained).split(".")[0] in timm.list_models("ppma_*"):
+        # a published name (ppma_tiny.in1k): the classification weights from the Hugging Face cache
+        from ..hub import hub_source, pretrained_file
+
+        arch = hub_source(str(pretrained))[0]
+        if arch != name:
+            raise ValueError(f"pretrained: {pretrained} holds {arch} weights, but the backbone is {name}")
+        pretrained = pretrained_file(str(pretrained))
     if pretrained:
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"pretrained: no checkpoint file at {pretrained}")

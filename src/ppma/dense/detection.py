@@ -66,7 +66,7 @@ class DetectConfig:
     val_split: str = "val2017"
     output: str = "runs/detect"
     backbone: str = "ppma_tiny"
-    pretrained: str = option("", "backbone checkpoint (classification or dense; ours or published)")
+    pretrained: str = option("", "backbone checkpoint (classification or dense; ours or published), or ppma_tiny.in1k")
     schedule: str = "1x"  # "1x": 12 epochs, steps 8, 11; "3x": 36 epochs, steps 27, 33, multi-scale
     epochs: int = 0  # 0: from the schedule
     lr_steps: tuple[int, ...] = ()  # epochs after which lr *= 0.1; () from the schedule

@@ -207,7 +207,7 @@ class SegmentConfig:
     num_classes: int = 0  # 0: classes.json beside the data, else 150 (ADE20K) / 19 (Cityscapes)
     output: str = "runs/segment"
     backbone: str = "ppma_tiny"
-    pretrained: str = option("", "backbone checkpoint (classification or dense; ours or published)")
+    pretrained: str = option("", "backbone checkpoint (classification or dense; ours or published), or ppma_tiny.in1k")
     iters: int = 160_000
     lr: float = 6e-5
     weight_decay: float = 0.01

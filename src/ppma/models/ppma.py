@@ -22,6 +22,7 @@ from timm.models._features import feature_take_indices
 from .._checks import check_tensor
 from ..checkpoint import load_into
 from ..decay import DecayLinear
+from ..hub import is_hub_failure, weights_unavailable
 from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
 from ..masks import RMT_STAGE_DECAYS, RMT_VARIANT_DECAYS, get_mask
 from ..ops import Backend
@@ -163,7 +164,9 @@ class PPMA(nn.Module):
             ``"none"``, ``"h2v"``, ``"v2h"``, ``"polyline_shared"``, ``"rmt"`` (stage i uses
             ``rmt_decays[i]``), or a full-attention-only scan mask ``"raster"``, ``"cross_scan"``,
             ``"hilbert"``, ``"zorder"``.
-        checkpoint_ema: with ``pretrained=True``, load a training checkpoint's EMA weights.
+        checkpoint_ema: with ``pretrained=True``, load a training checkpoint's EMA weights (True) or its
+            plain ones (False); None: the EMA where the file has one for the published names
+            (``ppma_tiny.in1k``: the published evaluation reports the EMA's top-1), plain for a given file.
         global_pool: only ``"avg"`` (timm convention).
         drop_rate: dropout on the pooled features before the classifier (timm's ``drop_rate``).
         rmt_decays: RMT's (initial_value, heads_range) per stage for ``mask="rmt"``; the registered
@@ -186,7 +189,7 @@ class PPMA(nn.Module):
         feature_norms: bool = False,
         backend: str = "auto",
         mask: str = "polyline",
-        checkpoint_ema: bool = False,
+        checkpoint_ema: bool | None = None,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         rmt_decays: Sequence[tuple[float, float]] = RMT_STAGE_DECAYS,
@@ -355,7 +358,10 @@ class PPMA(nn.Module):
 
     def load_pretrained(self, path: str) -> None:
         """timm's custom-load hook: load a published ``.pth`` or one of ours (see ``ppma.checkpoint``)."""
-        load_into(self, path, use_ema=self.checkpoint_ema)
+        use_ema = self.checkpoint_ema
+        if use_ema is None:  # "hf": the published weights through timm's hub loading
+            use_ema = "auto" if getattr(self, "pretrained_cfg", {}).get("custom_load") == "hf" else False
+        load_into(self, path, use_ema=use_ema)
 
 
 # ---- registry -----------------------------------------------------------------------------------------
@@ -379,13 +385,35 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-# Released weights are not downloadable here: pass the file, e.g.
-# timm.create_model("ppma_tiny", pretrained=True, pretrained_cfg_overlay=dict(file="best.pth")).
+# The published weights on the Hugging Face Hub, loaded by timm's own hub code (custom_load="hf":
+# hf_hub_download into the HF cache, then PPMA.load_pretrained maps the published key names). The
+# published evaluation reports the EMA top-1, so the hook takes `model_ema` where a file has one.
+PUBLISHED_HUB_ID = "ZhongchenZhao/PPMA"
+_PUBLISHED = {  # variant: (file in the hub repository, published ImageNet-1K top-1 at 224)
+    "ppma_tiny": ("checkpoints/classification/PPMA_T_202502251000/best.pth", 82.6),
+    "ppma_small": ("checkpoints/classification/PPMA_S_202504021000/best.pth", 84.2),
+    "ppma_base": ("checkpoints/classification/PPMA_B_202504101400/best.pth", 85.0),
+}
+
+
+def _published_cfg(variant: str) -> dict:
+    filename, top1 = _PUBLISHED[variant]
+    return _cfg(
+        hf_hub_id=PUBLISHED_HUB_ID,
+        hf_hub_filename=filename,
+        custom_load="hf",
+        origin_url="https://github.com/zhongchenzhao/PPMA",
+        paper_ids="arXiv:2506.15940",
+        paper_name="Polyline Path Masked Attention for Vision Transformer",
+        description=f"published ImageNet-1K weights; top-1 {top1} (EMA weights, 224, resize 256 + centre crop)",
+        notes=(f"top1={top1}", "weights=ema-if-present"),
+    )
+
+
+# A local copy instead: timm.create_model("ppma_tiny", pretrained=True, pretrained_cfg_overlay=dict(file="best.pth")).
 default_cfgs = generate_default_cfgs({
     "ppma_nano.untrained": _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0),
-    "ppma_tiny.official_in1k": _cfg(),
-    "ppma_small.official_in1k": _cfg(),
-    "ppma_base.official_in1k": _cfg(),
+    **{f"{variant}.in1k": _published_cfg(variant) for variant in _PUBLISHED},
 })
 
 
@@ -394,17 +422,30 @@ def _create_ppma(variant: str, pretrained: bool = False, **kwargs) -> PPMA:
         kwargs.setdefault("feature_norms", True)
     # timm turns custom_load off when a file is given; keep it on, so every file goes through
     # PPMA.load_pretrained (published key names, safe unpickling, EMA choice, strict key report).
+    # A hub file (hf_hub_filename without a file or url) goes through timm's hub download first ("hf").
     for key in ("pretrained_cfg_overlay", "pretrained_cfg"):
-        if isinstance(kwargs.get(key), dict):
-            kwargs[key] = {**kwargs[key], "custom_load": True}
-    return build_model_with_cfg(
-        PPMA,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
-    )
+        cfg = kwargs.get(key)
+        if isinstance(cfg, dict) and any(cfg.get(k) for k in ("file", "url", "hf_hub_id", "hf_hub_filename")):
+            hub_file = cfg.get("hf_hub_filename") and not (cfg.get("file") or cfg.get("url"))
+            kwargs[key] = {**cfg, "custom_load": "hf" if hub_file else True}
+    try:
+        return build_model_with_cfg(
+            PPMA,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+            **kwargs,
+        )
+    except Exception as e:
+        if not (pretrained and is_hub_failure(e)):
+            raise
+        # A failed download: say where the weights come from and how to pass a local file instead.
+        from timm.models import resolve_pretrained_cfg
+
+        cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+        name = f"{variant}.{cfg.tag}" if cfg.tag else variant
+        raise weights_unavailable(name, cfg.hf_hub_id or "?", cfg.hf_hub_filename or "?", e) from e
 
 
 @register_model

@@ -1,0 +1,168 @@
+"""ppma export: timm's hub format (read back by timm alone), ONNX Runtime and torch.export against eager."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import timm
+import torch
+
+import ppma  # noqa: F401  (the registry: the only ppma import a reader of an export needs)
+from ppma.cli import main
+
+CLASSES = ["cat", "dog", "eel", "fox", "gnu"]
+SHORT = dict(depths=(1, 1, 1, 1))  # ppma_nano's widths, decomposed (stages 1-3) and full (stage 4) attention
+
+
+def _our_checkpoint(path, model_kwargs=None, size=64):
+    """A checkpoint as `ppma train` writes it: model name, classes, the run's config, plain and EMA weights."""
+    model_kwargs = dict(SHORT, **(model_kwargs or {}))
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **model_kwargs)
+    plain = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    ema = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in plain.items()}
+    config = dict(model="ppma_nano", model_kwargs=model_kwargs, input_size=size, crop_pct=0.9, interpolation="bilinear",
+                  mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))  # fmt: skip
+    torch.save({"model_name": "ppma_nano", "classes": CLASSES, "config": config, "model": plain, "model_ema": ema},
+               path)  # fmt: skip
+    return ema
+
+
+def _eager(ema, **model_kwargs):
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **dict(SHORT, **model_kwargs)).eval()
+    model.load_state_dict(ema)
+    model.set_backend("reference")
+    return model
+
+
+def test_timm_format_loads_back_with_timm_alone(tmp_path, capsys):
+    ema = _our_checkpoint(tmp_path / "best.pth", {"mask": "rmt"})
+    out = tmp_path / "hub"
+    assert main(["export", str(out), "--checkpoint", str(tmp_path / "best.pth"), "--format", "timm"]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "ppma_nano" and config["num_classes"] == 5 and config["label_names"] == CLASSES
+    cfg = config["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 64, 64] and cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bilinear"
+    assert cfg["mean"] == [0.5, 0.4, 0.3] and cfg["std"] == [0.2, 0.25, 0.3]
+    assert "hf_hub_id" not in cfg and "notes" not in cfg
+
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # timm's own reader
+    assert model.mask == "rmt" and model.pretrained_cfg["label_names"] == CLASSES
+    data_cfg = timm.data.resolve_data_config(model=model)
+    assert tuple(data_cfg["mean"]) == (0.5, 0.4, 0.3) and data_cfg["interpolation"] == "bilinear"
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items()) and set(model.state_dict()) == set(ema)
+    model.set_backend("reference")  # the same attention code on both sides: equal logits
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _eager(ema, mask="rmt")(x), rtol=0, atol=0)
+
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["model_name"] == "ppma_nano" and json.loads(meta["classes"]) == CLASSES
+    assert json.loads(meta["transform"])["crop_pct"] == 0.9 and meta["weights"] == "ema"
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("list", "holds a list, not a model"),
+        ("not_tensors", "not tensors"),
+        ("exists", "exists; pass --force"),
+        ("unwritable", "cannot create the folder"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, case, expect):
+    ckpt = tmp_path / "best.pth"
+    if case == "list":
+        torch.save([torch.randn(3)], ckpt)
+    elif case == "not_tensors":
+        torch.save({"model": {"stem.0.weight": "text"}}, ckpt)
+    else:
+        _our_checkpoint(ckpt)
+    out = tmp_path / "hub"
+    if case == "exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    if case == "unwritable":  # a parent that is a file: not writable even for root
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "hub"
+    assert main(["export", str(out), "--checkpoint", str(ckpt), "--format", "timm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err and "\n" not in err
+    if case == "exists":
+        assert (out / "keep.txt").read_text() == "mine"
+
+
+# Two stages, one block each: decomposed (criss-cross) attention, then full attention; a small graph keeps
+# the ONNX export (seconds per block on a shared 2-core machine, more with symbolic sizes) quick.
+TWO_STAGES = dict(embed_dims=(16, 32), depths=(1, 1), num_heads=(1, 2), mlp_ratios=(3, 3), decomposed=(True, False),
+                  layer_scale=(False, True))  # fmt: skip
+
+
+def test_onnx_runtime_matches_eager_at_the_export_size_and_another(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ppma.export import run_onnx
+
+    model_kwargs = dict(TWO_STAGES, depths=(1, 1))
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **model_kwargs)
+    ema = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    config = dict(model="ppma_nano", model_kwargs=model_kwargs, input_size=64, crop_pct=1.0)
+    torch.save({"model_name": "ppma_nano", "classes": CLASSES, "config": config, "model_ema": ema,
+                "model": model.state_dict()}, tmp_path / "best.pth")  # fmt: skip
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--checkpoint", str(tmp_path / "best.pth"), "--dynamic-batch",
+                 "--dynamic-size"]) == 0  # fmt: skip
+    assert "max |diff|" in capsys.readouterr().out
+
+    eager = timm.create_model("ppma_nano", num_classes=len(CLASSES), **model_kwargs).eval()
+    eager.load_state_dict(ema)
+    kinds = {type(m).__name__ + ":" + m.mode for m in eager.modules() if hasattr(m, "mode") and hasattr(m, "backend")}
+    assert kinds == {"PolylineAttention:criss_cross", "PolylineAttention:full"}
+    for shape in [(1, 3, 64, 64), (3, 3, 96, 160)]:  # the export size, and another batch and size
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = eager.double()(x.double()).float()
+        got = torch.from_numpy(run_onnx(out, x.numpy()))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["classes"]) == CLASSES and meta["dynamic_size"] == "True"
+    # a size the dynamic graph is not declared for: refused before any work
+    assert main(["export", str(tmp_path / "n.onnx"), "--checkpoint", str(tmp_path / "best.pth"), "--size", "70",
+                 "--dynamic-size"]) == 2  # fmt: skip
+    assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_torch_export_with_a_dynamic_batch_matches_eager():
+    from ppma.export import export_program
+
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **TWO_STAGES).eval()
+    program = export_program(model, torch.randn(2, 3, 64, 96), dynamic_batch=True)
+    reference = timm.create_model("ppma_nano", num_classes=len(CLASSES), **TWO_STAGES).eval().double()
+    reference.load_state_dict(model.state_dict())
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 64, 96)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), reference(x.double()).float(), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        export_program(model, torch.randn(1, 3, 60, 64), dynamic_size=True)
+
+
+def test_published_file_exports_to_timm_format(published, tmp_path):
+    """A released-format file (no classes, no transform): the model's timm defaults, the EMA weights."""
+    from ppma.export import export_timm
+    from ppma.models.ppma import checkpoint_filter_fn
+
+    out = export_timm(published.path, tmp_path / "hub", model_name=published.model)
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    want = checkpoint_filter_fn(published["model_ema"])
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    assert tuple(model.pretrained_cfg["input_size"]) == (3, 32, 32) and "label_names" not in model.pretrained_cfg
