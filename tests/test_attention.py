@@ -1,4 +1,4 @@
-"""The attention functions (reference backend) against a direct float64 reading of SPEC sections 3-4."""
+"""The attention functions (reference backend) against a direct float64 reading of design.md §3-4."""
 
 from __future__ import annotations
 

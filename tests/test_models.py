@@ -11,7 +11,7 @@ from ppma.flops import count_macs
 from ppma.masks import rmt_log_gamma
 
 VARIANTS = ["ppma_tiny", "ppma_small", "ppma_base"]
-PUBLISHED_PARAMS = {"ppma_tiny": 14.335e6, "ppma_small": 26.969e6, "ppma_base": 54.159e6}  # SPEC section 6
+PUBLISHED_PARAMS = {"ppma_tiny": 14.335e6, "ppma_small": 26.969e6, "ppma_base": 54.159e6}  # design.md §6
 PUBLISHED_GFLOPS = {"ppma_tiny": 2.71, "ppma_small": 4.92, "ppma_base": 10.63}
 
 

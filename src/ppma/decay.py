@@ -57,7 +57,7 @@ class DecayLinear(nn.Linear):
 
 
 class PathDecay(nn.Module):
-    """Per-token horizontal and vertical log-decays, SPEC section 1.
+    """Per-token horizontal and vertical log-decays, design.md §1.
 
     One ``dt_linear`` (d -> 2, no bias) shared by all heads reads each head's channels; channel 0
     drives the horizontal decay, channel 1 the vertical one. ``log = softplus(dt + dt_bias) * a`` with

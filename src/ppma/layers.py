@@ -19,7 +19,7 @@ Mode = Literal["full", "criss_cross"]
 
 
 class FlatRotary(nn.Module):
-    """Rotary rotation over the flattened token index n = i * W + j (not 2D), SPEC section 5."""
+    """Rotary rotation over the flattened token index n = i * W + j (not 2D), design.md §5."""
 
     def __init__(self, head_dim: int) -> None:
         super().__init__()
@@ -64,12 +64,12 @@ class Projection(NamedTuple):
 
 
 class PolylineAttention(nn.Module):
-    """PPMA attention, SPEC section 5: q/k/v, flat rotary, the polyline-masked op, LePE, out_proj.
+    """PPMA attention, design.md §5: q/k/v, flat rotary, the polyline-masked op, LePE, out_proj.
 
     Args:
         dim: channels C.
         num_heads: heads; head dimension d = C / heads.
-        mode: ``"full"`` (2D mask, SPEC 3) or ``"criss_cross"`` (decomposed, SPEC 4).
+        mode: ``"full"`` (2D mask, design.md §3) or ``"criss_cross"`` (decomposed, design.md §4).
         backend: attention backend name, see ``ppma.ops``.
         mask: zoo name (``ppma.masks.MASKS``); ``"polyline"`` is the published layer.
         rmt_decay: RMT's (initial_value, heads_range) for the ``rmt`` mask (``RMT_STAGE_DECAYS``).
@@ -154,7 +154,7 @@ class PolylineAttention(nn.Module):
 
 
 class ConvFFN(nn.Module):
-    """fc1 -> GELU -> (h + dwconv3x3(h)) -> fc2, SPEC section 6."""
+    """fc1 -> GELU -> (h + dwconv3x3(h)) -> fc2, design.md §6."""
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()

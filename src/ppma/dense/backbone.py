@@ -1,7 +1,7 @@
 """The PPMA dense-task backbone shared by detection and segmentation.
 
 ``timm.create_model(name, features_only=True)`` gives the four stage maps (B, C_i, H_i, W_i) at
-strides 4, 8, 16, 32, each through its per-stage LayerNorm (SPEC section 6). This module adds what
+strides 4, 8, 16, 32, each through its per-stage LayerNorm (design.md §6). This module adds what
 both dense models need on top: a pretrained file (classification or dense checkpoint, ours or
 published, through ``ppma.checkpoint.load_into``) and gradient checkpointing chosen per stage.
 """
@@ -83,7 +83,7 @@ def create_backbone(
             or a published name (``ppma_tiny.in1k``): its classification weights (``model``, not the EMA)
             from the Hugging Face cache.
         grad_checkpointing: per-stage gradient checkpointing (see ``parse_stage_flags``).
-        drop_path_rate: stochastic depth; the variant's default (SPEC section 6) when None.
+        drop_path_rate: stochastic depth; the variant's default (design.md §6) when None.
         backend: attention backend (see ``ppma.ops``).
 
     Returns:

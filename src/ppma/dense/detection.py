@@ -1,6 +1,6 @@
 """Mask R-CNN with FPN on a PPMA backbone (torchvision), trained and scored like the published 1x / 3x runs.
 
-Published setting (SPEC section 9, MMDetection 2.x): FPN on all four stages (256 channels, an extra
+Published setting (design.md §9, MMDetection 2.x): FPN on all four stages (256 channels, an extra
 max-pooled level), images resized to 800 (short) x 1333 (long max), AdamW lr 1e-4, weight decay
 0.05, 12 epochs with the lr divided by 10 after epochs 8 and 11, 500 linear warm-up iterations,
 16 images per step (2 per GPU on 8 GPUs); 3x: 36 epochs, steps at 27 and 33, short side drawn from

@@ -1,6 +1,6 @@
 """UPerNet on a PPMA backbone, trained and scored like the published ADE20K run (MMSegmentation 0.x).
 
-Published setting (SPEC section 9): UPerHead (pyramid pooling 1, 2, 3, 6 on stage 4 + FPN fusion of
+Published setting (design.md §9): UPerHead (pyramid pooling 1, 2, 3, 6 on stage 4 + FPN fusion of
 all four stages, 512 channels, dropout 0.1) with an auxiliary FCN head on stage 3 (256 channels,
 loss weight 0.4); 512x512 crops from images rescaled by 0.5-2.0 around 2048x512; AdamW (lr 6e-5,
 weight decay 0.01, as in the Swin/RMT configs the authors follow), 1500 linear warm-up iterations,

@@ -2,8 +2,8 @@
 
 ``to_ppma(model)`` replaces every block's ``attn`` (timm ``Attention``) with ``PolylineViTAttention``:
 the same q/k/v and output projections (same state-dict keys) plus a decay generator
-(``attn.decay.*``), and ``attn.softmax(-1)`` replaced by the averaged two-softmax form of SPEC
-section 3, ``0.5 softmax(S + M) + 0.5 softmax(S + M^T)`` (or any ``ppma.masks`` kind).
+(``attn.decay.*``), and ``attn.softmax(-1)`` replaced by the averaged two-softmax form of
+design.md §3, ``0.5 softmax(S + M) + 0.5 softmax(S + M^T)`` (or any ``ppma.masks`` kind).
 
 Prefix tokens (class, register and distillation tokens: the first ``num_prefix_tokens`` of the
 sequence) are not on the grid. Rule: their rows and columns of every log-mask are 0, so a prefix

@@ -40,7 +40,7 @@ def decay_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def line_log_mask(x: torch.Tensor) -> torch.Tensor:
-    """The 1D structured (1-semiseparable) mask of a line of log-decays, SPEC section 2.
+    """The 1D structured (1-semiseparable) mask of a line of log-decays, design.md §2.
 
     ``m[p, q] = sum(x[t] for t in (min(p, q), max(p, q)])``: the lower end is excluded, the upper
     included. For a 3-token line x = (x0, x1, x2)::
@@ -78,7 +78,7 @@ def check_decays(log_alpha: torch.Tensor, log_beta: torch.Tensor, check_values: 
 
 
 def polyline_log_mask(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> torch.Tensor:
-    """The 2D polyline path log-mask M of full PPMA attention, SPEC section 3.
+    """The 2D polyline path log-mask M of full PPMA attention, design.md §3.
 
     ``M[(i, j), (k, l)] = row_i(j, l) + col_l(i, k)``: from the query (i, j) along its own row to the
     key's column l (horizontal log-decays of row i), then along column l to the key (vertical

@@ -12,7 +12,7 @@ polyline family through the fast ops of ``ppma.ops`` and the scan family through
 name               log-decays                log-masks M_i (averaged softmaxes)
 =================  ========================  ===================================================
 ``none``           none                      one zero mask: plain softmax attention
-``polyline``       learned, 2 channels       h2v M and v2h M^T (SPEC section 3; the default)
+``polyline``       learned, 2 channels       h2v M and v2h M^T (design.md §3; the default)
 ``h2v``            learned, 2 channels       M only
 ``v2h``            learned, 2 channels       M^T only
 ``polyline_shared``learned, 1 channel        M and M^T with log_beta = log_alpha
@@ -23,7 +23,7 @@ name               log-decays                log-masks M_i (averaged softmaxes)
 ``zorder``         learned, 2 channels       1D mask along the Morton (quadtree) order
 =================  ========================  ===================================================
 
-Scan masks ("the 1D mask of SPEC section 2 taken along the scan order"): the scan visits the
+Scan masks ("the 1D mask of design.md §2 taken along the scan order"): the scan visits the
 tokens in some order; the log-decay of step t (entering token ``order[t]``) is that token's
 horizontal ``log_alpha`` if the step stays in its row and its vertical ``log_beta`` otherwise, so
 both learned channels matter (a raster scan pays ``log_beta`` when it wraps to the next row). The
@@ -42,7 +42,7 @@ along the query's row: vertical then horizontal. The two conventions differ, so 
 the scan convention's names: ``h2v_scan`` is our ``v2h`` and ``v2h_scan`` our ``h2v`` (``ALIASES``).
 The averaged mask (``polyline``) is the same in both.
 
-Decomposed blocks: ``polyline`` is SPEC section 4 (``0.5 Ah(Aw v) + 0.5 Aw(Ah v)``); ``h2v`` keeps
+Decomposed blocks: ``polyline`` is design.md §4 (``0.5 Ah(Aw v) + 0.5 Aw(Ah v)``); ``h2v`` keeps
 ``Aw(Ah v)`` (column pass first, so a query's path leaves along its row: horizontal then vertical),
 ``v2h`` keeps ``Ah(Aw v)``; ``none``, ``rmt`` and ``polyline_shared`` run the same two-order average
 with their decays (RMT itself runs the row-then-column order only). In full attention ``none`` runs
@@ -192,7 +192,7 @@ def scan_order(name: str, H: int, W: int) -> torch.Tensor:
 def scan_log_mask(
     log_alpha: torch.Tensor, log_beta: torch.Tensor, order: torch.Tensor, along: str = "row"
 ) -> torch.Tensor:
-    """The 1D structured mask of SPEC section 2 taken along a scan order of the grid.
+    """The 1D structured mask of design.md §2 taken along a scan order of the grid.
 
     The step into token ``order[t]`` has log-decay ``x[t]``: the token's ``log_alpha`` when the step
     stays in its row, else its ``log_beta`` (``along="column"`` swaps the roles: ``log_beta`` when the
@@ -243,7 +243,7 @@ def none_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torc
 
 
 def polyline_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> list[torch.Tensor]:
-    """The published 2D polyline mask: h2v ``M`` and v2h ``M^T`` (SPEC section 3)."""
+    """The published 2D polyline mask: h2v ``M`` and v2h ``M^T`` (design.md §3)."""
     mask = unchecked_polyline_log_mask(log_alpha, log_beta)
     return [mask, mask.transpose(-1, -2)]
 

@@ -1,4 +1,4 @@
-"""PPMA: a hierarchical vision transformer with polyline path masked attention (SPEC section 6).
+"""PPMA: a hierarchical vision transformer with polyline path masked attention (design.md §6).
 
 image -> Stem (stride 4) -> 4 stages of [CPE, PPMA attention, conv FFN] blocks -> classifier head.
 Stages 1-2 (Tiny) or 1-3 (Small, Base) use decomposed ("criss-cross") attention, the rest full.

@@ -72,7 +72,7 @@ def polyline_attention(
     check_values: bool = True,
     paths: str = "both",
 ) -> torch.Tensor:
-    """Full attention with the 2D polyline path mask, SPEC section 3.
+    """Full attention with the 2D polyline path mask, design.md §3.
 
     ``attn = 0.5 * softmax(S + M) + 0.5 * softmax(S + M^T)`` with ``S = q k^T * scale`` and
     ``M = polyline_log_mask(log_alpha, log_beta)`` (h2v; M^T is v2h); output ``attn @ v``.
@@ -108,7 +108,7 @@ def criss_cross_polyline_attention(
     check_values: bool = True,
     paths: str = "both",
 ) -> torch.Tensor:
-    """Decomposed ("criss-cross") attention with 1D masks, SPEC section 4.
+    """Decomposed ("criss-cross") attention with 1D masks, design.md §4.
 
     Row attention ``Aw_i = softmax(S_row + line_log_mask(log_alpha[i]))`` on each row i, column
     attention ``Ah_j = softmax(S_col + line_log_mask(log_beta[:, j]))`` on each column j, and

@@ -1,4 +1,4 @@
-"""The oracle: SPEC sections 3-4 written as directly as possible, the definition every backend is tested against.
+"""The oracle: design.md §3-4 written as directly as possible, the definition every backend is tested against.
 
 Forms the log-mask with ``ppma.masks.polyline``, applies two softmaxes and averages. Runs in float64 when
 given float64; half-precision inputs are upcast to float32 with autocast off.

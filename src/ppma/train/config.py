@@ -1,6 +1,6 @@
 """``TrainConfig``: every training option in one typed dataclass, loadable from YAML/JSON and flags.
 
-The defaults are the published ImageNet-1K recipe (SPEC section 8). ``digits_config()`` gives the
+The defaults are the published ImageNet-1K recipe (design.md §8). ``digits_config()`` gives the
 CPU recipe for the built-in digits dataset (the README's main job, also in ``configs/digits_nano.yaml``);
 ``dataset_config("cifar10", root)`` the recipe of a named benchmark (``ppma.train.datasets``).
 Command-line flags are generated from the fields (``ppma.cli.options.add_dataclass_flags``), so the
@@ -25,7 +25,7 @@ _AMP = ("auto", "none", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
-    """Options of ``ppma.train.run``; defaults reproduce the published ImageNet-1K recipe (SPEC section 8)."""
+    """Options of ``ppma.train.run``; defaults reproduce the published ImageNet-1K recipe (design.md §8)."""
 
     # ---- model
     model: str = option("ppma_tiny", "timm model name")

@@ -2,7 +2,7 @@
 
 Two layers:
 
-- tensor functions for ONE head, written like SPEC sections 3-4 and built on ``ppma.masks.polyline``
+- tensor functions for ONE head, written like design.md §3-4 and built on ``ppma.masks.polyline``
   (``query_mask_maps``, ``full_attention_map``, ``criss_cross_attention_map``, ``window_log_mask``);
 - functions on a ``Capture`` that pick the block, head and query token and return numpy arrays
   (``mask_maps``, ``attention_maps``, ``mask_matrix``, ``decay_maps``).
@@ -72,7 +72,7 @@ def query_mask_maps(log_mask: torch.Tensor, token: tuple[int, int], grid: tuple[
 def full_attention_map(
     q: torch.Tensor, k: torch.Tensor, log_mask: torch.Tensor, token: tuple[int, int]
 ) -> torch.Tensor:
-    """One query's row of full masked attention, SPEC section 3: ``0.5 softmax(s + M[n]) + 0.5 softmax(s + M^T[n])``.
+    """One query's row of full masked attention, design.md §3: ``0.5 softmax(s + M[n]) + 0.5 softmax(s + M^T[n])``.
 
     Args:
         q, k: (H, W, d) rotated queries and keys of one head; k already carries the d^-0.5 scale.
@@ -93,7 +93,7 @@ def full_attention_map(
 def criss_cross_attention_map(
     q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor, token: tuple[int, int]
 ) -> torch.Tensor:
-    """One query's effective 2D map through decomposed attention, SPEC section 4.
+    """One query's effective 2D map through decomposed attention, design.md §4.
 
     Row attention ``Aw_r[j, l]`` (row r) and column attention ``Ah_c[i, k]`` (column c) compose: the output
     ``0.5 Ah(Aw v) + 0.5 Aw(Ah v)`` at query (i, j) puts on key (k, l) the weight
@@ -219,7 +219,7 @@ def attention_maps(cap: Capture, query: tuple[float, float], stage: int, block: 
         dict with ``masked`` and ``unmasked`` (H, W) arrays, each summing to 1; ``token``; ``block``.
     """
     bc = cap.block(stage, block)
-    if bc.mask != "polyline":  # the formulas below are SPEC 3-4 (both paths averaged)
+    if bc.mask != "polyline":  # the formulas below are design.md §3-4 (both paths averaged)
         raise PPMAError(f"block: attention maps are drawn for mask='polyline' layers; this one uses {bc.mask!r}")
     token = cap.image.query_token(query, bc.stride)
     masked, unmasked = [], []

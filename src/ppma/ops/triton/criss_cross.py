@@ -8,7 +8,7 @@ sum ``P`` of log-decays::
 Rows of the grid are lines with ``P = cumsum(log_alpha, W)`` (``Aw``); columns are lines with
 ``P = cumsum(log_beta, H)`` (``Ah``). Every tensor is addressed through its strides, so a column
 pass reads the (B, heads, H, W, d) grid through a transposed view without copying it.
-The criss-cross output (SPEC section 4) takes three passes, as ops/cpu.py::
+The criss-cross output (design.md §4) takes three passes, as ops/cpu.py::
 
     Ah v;   Aw [v | Ah v] (one row pass on concatenated values);   Ah (Aw v)
     out = 0.5 * Ah(Aw v) + 0.5 * Aw(Ah v)      ("v2h" keeps Ah(Aw v), "h2v" keeps Aw(Ah v))

@@ -1,6 +1,6 @@
 """Fused full polyline-masked attention in Triton: forward and backward, the mask formed on the fly.
 
-What it computes (SPEC section 3), per batch and head, tokens row-major n = i * W + j::
+What it computes (design.md §3), per batch and head, tokens row-major n = i * W + j::
 
     out = 0.5 * softmax(S + M) @ v + 0.5 * softmax(S + M^T) @ v,   S = q k^T * scale
     M[(i,j),(k,l)]   = -|A[i,j] - A[i,l]| - |B[i,l] - B[k,l]|    (h2v: along row i, then column l)
