@@ -70,13 +70,17 @@ def test_float32_backends_match_float64_reference(backend):
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
-def test_flex_forward_matches_reference_on_cpu():
-    """FlexAttention runs forward only on CPU (its backward is CUDA-only); float32."""
+@pytest.mark.parametrize("paths", ["both", "h2v", "v2h"])
+def test_flex_forward_matches_reference_on_cpu(paths):
+    """FlexAttention runs forward only on CPU (its backward is CUDA-only); float32; single paths too."""
     inputs = [t.detach() for t in _case(1, 2, 5, 7, 16, 16, dtype=torch.float32)[0]]
     with torch.no_grad():
-        got = polyline_attention(*inputs, backend="flex")
-        want = polyline_attention(*inputs, backend="reference")
+        got = polyline_attention(*inputs, backend="flex", paths=paths)
+        want = polyline_attention(*inputs, backend="reference", paths=paths)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    if paths != "both":  # a single path is not the average: the test would notice a dropped `paths`
+        other = polyline_attention(*inputs, backend="reference")
+        assert (got - other).abs().max() > 1e-4
 
 
 def test_auto_picks_cpu_backend_on_cpu(monkeypatch):

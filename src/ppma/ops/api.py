@@ -85,7 +85,8 @@ def polyline_attention(
         backend: see the module docstring.
         check_values: check that the log-decays are finite and <= 0 (one device sync).
         paths: ``"both"`` (the published average), ``"h2v"`` (``softmax(S + M)`` only) or ``"v2h"``
-            (``softmax(S + M^T)`` only); a single path runs on ``cpu``, ``dense`` or ``reference``.
+            (``softmax(S + M^T)`` only); a single path runs on ``cpu``, ``flex``, ``dense`` or ``reference``
+            (``triton``'s fused kernel runs both; ``auto`` on CUDA then takes ``flex``, which stores no mask).
 
     Returns:
         (B, heads, H, W, dv) in the dtype of q.
@@ -115,7 +116,7 @@ def criss_cross_polyline_attention(
     ``out = 0.5 * Ah(Aw v) + 0.5 * Aw(Ah v)``: every token reaches every other along an L-shaped path.
 
     Args and Returns as ``polyline_attention``; ``paths="h2v"`` keeps ``Aw(Ah v)`` (the query's path
-    leaves along its row), ``"v2h"`` keeps ``Ah(Aw v)``; every backend but ``flex`` runs a single path.
+    leaves along its row), ``"v2h"`` keeps ``Ah(Aw v)``; every backend that runs criss-cross runs a single path.
     """
     _check_inputs(q, k, v, log_alpha, log_beta, check_values)
     scale = q.shape[-1] ** -0.5 if scale is None else scale

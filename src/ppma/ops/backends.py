@@ -3,7 +3,7 @@
 Backends (``backend=``):
     reference  the oracle: forms the mask, explicit softmaxes (ops/reference.py)
     dense      stored mask + ``scaled_dot_product_attention`` (ops/dense.py)
-    flex       FlexAttention, mask formed on the fly from prefix sums; full attention, both paths (ops/flex.py)
+    flex       FlexAttention, mask formed on the fly from prefix sums; full attention, any paths (ops/flex.py)
     cpu        explicit batched matmuls, each score matrix formed once; the fastest on CPU (ops/cpu.py)
     triton     fused Triton kernels, O(N) memory: full attention in one pass for both softmaxes
                (ops/triton/full.py), criss-cross from a fused line-attention kernel, every path
@@ -105,8 +105,6 @@ def _why_not_flex(op: Op, paths: str, q: torch.Tensor, needs_grad: bool) -> str 
         return f"torch {torch.__version__} has no FlexAttention"
     if op not in ("full", "unmasked"):
         return "flex implements full attention only; use 'dense' or 'reference' for criss-cross"
-    if paths != "both":
-        return f"flex runs paths='both' only; use 'cpu', 'dense' or 'reference' for paths={paths!r}"
     if q.device.type == "cpu" and needs_grad:
         return "FlexAttention has no backward on CPU"
     if q.dtype == torch.float64 and q.device.type == "cuda":
@@ -130,7 +128,7 @@ def _why_not_triton(op: Op, paths: str, q: torch.Tensor, needs_grad: bool) -> st
     if op in ("full", "unmasked") and q.shape[3] > TRITON_MAX_WIDTH:
         return f"grid width {q.shape[3]} exceeds the triton kernel's limit of {TRITON_MAX_WIDTH}"
     if op == "full" and paths != "both":
-        return f"the fused full-attention kernel runs both paths; use 'cpu', 'dense' or 'reference' for paths={paths!r}"
+        return f"the fused full-attention kernel runs both paths; 'flex' (CUDA) or 'cpu' run paths={paths!r} unstored"
     return None
 
 

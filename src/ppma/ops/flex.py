@@ -1,11 +1,11 @@
 """FlexAttention with the polyline mask formed on the fly from prefix-sum tables (full attention).
 
 The score_mod adds ``M[(i,j),(k,l)] = -|cum_alpha[i,j] - cum_alpha[i,l]| - |cum_beta[i,l] - cum_beta[k,l]|``
-(and the mirrored v2h term in a second call). Each captured table is indexed once per score_mod:
+(and the mirrored v2h term in a second call; ``paths="h2v"``/``"v2h"`` make only that call). Each captured table is indexed once per score_mod:
 FlexAttention's backward refuses a tensor that needs grad and is gathered twice, so every term
 gets its own copy. Gradients flow into the log-decays through the tables.
 
-Limits: full attention only; on CPU, torch runs the forward but refuses the backward.
+Limits: full attention only (every ``paths``); on CPU, torch runs the forward but refuses the backward.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _flex_for(device: torch.device):
     return _compiled
 
 
-def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
+def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     B, heads, H, W, d = q.shape
     N = H * W
     flex = _flex_for(q.device)
@@ -60,6 +60,8 @@ def full(q, k, v, log_alpha, log_beta, scale: float) -> torch.Tensor:
 
     shape = (B, heads, N, -1)
     q, k, v = (t.reshape(shape) for t in (q, k, v))  # tokens row-major
+    if paths != "both":  # one path: one call, no masks stored either way
+        return flex(q, k, v, score_mod=h2v if paths == "h2v" else v2h, scale=scale).reshape(B, heads, H, W, -1)
     out_h2v = flex(q, k, v, score_mod=h2v, scale=scale)
     out_v2h = flex(q, k, v, score_mod=v2h, scale=scale)
     return (0.5 * (out_h2v + out_v2h)).reshape(B, heads, H, W, -1)
