@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -23,12 +24,15 @@ from .maps import LogMaskFn, _heads, attention_maps, decay_maps, mask_maps, mask
 
 __all__ = [
     "attention_figure",
+    "attention_norm",
+    "decay_norm",
     "decay_figure",
     "mask_figure",
     "mask_matrix_figure",
     "save",
     "save_gif",
     "sweep_frames",
+    "sweep_maps",
     "sweep_queries",
     "zoo_mask_figure",
 ]  # fmt: skip
@@ -37,6 +41,9 @@ _OVERLAY_ALPHA = 0.6
 _MASK_CMAP = "viridis"
 _ATTN_CMAP = "inferno"
 _DECAY_CMAP = "magma"
+# Attention maps span orders of magnitude (a few tokens near 1e-1, most near 1e-4): a log scale down to
+# this fraction of the largest weight separates the small values that matter.
+_ATTN_LOG_RANGE = 1e-4
 
 
 # ---- panels -----------------------------------------------------------------------------------------
@@ -70,11 +77,10 @@ def _grid_panel(
     cmap: str,
     label: str,
     token: tuple[int, int] | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
+    norm: Normalize | None = None,
 ) -> None:
-    """A heatmap over the token grid (one cell per token), query token outlined."""
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    """A heatmap over the token grid (one cell per token), query token outlined; ``norm`` fixes the scale."""
+    im = ax.imshow(values, cmap=cmap, norm=norm, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("token column")
     ax.set_ylabel("token row")
@@ -92,8 +98,7 @@ def _overlay_panel(
     cmap: str,
     label: str,
     query: tuple[float, float] | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
+    norm: Normalize | None = None,
 ) -> None:
     """A token map laid over the image; axes in the original image's pixels, query marked."""
     image = cap.image
@@ -101,7 +106,7 @@ def _overlay_panel(
     # The grid covers the padded image: a token spans stride / scale original pixels.
     sy, sx = image.scale
     H, W = values.shape
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, alpha=_OVERLAY_ALPHA, interpolation="nearest",
+    im = ax.imshow(values, cmap=cmap, norm=norm, alpha=_OVERLAY_ALPHA, interpolation="nearest",
                    extent=(0, W * bc.stride / sx, H * bc.stride / sy, 0))  # fmt: skip
     left, right, bottom, top = image.extent
     ax.set_xlim(left, right)
@@ -110,9 +115,36 @@ def _overlay_panel(
     ax.set_xlabel("x (image pixels)")
     ax.set_ylabel("y (image pixels)")
     if query is not None:
-        x, y = image.query_pixel(query)
-        ax.plot([x], [y], marker="+", color="cyan", markersize=12, mew=2)
+        _query_marker(ax, *image.query_pixel(query))
     ax.figure.colorbar(im, ax=ax, shrink=0.85, label=label)
+
+
+def _query_marker(ax: Axes, x: float, y: float) -> None:
+    """A ring in white over a wider one in black: visible on dark, light and coloured images alike."""
+    ax.plot([x], [y], marker="o", ms=11, mfc="none", mec="black", mew=3.5, zorder=5)
+    ax.plot([x], [y], marker="o", ms=11, mfc="none", mec="white", mew=1.5, zorder=6)
+
+
+# ---- colour scales ----------------------------------------------------------------------------------
+
+
+def attention_norm(maps: list[np.ndarray]) -> LogNorm:
+    """One log scale for attention maps: from ``_ATTN_LOG_RANGE`` of the largest weight to the largest."""
+    vmax = float(max(np.max(m) for m in maps))
+    vmax = vmax if vmax > 0 else 1.0
+    return LogNorm(vmin=vmax * _ATTN_LOG_RANGE, vmax=vmax, clip=True)
+
+
+def _attention_label(norm: LogNorm) -> str:
+    return f"attention weight (log scale, {norm.vmin:.1e} to {norm.vmax:.1e})"
+
+
+def decay_norm(per_stage: list[dict], stages: list[int]) -> Normalize:
+    """One linear scale for every decay panel: the range the shown decays span, inside [0, 1]."""
+    values = [per_stage[s][k] for s in stages for k in ("alpha", "beta")]
+    low = max(0.0, float(min(np.min(v) for v in values)))
+    high = min(1.0, float(max(np.max(v) for v in values)))
+    return Normalize(vmin=low, vmax=high if high > low else low + 1e-6)
 
 
 # ---- figures ----------------------------------------------------------------------------------------
@@ -242,16 +274,17 @@ def attention_figure(
     """A query's attention with the block's mask beside the same map with the mask removed.
 
     Decomposed blocks show their effective 2D map (row and column attention composed, both orders
-    averaged). Top: token grid; bottom: over the image. Both maps share one colour scale.
+    averaged). Top: token grid; bottom: over the image. Both maps share one logarithmic colour scale
+    (``attention_norm``), so weights a thousand times below the peak still show.
     """
     maps = attention_maps(cap, query, stage, block, head)
     bc, token = maps["block"], maps["token"]
-    vmax = float(max(maps["masked"].max(), maps["unmasked"].max()))
+    norm = attention_norm([maps["masked"], maps["unmasked"]])
+    label = _attention_label(norm)
     fig, axes = _figure(2, 2, (4.4, 3.6), dpi)
     for col, (key, name) in enumerate((("masked", "with the polyline mask"), ("unmasked", "mask removed"))):
-        _grid_panel(axes[0, col], maps[key], f"attention {name}", _ATTN_CMAP, "attention weight", token, 0, vmax)
-        _overlay_panel(axes[1, col], cap, bc, maps[key], f"{name}, over the image", _ATTN_CMAP,
-                       "attention weight", query, 0, vmax)  # fmt: skip
+        _grid_panel(axes[0, col], maps[key], f"attention {name}", _ATTN_CMAP, label, token, norm)
+        _overlay_panel(axes[1, col], cap, bc, maps[key], f"{name}, over the image", _ATTN_CMAP, label, query, norm)
     what = "effective attention" if bc.mode == "criss_cross" else "attention"
     return _finish(fig, cap, f"{what} of query token {token}: {_describe(bc, head)}")
 
@@ -274,20 +307,26 @@ def decay_figure(
     stages = list(range(len(per_stage))) if stages is None else stages
     for s in stages:
         cap.block(s, block)  # range check with the usual message
+    norm = decay_norm(per_stage, stages)
     fig, axes = _figure(len(stages), 3, (4.4, 3.4), dpi)
+    # The image once, top left; the decay panels are laid over it, so it needs no repeating.
+    ax = axes[0, 0]
+    ax.imshow(cap.image.pixels, extent=cap.image.extent)
+    ax.set_title("image", fontsize=9)
+    ax.set_xlabel("x (image pixels)")
+    ax.set_ylabel("y (image pixels)")
+    for ax in axes[1:, 0]:
+        ax.set_visible(False)
+    source = "learned" if cap.weights is not None else "random-weight"
     for row, s in enumerate(stages):
         d = per_stage[s]
         bc = d["block"]
-        ax = axes[row, 0]
-        ax.imshow(cap.image.pixels, extent=cap.image.extent)
-        ax.set_title(f"image (stage {s}: {bc.grid[0]}x{bc.grid[1]} tokens)", fontsize=9)
-        ax.set_xlabel("x (image pixels)")
-        ax.set_ylabel("y (image pixels)")
         for col, (key, name) in enumerate((("alpha", "horizontal alpha"), ("beta", "vertical beta"))):
-            _overlay_panel(axes[row, col + 1], cap, bc, d[key], f"{name}, stage {s} block {bc.block}",
-                           _DECAY_CMAP, key)  # fmt: skip
+            title = f"{name}, stage {s} ({bc.grid[0]}x{bc.grid[1]} tokens), block {bc.block}"
+            label = f"{key} (shared scale {norm.vmin:.3f} to {norm.vmax:.3f})"
+            _overlay_panel(axes[row, col + 1], cap, bc, d[key], title, _DECAY_CMAP, label, norm=norm)
     heads = "mean over heads" if head is None else f"head {head}"
-    return _finish(fig, cap, f"learned decay factors per token, {heads} (near 1: the mask passes; small: it cuts)")
+    return _finish(fig, cap, f"{source} decay factors per token, {heads} (near 1: the mask passes; small: it cuts)")
 
 
 # ---- sweep ------------------------------------------------------------------------------------------
@@ -322,21 +361,40 @@ def sweep_frames(
     if what not in ("attention", "mask"):
         raise ValueError(f"what: expected 'attention' or 'mask', got {what!r}")
     cap.block(stage, block)  # fail before drawing anything
+    queries, maps, norm = sweep_maps(cap, stage, block, head, what, steps)
+    if what == "attention":
+        cmap, label = _ATTN_CMAP, _attention_label(norm)
+    else:
+        cmap, label = _MASK_CMAP, "mask value, H2V and V2H averaged (one scale for all frames)"
     frames = []
-    for query in sweep_queries(steps):
-        if what == "attention":
-            m = attention_maps(cap, query, stage, block, head)
-            values, cmap, label = m["masked"], _ATTN_CMAP, "attention weight"
-        else:
-            m = mask_maps(cap, query, stage, block, head)
-            values, cmap, label = m["average"], _MASK_CMAP, "mask value (H2V and V2H averaged)"
+    for query, (m, values) in zip(queries, maps, strict=True):
         fig, axes = _figure(1, 1, (6.0, 4.6), dpi)
-        _overlay_panel(axes[0, 0], cap, m["block"], values, f"query token {m['token']}", cmap, label, query)
+        _overlay_panel(axes[0, 0], cap, m["block"], values, f"query token {m['token']}", cmap, label, query, norm)
         _finish(fig, cap, f"{what}: {_describe(m['block'], head)}")
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
         frames.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
     return frames
+
+
+def sweep_maps(
+    cap: Capture, stage: int, block: int, head: int | None, what: str, steps: int
+) -> tuple[list[tuple[float, float]], list[tuple[dict, np.ndarray]], Normalize]:
+    """The queries of a sweep, each frame's maps and values, and the ONE colour scale all frames share
+    (log for attention, as ``attention_norm``; linear from 0 to the largest value for the mask)."""
+    queries = sweep_queries(steps)
+    maps = []
+    for query in queries:
+        if what == "attention":
+            m = attention_maps(cap, query, stage, block, head)
+            maps.append((m, m["masked"]))
+        else:
+            m = mask_maps(cap, query, stage, block, head)
+            maps.append((m, m["average"]))
+    values = [v for _, v in maps]
+    if what == "attention":
+        return queries, maps, attention_norm(values)
+    return queries, maps, Normalize(vmin=0.0, vmax=float(max(np.max(v) for v in values)))
 
 
 def save_gif(frames: list[np.ndarray], path: str | os.PathLike, duration_ms: int = 300) -> Path:
