@@ -138,7 +138,9 @@ def read_card(checkpoint: dict[str, Any]) -> dict[str, Any]:
     else:
         transform = None
     published = getattr(checkpoint.get("args"), "model", None)  # the published scripts' argparse.Namespace
-    name = checkpoint.get("model_name") or (published if isinstance(published, str) and timm.is_model(published) else None)
+    if not (isinstance(published, str) and timm.is_model(published)):
+        published = None
+    name = checkpoint.get("model_name") or published
     classes = checkpoint.get("classes")
     return {"model_name": name if isinstance(name, str) else None,
             "model_kwargs": dict(checkpoint.get("model_kwargs") or config.get("model_kwargs") or {}),

@@ -47,7 +47,8 @@ from ..runtime import (
     unwrap,
 )
 from .config import TrainConfig
-from .data import build_datasets, build_eval_dataset, build_transform, describe_skipped, make_loader
+from .data import (build_datasets, build_eval_dataset, build_transform, describe_folders, describe_skipped,
+                   make_loader)
 from .report import plot_curves, progress_bar
 from .state import RunState, new_epoch_stats
 
@@ -370,6 +371,7 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
         f"{len(train_set)} train / {len(val_set)} val images, {d.world_size} process(es) on {d.device}, "
         f"total batch {res['total_batch']}, lr {res['lr']:.2e}, amp {res['amp']}, output {folder.path}"
         + (f"; resumed at epoch {state.epoch + 1} step {state.step}" if resume_path else "")
+        + describe_folders(train_set, val_set)  # non-image files in the class folders, once per run
     )
     # Training RNG: per rank, restored exactly on resume (the augmentation RNG is per sample, see data.py).
     if rng_states is None:
