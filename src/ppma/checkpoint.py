@@ -100,12 +100,19 @@ def model_card(config: Any, classes: list[str] | None, model_name: str | None = 
         model_name: overrides ``config.model``.
     """
     get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
-    transform = {k: get(k) for k in TRANSFORM_KEYS}
-    transform = dict(input_size=int(transform["input_size"]), crop_pct=float(transform["crop_pct"]),
-                     interpolation=str(transform["interpolation"]), mean=[float(v) for v in transform["mean"]],
-                     std=[float(v) for v in transform["std"]])  # fmt: skip
     return {"model_name": model_name or get("model"), "model_kwargs": dict(get("model_kwargs") or {}),
-            "classes": list(classes) if classes is not None else None, "transform": transform}  # fmt: skip
+            "classes": list(classes) if classes is not None else None,
+            "transform": _plain_transform({k: get(k) for k in TRANSFORM_KEYS})}  # fmt: skip
+
+
+def _plain_transform(t: dict[str, Any]) -> dict[str, Any]:
+    """The transform in one form (ints, floats, lists), whichever file or config it came from."""
+    try:
+        return dict(input_size=int(t["input_size"]), crop_pct=float(t["crop_pct"]),
+                    interpolation=str(t["interpolation"]), mean=[float(v) for v in t["mean"]],
+                    std=[float(v) for v in t["std"]])  # fmt: skip
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint: its evaluation transform is malformed ({_first_line(e)}): {t}") from None
 
 
 def card_metadata(card: dict[str, Any]) -> dict[str, str]:
@@ -135,6 +142,7 @@ def read_card(checkpoint: dict[str, Any]) -> dict[str, Any]:
         missing = [k for k in TRANSFORM_KEYS if k not in transform]
         if missing:
             raise ValueError(f"checkpoint: its evaluation transform lacks {', '.join(missing)}")
+        transform = _plain_transform(transform)
     else:
         transform = None
     published = getattr(checkpoint.get("args"), "model", None)  # the published scripts' argparse.Namespace
