@@ -47,7 +47,52 @@ CLI_CASES: list[CliCase] = [
     # ---- runs (training, resuming, devices, options): add rows below ----
 
     # ---- files (checkpoints, images, folders, outputs): add rows below ----
-
+    CliCase("eval-empty-pth", lambda tmp: ["eval", "--checkpoint", str(_empty_file(tmp, "e.pth"))],
+            r"e\.pth is empty \(0 bytes\)"),
+    CliCase("eval-truncated-safetensors",
+            lambda tmp: ["eval", "--checkpoint", str(_safetensors_file(tmp, "t.safetensors", truncate=True))],
+            r"cannot read .*t\.safetensors as safetensors"),
+    CliCase("eval-pth-holding-a-list", lambda tmp: ["eval", "--checkpoint", str(_torch_file(tmp, "l.pth", [1, 2]))],
+            r"l\.pth holds a list, not a dict"),
+    CliCase("predict-pth-holding-a-tensor",
+            lambda tmp: ["predict", str(_image(tmp, "a.png")), "--checkpoint",
+                         str(_torch_file(tmp, "t.pth", _nano_weights()["head.fc.bias"]))],
+            r"t\.pth holds a Tensor, not a dict"),
+    CliCase("eval-weights-only-safetensors-without-model",
+            lambda tmp: ["eval", "--checkpoint", str(_safetensors_file(tmp, "w.safetensors"))],
+            r"does not name its model .*pass --model"),
+    CliCase("predict-model-dict-without-model",
+            lambda tmp: ["predict", str(_image(tmp, "a.png")), "--checkpoint",
+                         str(_torch_file(tmp, "m.pth", {"model": _nano_weights()}))],
+            r"m\.pth does not name its model .*pass --model"),
+    CliCase("predict-only-unreadable-images",
+            lambda tmp: ["predict", str(_empty_file(tmp, "bad.jpg")), "--checkpoint",
+                         str(_torch_file(tmp, "m.pth", {"model": _nano_weights()})), "--model", "ppma_nano"],
+            r"no readable image: .*bad\.jpg: not a readable image"),
+    CliCase("predict-unwritable-json",
+            lambda tmp: ["predict", str(_image(tmp, "a.png")), "--checkpoint", str(tmp / "never-read.pth"),
+                         "--json", str(_file_in_the_way(tmp) / "p.json")],
+            r"--json: cannot create the folder .*blocker"),
+    CliCase("convert-onto-its-source",
+            lambda tmp: ["convert", str(_torch_file(tmp, "b.pth", {"model": {}})), str(tmp / "b.pth"), "--force"],
+            r"b\.pth is the input file"),
+    CliCase("convert-onto-an-existing-file",
+            lambda tmp: ["convert", str(_torch_file(tmp, "b.pth", {"model": {}})), str(_empty_file(tmp, "o.pth"))],
+            r"o\.pth exists; pass --force"),
+    CliCase("convert-unknown-output-format",
+            lambda tmp: ["convert", str(_torch_file(tmp, "b.pth", {"model": {}})), str(tmp / "o.bin")],
+            r"must end in \.safetensors, \.pth or \.pt"),
+    CliCase("viz-unwritable-output",
+            lambda tmp: ["viz", "mask", "-o", str(_file_in_the_way(tmp) / "m.png")], r"-o: cannot create the folder"),
+    CliCase("viz-unknown-output-format", lambda tmp: ["viz", "decay", "-o", str(tmp / "d.xyz")],
+            r"unknown image format '\.xyz'"),
+    CliCase("viz-damaged-image",
+            lambda tmp: ["viz", "attention", str(_empty_file(tmp, "x.png")), "--model", "ppma_nano"],
+            r"x\.png: not a readable image"),
+    CliCase("eval-class-folder-with-hidden-images-only",
+            lambda tmp: ["eval", "--checkpoint", str(_torch_file(tmp, "m.pth", {"model": _nano_weights()})),
+                         "--model", "ppma_nano", "--data-path", str(_folder_with_hidden_only_class(tmp))],
+            r"class folders without images: bee \(skipped 2 non-image files: 1 hidden, 1 \.txt\)"),
 ]
 
 # ---- Python API cases -----------------------------------------------------------------------------------
@@ -55,8 +100,72 @@ PY_CASES: list[PyCase] = [
     # ---- runs and ops: add rows below ----
 
     # ---- files: add rows below ----
-
+    PyCase("read-empty-checkpoint", lambda tmp: _api("checkpoint").read_checkpoint(
+        _empty_file(tmp, "e.pth")), ValueError, r"e\.pth is empty"),
+    PyCase("convert-onto-its-source", lambda tmp: _api("checkpoint").convert(
+        _torch_file(tmp, "b.pth", {"model": {}}), tmp / "b.pth", force=True), ValueError, r"is the input file"),
+    PyCase("checkpoint-without-weights", lambda tmp: _api("checkpoint").convert(
+        _torch_file(tmp, "b.pth", {"model": {}}), tmp / "o.safetensors"), ValueError, r"holds no weights"),
+    PyCase("predict-no-images", lambda tmp: _api("train").predict_images(tmp / "never.pth", []),
+           ValueError, r"images: none given"),
 ]
+
+
+# ---- helpers of the "files" rows (the rows call them when they run) ------------------------------------
+
+def _api(module: str) -> Any:
+    """``ppma.MODULE``, imported when a row runs."""
+    import importlib
+
+    return importlib.import_module(f"ppma.{module}")
+
+
+def _nano_weights() -> dict:
+    import timm
+
+    import ppma  # noqa: F401  (registers the models)
+
+    return timm.create_model("ppma_nano").state_dict()
+
+
+def _torch_file(tmp: Path, name: str, obj: Any) -> Path:
+    import torch
+
+    torch.save(obj, tmp / name)
+    return tmp / name
+
+
+def _safetensors_file(tmp: Path, name: str, truncate: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    path = tmp / name
+    save_file({k: v.contiguous() for k, v in _nano_weights().items()}, str(path))
+    if truncate:  # a copy cut short, as an interrupted download leaves it
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _image(tmp: Path, name: str) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (20, 16), (120, 30, 200)).save(tmp / name)
+    return tmp / name
+
+
+def _file_in_the_way(tmp: Path) -> Path:
+    """A plain file where an output folder would have to be: any output path below it is unwritable."""
+    (tmp / "blocker").write_text("x")
+    return tmp / "blocker"
+
+
+def _folder_with_hidden_only_class(tmp: Path) -> Path:
+    """val/ant/a.png, and val/bee/ with only a hidden image (.thumbs/b.png) and a text file."""
+    (tmp / "val" / "bee" / ".thumbs").mkdir(parents=True)
+    (tmp / "val" / "ant").mkdir()
+    _image(tmp / "val" / "ant", "a.png")
+    _image(tmp / "val" / "bee" / ".thumbs", "b.png")
+    (tmp / "val" / "bee" / "notes.txt").write_text("x")
+    return tmp
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
