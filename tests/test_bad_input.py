@@ -92,7 +92,7 @@ CLI_CASES: list[CliCase] = [
     CliCase("eval-class-folder-with-hidden-images-only",
             lambda tmp: ["eval", "--checkpoint", str(_torch_file(tmp, "m.pth", {"model": _nano_weights()})),
                          "--model", "ppma_nano", "--data-path", str(_folder_with_hidden_only_class(tmp))],
-            r"class folders without images: bee \(skipped 2 non-image files: 1 hidden, 1 \.txt\)"),
+            r"empty class folders: bee \(no images; skipped 2 non-image files: 1 hidden, 1 \.txt\)"),
 ]
 
 # ---- Python API cases -----------------------------------------------------------------------------------

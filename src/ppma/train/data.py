@@ -131,8 +131,8 @@ def index_image_splits(root: str | Path, splits: Sequence[str]) -> dict[str, Ima
         index = index_image_folder(folder)
         empty = [name for name, n in zip(index.classes, index.images_per_class(), strict=True) if n == 0]
         if empty:
-            raise PPMAError(f"data: {folder} has class folders without images: {', '.join(empty[:5])}"
-                            + (f" ({index.describe_skipped()})" if index.skipped else ""))  # fmt: skip
+            raise PPMAError(f"data: {folder} has empty class folders: {', '.join(empty[:5])} (no images"
+                            + (f"; {index.describe_skipped()})" if index.skipped else ")"))  # fmt: skip
         indexes[split] = index
     first, *rest = splits
     for split in rest:
