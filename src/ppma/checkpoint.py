@@ -261,6 +261,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = Fals
     state = checkpoint_filter_fn(extract_state_dict(ckpt, use_ema))
     state = {k: v.contiguous() for k, v in state.items()}
     card = {k: v for k, v in read_card(ckpt).items() if v}
+    if "head.fc.weight" not in state:  # a backbone (dense-task file): its classes are not these weights' outputs
+        card.pop("classes", None)
     if "model_name" in card:  # a file of weights only: say which of the source's it holds
         card["weights"] = "ema" if use_ema else "model"
     if dst.suffix == ".safetensors":

@@ -63,12 +63,15 @@ def load_image(path: str | os.PathLike | None = None, sample: str = "astronaut")
         import skimage.data
 
         return np.asarray(getattr(skimage.data, sample)())[..., :3], f"scikit-image '{sample}'"
-    from ..images import load_rgb
+    from ..images import ImageReadError, load_rgb
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image: no file at {path}")
-    return np.asarray(load_rgb(path)), path.name  # 16-bit / float scaled; damaged files: ImageReadError
+    try:
+        return np.asarray(load_rgb(path)), path.name  # 16-bit and float images scaled, not clipped
+    except ImageReadError as e:
+        raise ValueError(f"image: cannot read {e}") from e
 
 
 @dataclass
