@@ -171,3 +171,17 @@ def test_viz_uses_the_model_our_checkpoint_names_and_writes_the_path_it_prints(t
     printed = capsys.readouterr().out.strip()
     assert printed == str(tmp_path / "out.png") and Path(printed).stat().st_size > 0
     assert not (tmp_path / "out").exists()
+
+    # a published file (no card): a note says what was assumed; without --model it does not fit ppma_tiny
+    from conftest import PUBLISHED_NANO
+
+    argv = ["viz", "decay", str(tmp_path / "img.png"), "--checkpoint", str(PUBLISHED_NANO), "--size", "64",
+            "-o", str(tmp_path / "d.png")]  # fmt: skip
+    assert main([*argv, "--model", "ppma_nano"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "d.png")
+    assert err.strip() == f"ppma viz: note: {PUBLISHED_NANO.name} stores no normalisation: assumed ImageNet's mean and std"
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "names no model: assumed ppma_tiny" in err and "does not fit" in err and "pass --model" in err
+    assert len(err.splitlines()) == 2  # the note, then the one-line error

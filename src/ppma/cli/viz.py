@@ -94,8 +94,20 @@ def _output_path(args: argparse.Namespace, default_suffix: str) -> Path:
 
 
 def _capture(args: argparse.Namespace):
+    import sys
+
     from ..viz import run
 
+    if args.checkpoint is not None and Path(args.checkpoint).is_file():
+        from ..checkpoint import read_card, read_checkpoint
+
+        card, notes = read_card(read_checkpoint(args.checkpoint)), []
+        if not (args.model or card["model_name"]):
+            notes.append("names no model: assumed ppma_tiny (--model sets it)")
+        if card["transform"] is None:
+            notes.append("stores no normalisation: assumed ImageNet's mean and std")
+        if notes:
+            print(f"ppma viz: note: {Path(args.checkpoint).name} " + "; ".join(notes), file=sys.stderr)
     return run(args.model, args.image, checkpoint=args.checkpoint, ema=args.ema, size=args.size, sample=args.sample)
 
 

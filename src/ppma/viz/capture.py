@@ -188,7 +188,11 @@ def load_model(name: str | None, checkpoint: str | os.PathLike | None = None, em
         raise ValueError(f"model: unknown name {name!r}; PPMA models: {', '.join(names)}")
     model = timm.create_model(name, **((card.get("model_kwargs") or {}) if name == stored else {}))
     if checkpoint is not None:
-        load_into(model, checkpoint, use_ema=ema)
+        try:
+            load_into(model, checkpoint, use_ema=ema)
+        except ValueError as e:  # the key lists, on one line
+            hint = "" if stored else " (the file names no model: pass --model)"
+            raise ValueError(f"{' '.join(str(e).split())[:400]}{hint}") from e
     if card.get("transform"):
         t = card["transform"]
         model.pretrained_cfg = {**(model.pretrained_cfg or {}), "mean": tuple(t["mean"]), "std": tuple(t["std"])}
