@@ -180,7 +180,8 @@ def test_viz_uses_the_model_our_checkpoint_names_and_writes_the_path_it_prints(t
     assert main([*argv, "--model", "ppma_nano"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path / "d.png")
-    assert err.strip() == f"ppma viz: note: {PUBLISHED_NANO.name} stores no normalisation: assumed ImageNet's mean and std"
+    note = f"ppma viz: note: {PUBLISHED_NANO.name} stores no normalisation: assumed ImageNet's mean and std"
+    assert err.strip() == note
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "names no model: assumed ppma_tiny" in err and "does not fit" in err and "pass --model" in err
