@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 
 import numpy as np
-import pytest
 import timm
 import torch
 from imagefolder import make_image_folder, one_thread  # noqa: F401  (one_thread: autouse fixture)
