@@ -7,7 +7,7 @@ leaves a half-written checkpoint; the file gets the mode the umask gives (0644 u
 temporary file's 0600.
 
 **The model card.** A checkpoint is used correctly only with its model name, classes and evaluation
-transform (the digits model scores 97.8 % at its own 32 px / mean 0.5 and 61 % with ImageNet's). Every
+transform (a digits model fell from 97.8 % to 61 % top-1 when evaluated with ImageNet's). Every
 file ppma writes carries them: ``model_card(config, classes)`` makes the card, ``.pth`` files hold its
 keys at the top level, ``.safetensors`` files in their metadata (``card_metadata``, the same string
 keys ``ppma export`` writes), and ``read_card`` reads any of them back, also from training checkpoints
@@ -77,7 +77,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (a safe_open handle, not a dict)
     except Exception as e:  # SafetensorError: truncated header or data, not a safetensors file
         raise ValueError(f"checkpoint: cannot read {path} as safetensors ({_first_line(e)})") from e
     card: dict[str, Any] = {}
