@@ -185,3 +185,20 @@ def test_viz_uses_the_model_our_checkpoint_names_and_writes_the_path_it_prints(t
     err = capsys.readouterr().err.strip()
     assert "names no model: assumed ppma_tiny" in err and "does not fit" in err and "pass --model" in err
     assert len(err.splitlines()) == 2  # the note, then the one-line error
+
+
+def test_dense_sets_ignore_hidden_files_and_scale_16_bit_images(tmp_path):
+    from ppma.dense.data import load_rgb, segmentation_pairs
+
+    for split in ("images", "annotations"):
+        (tmp_path / split / "training").mkdir(parents=True)
+    deep = np.random.randint(0, 65536, (6, 7), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "images" / "training" / "a.png")  # 16-bit grayscale
+    Image.fromarray(np.zeros((6, 7), np.uint8)).save(tmp_path / "annotations" / "training" / "a.png")
+    (tmp_path / "images" / "training" / "._a.png").write_bytes(b"macOS resource fork")  # hidden: not an image
+    (tmp_path / "annotations" / "training" / ".b.png").write_bytes(b"x")
+    pairs = segmentation_pairs(tmp_path, "train", "ade20k")
+    assert [(i.name, a.name) for i, a in pairs] == [("a.png", "a.png")]
+    rgb = np.asarray(load_rgb(pairs[0][0]))
+    want = np.rint(deep.astype(np.float64) * 255 / 65535)
+    assert rgb.shape == (6, 7, 3) and np.array_equal(rgb[..., 0], want) and np.array_equal(rgb[..., 2], want)
