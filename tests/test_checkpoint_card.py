@@ -52,6 +52,7 @@ def test_converted_ema_file_evaluates_like_the_training_checkpoint(tmp_path, cap
     converted = evaluate_checkpoint(tmp_path / "e.safetensors", None, workers=0, batch_size=180)
     assert (converted["top1"], converted["loss"]) == (whole["top1"], whole["loss"])
     assert converted["input_size"] == 32 and converted["interpolation"] == "bicubic" and converted["assumed"] == ""
+    assert converted["weights"] == whole["weights"] == "ema"
 
     # Without the card (a foreign file) the command says in its output line what it assumed.
     from safetensors.torch import load_file, save_file

@@ -587,7 +587,7 @@ def evaluate_checkpoint(
         metrics = evaluate(model, loader, d.device, amp_dtype_for(amp, d.device), d, progress=None)
     finally:
         cleanup_distributed(d)
-    metrics.update(model=spec.model_name, weights="ema" if spec.use_ema else "model", classes=spec.num_classes,
+    metrics.update(model=spec.model_name, weights=spec.weights_label, classes=spec.num_classes,
                    input_size=spec.config.input_size, crop_pct=spec.config.crop_pct,
                    interpolation=spec.config.interpolation, assumed=spec.assumed)  # fmt: skip
     return metrics
@@ -605,6 +605,7 @@ class _ClassifierSpec:
     classes: list[str] | None  # ours store their class names; published files do not
     config: TrainConfig  # carries the evaluation transform
     assumed: str = ""  # what the file did not say and was assumed ('' for our files)
+    weights_label: str = ""  # 'ema' or 'model': which weights these are (a converted file says which it holds)
 
     def build(self) -> nn.Module:
         """The model with the checkpoint's weights, in eval mode."""
@@ -662,8 +663,9 @@ def _classifier_spec(
     overrides = {k: v for k, v in (("input_size", input_size), ("crop_pct", crop_pct)) if v}
     transform = {**transform, "mean": tuple(transform["mean"]), "std": tuple(transform["std"]), **overrides}
     config = TrainConfig(**{**base, **transform})
+    label = "ema" if use_ema else ckpt["weights"] if ckpt.get("weights") in ("ema", "model") else "model"
     return _ClassifierSpec(checkpoint, model_name, card["model_kwargs"], state["head.fc.weight"].shape[0],
-                           use_ema, card["classes"], config, assumed)  # fmt: skip
+                           use_ema, card["classes"], config, assumed, label)  # fmt: skip
 
 
 def _numbers(values: Any) -> str:
