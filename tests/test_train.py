@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ def folder_run(tmp_path_factory):
     """One short ImageNet-recipe run on a generated ImageFolder with an unreadable image, shared by tests."""
     root = make_image_folder(tmp_path_factory.mktemp("data"))
     (root / "train" / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "train" / ".thumbs").mkdir()  # hidden: not a class (it used to shift every label after it)
+    (root / "train" / ".thumbs" / "x.png").write_bytes((root / "val" / "class2" / "0.png").read_bytes())
     out = tmp_path_factory.mktemp("run")
     torch.set_num_threads(1)
     summary = run(TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=2,
@@ -57,6 +60,16 @@ def test_image_folder_trains_and_evaluates_end_to_end(folder_run, capsys):
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(r["skipped_images"] == 1 and r["val_images"] == 12 for r in history)  # broken.jpg, every epoch
     assert summary["best_top1"] == max(r["ema_top1"] for r in history)
+    # the checkpoints carry their card, with the file mode of the umask (not mkstemp's 0600)
+    from ppma.checkpoint import read_card, read_checkpoint
+
+    card = read_card(read_checkpoint(out / "best.pth"))
+    assert card["classes"] == ["class0", "class1", "class2"] and card["model_name"] == "ppma_nano"
+    assert card["transform"] == dict(input_size=32, crop_pct=224 / 256, interpolation="bicubic",
+                                     mean=list(TrainConfig().mean), std=list(TrainConfig().std))  # fmt: skip
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((out / n).stat().st_mode & 0o777 == 0o666 & ~umask for n in ("best.pth", "last.pth"))
     # ppma eval on the best checkpoint reproduces the logged EMA top-1 of the best epoch
     metrics = evaluate_checkpoint(out / "best.pth", str(root), workers=0)
     assert metrics["weights"] == "ema" and metrics["images"] == 12

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="input checkpoint (.pth or .safetensors)")
     p.add_argument("dst", help="output file (.safetensors, or .pth)")
     p.add_argument("--ema", action="store_true", help="take the EMA weights (model_ema) of a training checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (never the input)")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("backends", help="which attention backends can run here, and why not")
@@ -45,7 +46,7 @@ def _info(args: argparse.Namespace) -> None:
 def _convert(args: argparse.Namespace) -> None:
     from ..checkpoint import convert
 
-    n = convert(args.src, args.dst, use_ema=args.ema)
+    n = convert(args.src, args.dst, use_ema=args.ema, force=args.force)
     print(f"wrote {n} tensors to {args.dst}")
 
 

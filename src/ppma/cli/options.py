@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import types
 import typing
 from typing import Any
 
-__all__ = ["add_dataclass_flags", "given_flags", "int_list", "numbers", "size"]
+__all__ = ["add_dataclass_flags", "check_output_file", "given_flags", "int_list", "numbers", "size"]
 
 
 def numbers(text: str, kind: type = float) -> tuple:
@@ -104,3 +105,21 @@ def given_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` given as flags (see ``add_dataclass_flags``)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> None:
+    """Fail (one-line ``ValueError``) before any work when the output file ``path`` cannot be written:
+    a folder there, or a parent that cannot be created or written. Creates the missing parent folders."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what}: {path} is a folder; expected a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what}: cannot write {path} (permission denied)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what}: cannot create the folder {path.parent} ({e.strerror or type(e).__name__})") from e
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}: cannot write in {path.parent} (permission denied)")

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--input-size", type=int, help="evaluation size (default: the checkpoint's or the model's)")
     p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
-    p.add_argument("--json", help="also write the predictions to this JSON file")
+    p.add_argument("--json", help="also write the predictions to this JSON file (checked before predicting)")
     p.set_defaults(func=_predict)
 
 
@@ -93,19 +93,30 @@ def _eval(args: argparse.Namespace) -> None:
     what = f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f})"
     print(f"{what} on {m['images']} images: "
           f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
-          + (f"  ({m['skipped']} unreadable images skipped)" if m["skipped"] else ""))  # fmt: skip
+          + (f"  ({m['skipped']} unreadable images skipped)" if m["skipped"] else "")
+          + (f"  [{m['assumed']}]" if m["assumed"] else ""))  # fmt: skip
 
 
-def _predict(args: argparse.Namespace) -> None:
+def _predict(args: argparse.Namespace) -> int:
+    """Prints the readable images' classes; each unreadable one is a line on stderr and the exit status is 1."""
     import json
+    import sys
     from pathlib import Path
 
     from ..train import predict_images
+    from .options import check_output_file
 
+    if args.json:
+        check_output_file(args.json, "--json")  # before the model runs, not after
     records = predict_images(_checkpoint(args), args.images, args.model, args.weights, args.topk, args.device,
                              args.input_size, args.crop_pct)  # fmt: skip
+    if records.assumed:
+        print(f"ppma predict: note: {records.assumed}", file=sys.stderr)
     for r in records:
-        print(r["file"] + ": " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in r["top"]))
+        if "error" in r:
+            print(f"ppma predict: skipped {r['error']}", file=sys.stderr)
+        else:
+            print(r["file"] + ": " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in r["top"]))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(records, indent=1))
+    return 1 if records.unreadable else 0

@@ -27,7 +27,7 @@ def _common(
 ) -> None:
     p.add_argument("image", nargs="?", help="JPEG/PNG file (any size); default: a scikit-image photograph")
     p.add_argument("--sample", default="astronaut", help="bundled photograph without IMAGE: astronaut, chelsea, coffee")
-    p.add_argument("--model", default="ppma_tiny", help="PPMA model name (default ppma_tiny)")
+    p.add_argument("--model", help="PPMA model name (default: the one --checkpoint names, else ppma_tiny)")
     p.add_argument("--checkpoint", help="weights, ours or published (.pth / .safetensors); default random weights")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
     add_pretrained_flag(p)
@@ -41,7 +41,8 @@ def _common(
     help_head = "head (default 0)" if head_default is not None else "head (default: mean over heads)"
     p.add_argument("--head", type=int, default=head_default, help=help_head)
     p.add_argument("--dpi", type=int, default=100, help="figure resolution (pixels per inch)")
-    p.add_argument("-o", "--out", default=out, help=f"output file (default {out})")
+    p.add_argument("-o", "--out", default=out,
+                   help=f"output file (default {out}; without a suffix {Path(out).suffix} is added)")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,53 +75,88 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_sweep, dpi=80)
 
 
+def _output_path(args: argparse.Namespace, default_suffix: str) -> Path:
+    """The file that will be written, checked before any work: ``default_suffix`` added where there is no
+    suffix (matplotlib would add it silently), a suffix no writer knows refused."""
+    from .options import check_output_file
+
+    out = Path(args.out)
+    if not out.suffix:
+        out = out.with_name(out.name + default_suffix)
+    if default_suffix == ".gif":
+        known = {".gif"}
+    else:
+        from matplotlib.figure import Figure
+
+        known = {"." + k for k in Figure().canvas.get_supported_filetypes()}
+    if out.suffix.lower() not in known:
+        raise ValueError(f"-o: {out}: unknown image format {out.suffix!r}; use one of {', '.join(sorted(known))}")
+    check_output_file(out, "-o")
+    return out
+
+
 def _capture(args: argparse.Namespace):
+    import sys
+
     from ..viz import run
 
+    checkpoint = checkpoint_from_args(args)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        from ..checkpoint import read_card, read_checkpoint
+
+        card, notes = read_card(read_checkpoint(checkpoint)), []
+        if not (args.model or card["model_name"]):
+            notes.append("names no model: assumed ppma_tiny (--model sets it)")
+        if card["transform"] is None:
+            notes.append("stores no normalisation: assumed ImageNet's mean and std")
+        if notes:
+            print(f"ppma viz: note: {Path(checkpoint).name} " + "; ".join(notes), file=sys.stderr)
     ema = "auto" if args.pretrained else args.ema  # the published weights: the EMA, as published
-    return run(args.model, args.image, checkpoint=checkpoint_from_args(args), ema=ema, size=args.size,
-               sample=args.sample)
+    return run(args.model, args.image, checkpoint=checkpoint, ema=ema, size=args.size, sample=args.sample)
 
 
 def _mask(args: argparse.Namespace) -> None:
     from ..viz import render
     from ..viz.maps import polyline_mask
 
+    out = _output_path(args, ".png")
     if args.mask is not None:  # zoo masks (ppma.masks), validated before the model runs
         from ..masks import get_mask, mask_names
 
         names = mask_names() if args.mask == "all" else [get_mask(m.strip()).name for m in args.mask.split(",")]
         fig = render.zoo_mask_figure(_capture(args), names, args.query, args.stage, args.block,
                                      0 if args.head is None else args.head, dpi=args.dpi)  # fmt: skip
-        print(render.save(fig, args.out))
+        print(render.save(fig, out))
         return
     cap = _capture(args)
     fig = render.mask_figure(cap, args.query, args.stage, args.block, args.head, log_mask_fn=polyline_mask,
                              dpi=args.dpi)  # fmt: skip
-    print(render.save(fig, args.out))
+    print(render.save(fig, out))
     if args.matrix is not None:
         head = 0 if args.head is None else args.head
         fig = render.mask_matrix_figure(cap, args.query, args.stage, args.block, head, args.matrix, dpi=args.dpi)
-        out = Path(args.out)
         print(render.save(fig, out.with_name(f"{out.stem}_matrix{out.suffix}")))
 
 
 def _attention(args: argparse.Namespace) -> None:
     from ..viz import render
 
+    out = _output_path(args, ".png")
     fig = render.attention_figure(_capture(args), args.query, args.stage, args.block, args.head, dpi=args.dpi)
-    print(render.save(fig, args.out))
+    print(render.save(fig, out))
 
 
 def _decay(args: argparse.Namespace) -> None:
     from ..viz import render
 
+    out = _output_path(args, ".png")
     fig = render.decay_figure(_capture(args), args.block, args.head, args.stage, dpi=args.dpi)
-    print(render.save(fig, args.out))
+    print(render.save(fig, out))
 
 
 def _sweep(args: argparse.Namespace) -> None:
     from ..viz import render
 
+    out = _output_path(args, ".gif")
     frames = render.sweep_frames(_capture(args), args.stage, args.block, args.head, args.what, args.steps, args.dpi)
-    print(render.save_gif(frames, args.out, args.duration))
+    print(render.save_gif(frames, out, args.duration))

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .. import images as image_files
 from ..train.data import seeded_item
 
 __all__ = [
@@ -51,18 +52,19 @@ __all__ = [
 IGNORE = 255  # label of pixels that count for neither loss nor metric
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """An image file as RGB (grayscale and RGBA are converted); a clear error if unreadable."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image: no file at {path}") from None
-    except OSError as e:
-        raise ValueError(f"image: cannot read {path} ({e})") from None
+    """An image file as 8-bit RGB, decoded by ``ppma.images.load_rgb`` (16-bit and [0, 1] float images
+    scaled, bombs and damaged files refused in one line); a missing file is a ``FileNotFoundError``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image: no file at {path}")
+    return image_files.load_rgb(path)
+
+
+def _visible(path: Path, below: Path) -> bool:
+    """No hidden file or folder (``.thumbs/``, ``.DS_Store``) on the way from ``below`` to ``path``."""
+    return not any(image_files.is_hidden(part) for part in path.relative_to(below).parts)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
@@ -283,33 +285,35 @@ def segmentation_pairs(root: str | os.PathLike, split: str, layout: str) -> list
         for d in (img_dir, ann_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"{layout} data: no folder {d}")
-        images = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        labels = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
+        found = {p.stem: p for p in img_dir.iterdir() if image_files.is_image_file(p.name)}
+        labels = {p.stem: p for p in ann_dir.iterdir()
+                  if p.suffix.lower() == ".png" and not image_files.is_hidden(p.name)}  # fmt: skip
     elif layout == "cityscapes":
         split = {"training": "train", "validation": "val"}.get(split, split)
         img_dir, ann_dir = root / "leftImg8bit" / split, root / "gtFine" / split
         for d in (img_dir, ann_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"{layout} data: no folder {d}")
-        images = {
-            str(p.relative_to(img_dir)).removesuffix("_leftImg8bit.png"): p for p in img_dir.glob("*/*_leftImg8bit.png")
-        }
+        found = {
+            str(p.relative_to(img_dir)).removesuffix("_leftImg8bit.png"): p
+            for p in img_dir.glob("*/*_leftImg8bit.png") if _visible(p, img_dir)
+        }  # fmt: skip
         labels = {
             str(p.relative_to(ann_dir)).removesuffix("_gtFine_labelTrainIds.png"): p
-            for p in ann_dir.glob("*/*_gtFine_labelTrainIds.png")
-        }
+            for p in ann_dir.glob("*/*_gtFine_labelTrainIds.png") if _visible(p, ann_dir)
+        }  # fmt: skip
     else:
         raise ValueError(f"layout: expected 'ade20k' or 'cityscapes', got {layout!r}")
-    if not images:
+    if not found:
         raise ValueError(f"{layout} data: no images in {img_dir}")
-    lonely_images, lonely_labels = sorted(set(images) - set(labels)), sorted(set(labels) - set(images))
+    lonely_images, lonely_labels = sorted(set(found) - set(labels)), sorted(set(labels) - set(found))
     if lonely_images or lonely_labels:
         what = lonely_images[0] if lonely_images else lonely_labels[0]
         raise ValueError(
             f"{layout} data: {len(lonely_images)} image(s) without a label and {len(lonely_labels)} "
             f"label(s) without an image in {root} (split {split}), e.g. {what}"
         )
-    return [(images[k], labels[k]) for k in sorted(images)]
+    return [(found[k], labels[k]) for k in sorted(found)]
 
 
 def keep_ratio_scale(h: int, w: int, scale: tuple[int, int]) -> float:

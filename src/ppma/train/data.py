@@ -10,7 +10,6 @@ batch so the training loop can report it at the end of the epoch.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import PPMAError
+from ..images import ImageFolderIndex, ImageReadError, class_folders, index_image_folder, load_rgb
 from .config import TrainConfig
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "build_transform",
     "describe_data",
     "check_image_folder",
+    "describe_folders",
+    "index_image_splits",
     "make_loader",
     "seeded_item",
 ]
@@ -79,70 +81,86 @@ class DigitsDataset(Dataset):
         return self.images[index], self.targets[index]
 
 
-def _path_only(path: str) -> str:
-    return path
-
-
 class SafeImageFolder(Dataset):
-    """torchvision's ``ImageFolder`` whose unreadable images come back as ``None`` instead of raising.
+    """A split of class folders, indexed by ``ppma.images.index_image_folder`` (the same function that
+    checks the folder: hidden files and folders ignored, GIF included, other files counted by kind);
+    images decoded by ``ppma.images.load_rgb`` (16-bit and [0, 1] float scaled). Unreadable images come
+    back as ``None`` instead of raising.
 
     Returns (PIL image or None, class index, path).
     """
 
-    def __init__(self, root: str | Path) -> None:
-        from torchvision.datasets import ImageFolder
-
-        try:
-            self.folder = ImageFolder(str(root), loader=_path_only)  # paths only: __getitem__ opens them
-        except FileNotFoundError as e:
-            raise PPMAError(f"data: {root}: {str(e).splitlines()[0]}") from e
-        self.classes = self.folder.classes
-        self.targets = self.folder.targets
+    def __init__(self, root: str | Path, index: ImageFolderIndex | None = None) -> None:
+        root = Path(root)
+        if index is None:
+            if not root.is_dir():
+                raise FileNotFoundError(f"data: no folder at {root}")
+            index = index_image_folder(root)
+        self.root, self.index = root, index
+        self.classes = index.classes
+        self.samples = index.samples
+        self.targets = [label for _, label in index.samples]
 
     def __len__(self) -> int:
-        return len(self.folder.samples)
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Image.Image | None, int, str]:
-        path, target = self.folder.samples[index]
+        path, target = self.samples[index]
         try:
-            with open(path, "rb") as f:
-                image = Image.open(f).convert("RGB")  # convert() forces the full decode inside the try
-        except (OSError, ValueError, Image.DecompressionBombError):
+            image = load_rgb(path)
+        except ImageReadError:
             image = None
         return image, target, path
 
 
-def check_image_folder(root: str | Path, splits: Sequence[str]) -> list[str]:
-    """Check an ImageNet-layout folder and return its class names.
+def index_image_splits(root: str | Path, splits: Sequence[str]) -> dict[str, ImageFolderIndex]:
+    """Check an ImageNet-layout folder and index each split (one walk of the files per split).
 
     Raises a one-line error for: no folder, a missing split, a split without class folders, a class
-    folder without files, or class folders that differ between splits.
+    folder without images, or class folders that differ between splits. Hidden files and folders are
+    ignored (``ppma.images``), so the classes checked are the classes indexed.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data: no folder at {root}")
-    classes: dict[str, list[str]] = {}
+    indexes: dict[str, ImageFolderIndex] = {}
     for split in splits:
         folder = root / split
         if not folder.is_dir():
             raise FileNotFoundError(f"data: {root} has no '{split}' folder (expected {root}/{split}/<class>/<image>)")
-        names = sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith("."))
-        if not names:
+        if not class_folders(folder):
             raise PPMAError(f"data: {folder} has no class folders (expected {folder}/<class>/<image>)")
-        empty = [n for n in names if not any(e.is_file() for e in os.scandir(folder / n))]
+        index = index_image_folder(folder)
+        empty = [name for name, n in zip(index.classes, index.images_per_class(), strict=True) if n == 0]
         if empty:
-            raise PPMAError(f"data: {folder} has empty class folders: {', '.join(empty[:5])}")
-        classes[split] = names
+            raise PPMAError(f"data: {folder} has empty class folders: {', '.join(empty[:5])} (no images"
+                            + (f"; {index.describe_skipped()})" if index.skipped else ")"))  # fmt: skip
+        indexes[split] = index
     first, *rest = splits
     for split in rest:
-        if classes[split] != classes[first]:
-            only_a = sorted(set(classes[first]) - set(classes[split]))
-            only_b = sorted(set(classes[split]) - set(classes[first]))
+        a, b = indexes[first].classes, indexes[split].classes
+        if a != b:
+            only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
             raise PPMAError(
                 f"data: class folders differ between {first}/ and {split}/: only in {first}: {only_a[:5]}, "
                 f"only in {split}: {only_b[:5]}"
             )
-    return classes[first]
+    return indexes
+
+
+def check_image_folder(root: str | Path, splits: Sequence[str]) -> list[str]:
+    """The class names of an ImageNet-layout folder, checked (see ``index_image_splits``)."""
+    return index_image_splits(root, splits)[splits[0]].classes
+
+
+def describe_folders(*datasets: Dataset) -> str:
+    """'; skipped in train: 3 non-image files: 2 .txt, 1 hidden' for the class-folder sets among ``datasets``."""
+    notes = []
+    for d in datasets:
+        source = getattr(d, "source", d)
+        if isinstance(source, SafeImageFolder) and source.index.skipped:
+            notes.append(f"{source.root.name}: {source.index.describe_skipped()}")
+    return ("; " + "; ".join(notes)) if notes else ""
 
 
 # ---- transforms and seeded augmentation -----------------------------------------------------------------
@@ -268,16 +286,6 @@ def _named(config: TrainConfig) -> bool:
     return config.data is not None and config.data != "digits"
 
 
-def _source(config: TrainConfig, split: str) -> Dataset:
-    if _named(config):
-        from .datasets import load_named_dataset
-
-        return load_named_dataset(config.data, config.data_root, split)
-    if config.data_path is None:
-        return DigitsDataset(split, size=config.input_size)
-    return SafeImageFolder(Path(config.data_path) / (config.train_split if split == "train" else config.val_split))
-
-
 def describe_data(config: TrainConfig) -> str:
     """Where a run's images come from, for its first line: 'cifar10 (D)', the folder, or the digits."""
     if _named(config):
@@ -287,18 +295,24 @@ def describe_data(config: TrainConfig) -> str:
 
 def build_datasets(config: TrainConfig) -> tuple[Transformed, Transformed, list[str]]:
     """(train, val, class names) for a run: a named benchmark (``config.data``, its test set as val), an
-    ImageNet-layout folder (``config.data_path``), else the digits."""
+    ImageNet-layout folder (``config.data_path``), else the digits. Folders are checked and indexed once;
+    ``describe_folders(train, val)`` says what was skipped."""
     if _named(config):
-        train_source, val_source = _source(config, "train"), _source(config, "val")
-        classes = list(train_source.classes)
+        from .datasets import load_named_dataset
+
+        sources: tuple[Dataset, ...] = tuple(load_named_dataset(config.data, config.data_root, s)
+                                             for s in ("train", "val"))  # fmt: skip
+        classes = list(sources[0].classes)
+    elif config.data_path is None:
+        classes = DIGITS_CLASSES
+        sources = tuple(DigitsDataset(s, size=config.input_size) for s in ("train", "val"))
     else:
-        if config.data_path is None:
-            classes = DIGITS_CLASSES
-        else:
-            classes = check_image_folder(config.data_path, [config.train_split, config.val_split])
-        train_source, val_source = _source(config, "train"), _source(config, "val")
-    train = Transformed(train_source, build_transform(config, True), config.seed)
-    val = Transformed(val_source, build_transform(config, False), config.seed)
+        root, splits = Path(config.data_path), (config.train_split, config.val_split)
+        indexes = index_image_splits(root, splits)
+        classes = indexes[config.train_split].classes
+        sources = tuple(SafeImageFolder(root / s, indexes[s]) for s in splits)
+    train = Transformed(sources[0], build_transform(config, True), config.seed)
+    val = Transformed(sources[1], build_transform(config, False), config.seed)
     return train, val, classes
 
 
@@ -307,16 +321,15 @@ def build_eval_dataset(data_path: str | None, config: TrainConfig) -> tuple[Tran
     of the run's named dataset (``config.data``) or of the digits."""
     if data_path is None:
         if _named(config):
-            source = _source(config, "val")
+            from .datasets import load_named_dataset
+
+            source = load_named_dataset(config.data, config.data_root, "val")
             return Transformed(source, build_transform(config, False)), list(source.classes)
         return Transformed(DigitsDataset("val", size=config.input_size), build_transform(config, False)), DIGITS_CLASSES
     root = Path(data_path)
-    if (root / config.val_split).is_dir():
-        classes = check_image_folder(root, [config.val_split])
-        root = root / config.val_split
-    else:
-        classes = check_image_folder(root.parent, [root.name])
-    return Transformed(SafeImageFolder(root), build_transform(config, False)), classes
+    parent, split = (root, config.val_split) if (root / config.val_split).is_dir() else (root.parent, root.name)
+    index = index_image_splits(parent, [split])[split]
+    return Transformed(SafeImageFolder(parent / split, index), build_transform(config, False)), index.classes
 
 
 def describe_skipped(paths: list[str], limit: int = 3) -> str:

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import model_card
 from ..errors import PPMAError
 from ..runtime import (
     DistInfo,
@@ -46,7 +47,8 @@ from ..runtime import (
     unwrap,
 )
 from .config import TrainConfig
-from .data import build_datasets, build_eval_dataset, build_transform, describe_data, describe_skipped, make_loader
+from .data import (build_datasets, build_eval_dataset, build_transform, describe_data, describe_folders,
+                   describe_skipped, make_loader)
 from .report import plot_curves, progress_bar
 from .state import RunState, new_epoch_stats
 
@@ -56,6 +58,7 @@ __all__ = [
     "evaluate",
     "evaluate_checkpoint",
     "predict_images",
+    "Predictions",
     "resolve_lr",
     "resumed_options",
     "run",
@@ -368,6 +371,7 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
         f"{len(train_set)} train / {len(val_set)} val images, {d.world_size} process(es) on {d.device}, "
         f"total batch {res['total_batch']}, lr {res['lr']:.2e}, amp {res['amp']}, output {folder.path}"
         + (f"; resumed at epoch {state.epoch + 1} step {state.step}" if resume_path else "")
+        + describe_folders(train_set, val_set)  # non-image files in the class folders, once per run
     )
     # Training RNG: per rank, restored exactly on resume (the augmentation RNG is per sample, see data.py).
     if rng_states is None:
@@ -405,7 +409,7 @@ def _build_state(
         ema = ModelEmaV3(model, decay=ema_decay, use_warmup=config.ema_warmup)
     resolved = {"lr": lr, "total_batch": total_batch, "world_size": d.world_size, "ema_decay": ema_decay,
                 "amp": str(amp_dtype).removeprefix("torch."), "params": sum(p.numel() for p in model.parameters())}
-    meta = {"model_name": config.model, "num_classes": len(classes), "classes": classes, "config": config.to_dict(),
+    meta = {**model_card(config, classes), "num_classes": len(classes), "config": config.to_dict(),
             "resolved": resolved}  # fmt: skip
     return RunState(model, optimizer, scheduler, scaler, ema), meta, amp_dtype
 
@@ -554,8 +558,9 @@ def evaluate_checkpoint(
     """Top-1, top-5, loss and images/s of a checkpoint (ours or a published ``.pth``) on a class-folder set.
 
     The evaluation transform is the published one: resize to ``input_size / crop_pct`` (256 for 224),
-    centre crop. Our checkpoints carry their model name, classes and transform; for published files
-    ``model_name`` is needed and the model's timm defaults (224, crop 0.875, bicubic) apply.
+    centre crop. Our checkpoints (training, ``convert`` output, exports) carry their model name, classes
+    and transform; for published files ``model_name`` is needed and the model's timm defaults (224,
+    crop 0.875, bicubic, ImageNet mean/std) apply, said in ``metrics["assumed"]``.
 
     Args:
         checkpoint: a ``.pth`` / ``.safetensors`` file.
@@ -582,8 +587,9 @@ def evaluate_checkpoint(
         metrics = evaluate(model, loader, d.device, amp_dtype_for(amp, d.device), d, progress=None)
     finally:
         cleanup_distributed(d)
-    metrics.update(model=spec.model_name, weights="ema" if spec.use_ema else "model", classes=spec.num_classes,
-                   input_size=spec.config.input_size, crop_pct=spec.config.crop_pct)  # fmt: skip
+    metrics.update(model=spec.model_name, weights=spec.weights_label, classes=spec.num_classes,
+                   input_size=spec.config.input_size, crop_pct=spec.config.crop_pct,
+                   interpolation=spec.config.interpolation, assumed=spec.assumed)  # fmt: skip
     return metrics
 
 
@@ -598,6 +604,8 @@ class _ClassifierSpec:
     use_ema: bool
     classes: list[str] | None  # ours store their class names; published files do not
     config: TrainConfig  # carries the evaluation transform
+    assumed: str = ""  # what the file did not say and was assumed ('' for our files)
+    weights_label: str = ""  # 'ema' or 'model': which weights these are (a converted file says which it holds)
 
     def build(self) -> nn.Module:
         """The model with the checkpoint's weights, in eval mode."""
@@ -621,36 +629,57 @@ def _classifier_spec(
     crop_pct: float | None,
     data_path: str | None = None,
 ) -> _ClassifierSpec:
-    from ..checkpoint import extract_state_dict, read_checkpoint
+    """Model, weights, classes and evaluation transform of a checkpoint: from its card (``ppma.checkpoint``),
+    else the model's timm defaults, said in ``assumed``."""
+    from ..checkpoint import extract_state_dict, read_card, read_checkpoint
     from ..models.ppma import checkpoint_filter_fn
 
     if weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights: expected auto, ema or model, got {weights!r}")
     ckpt = read_checkpoint(checkpoint)
+    card = read_card(ckpt)
     use_ema = isinstance(ckpt.get("model_ema"), dict) if weights == "auto" else weights == "ema"
-    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    published_name = getattr(ckpt.get("args"), "model", None)  # the published scripts' argparse.Namespace
-    model_name = model_name or ckpt.get("model_name") or (published_name if timm.is_model(published_name) else None)
+    model_name = model_name or card["model_name"]
     if not model_name:
-        raise ValueError(f"model: {checkpoint} does not name a known model; pass --model (e.g. ppma_tiny)")
+        raise ValueError(f"model: {checkpoint} does not name its model (weights only); pass --model (e.g. ppma_tiny)")
     if not timm.is_model(model_name):
         raise ValueError(f"model: unknown name {model_name!r}; PPMA models: {', '.join(timm.list_models('ppma_*'))}")
     state = checkpoint_filter_fn(extract_state_dict(ckpt, use_ema))
     if "head.fc.weight" not in state:
         raise PPMAError(f"checkpoint: {checkpoint} has no classifier (head.fc): a dense-task backbone?")
 
-    # The transform: ours from the run's config; published: the model's timm defaults (224, 0.875, bicubic).
-    cfg = timm.get_pretrained_cfg(model_name).to_dict()
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = {k: v for k, v in saved.items() if k in known} if saved else {}
-    if not base:
-        base = dict(input_size=cfg["input_size"][-1], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"],
-                    mean=cfg["mean"], std=cfg["std"], data_path=data_path)  # fmt: skip
-    config = TrainConfig(**{**base, **({"input_size": input_size} if input_size else {}),
-                            **({"crop_pct": crop_pct} if crop_pct else {})})  # fmt: skip
-    classes = list(ckpt["classes"]) if ckpt.get("classes") else None
-    return _ClassifierSpec(checkpoint, model_name, saved.get("model_kwargs") or {}, state["head.fc.weight"].shape[0],
-                           use_ema, classes, config)  # fmt: skip
+    base = {k: v for k, v in saved.items() if k in known}  # the run's val_split etc., where the file has them
+    transform, assumed = card["transform"], ""
+    if transform is None:  # published or foreign: the model's timm defaults (224, 0.875, bicubic, ImageNet)
+        cfg = timm.get_pretrained_cfg(model_name).to_dict()
+        transform = dict(input_size=cfg["input_size"][-1], crop_pct=cfg["crop_pct"],
+                         interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])  # fmt: skip
+        assumed = (f"{Path(checkpoint).name} stores no evaluation transform; assumed {model_name}'s defaults: "
+                   f"{transform['input_size']} px, crop {transform['crop_pct']:.3f}, {transform['interpolation']}, "
+                   f"mean {_numbers(transform['mean'])}, std {_numbers(transform['std'])}")  # fmt: skip
+        base.setdefault("data_path", data_path)
+    overrides = {k: v for k, v in (("input_size", input_size), ("crop_pct", crop_pct)) if v}
+    transform = {**transform, "mean": tuple(transform["mean"]), "std": tuple(transform["std"]), **overrides}
+    config = TrainConfig(**{**base, **transform})
+    label = "ema" if use_ema else ckpt["weights"] if ckpt.get("weights") in ("ema", "model") else "model"
+    return _ClassifierSpec(checkpoint, model_name, card["model_kwargs"], state["head.fc.weight"].shape[0],
+                           use_ema, card["classes"], config, assumed, label)  # fmt: skip
+
+
+def _numbers(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"
+
+
+class Predictions(list):
+    """``predict_images``' records (a list), with ``assumed``: what the checkpoint did not say ('' if nothing)."""
+
+    assumed: str = ""
+
+    @property
+    def unreadable(self) -> list[dict[str, Any]]:
+        return [r for r in self if "error" in r]
 
 
 def predict_images(
@@ -662,39 +691,52 @@ def predict_images(
     device: str = "auto",
     input_size: int | None = None,
     crop_pct: float | None = None,
-) -> list[dict[str, Any]]:
+) -> Predictions:
     """The ``topk`` classes and probabilities of each image file, with the checkpoint's evaluation transform.
 
     Class names: the checkpoint's own (ours), ImageNet's for a 1000-class published file (the list timm
-    ships), else ``class_<i>``.
+    ships), else ``class_<i>``. An image that cannot be read (``ppma.images.load_rgb``: missing, damaged,
+    too large, unknown value range) does not stop the others: its record holds ``error`` instead of
+    ``top``. If no image can be read, a ``PPMAError`` names the first.
 
     Returns:
-        One dict per image: ``file`` and ``top``, a list of (class name, probability), most likely first.
+        One dict per image, in order: ``file`` and ``top``, a list of (class name, probability), most
+        likely first, or ``file`` and ``error``. ``.assumed`` says what the checkpoint did not store.
     """
-    from PIL import Image
+    from ..images import ImageReadError, load_rgb
 
     if topk < 1:
         raise ValueError(f"topk: expected at least 1, got {topk}")
+    if not images:
+        raise ValueError("images: none given")
     spec = _classifier_spec(checkpoint, model_name, weights, input_size, crop_pct)
+    assumed = [spec.assumed] if spec.assumed else []
     names = spec.classes
     if names is None and spec.num_classes == 1000:
         from timm.data import ImageNetInfo
 
         info = ImageNetInfo()
         names = [info.index_to_description(i) for i in range(1000)]
+        assumed.append("no class names stored: ImageNet-1K's")
+    elif names is None:
+        assumed.append(f"no class names stored: class_0..class_{spec.num_classes - 1}")
     names = names or [f"class_{i}" for i in range(spec.num_classes)]
     transform = build_transform(spec.config, False)
     dev = pick_device(device)
     model = spec.build().to(dev)
-    records = []
+    records = Predictions()
+    records.assumed = "; ".join(assumed)
     for path in images:
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise PPMAError(f"predict: cannot read image {path} ({type(e).__name__})") from e
+            image = load_rgb(path)
+        except ImageReadError as e:
+            records.append(dict(file=str(path), error=str(e)))
+            continue
         with torch.inference_mode():
             probs = model(transform(image)[None].to(dev)).float().softmax(-1)[0]
         values, indices = probs.topk(min(topk, spec.num_classes))
         records.append(dict(file=str(path), top=[(names[i], float(p)) for p, i in zip(values, indices, strict=True)]))
+    if len(records.unreadable) == len(records):
+        more = f" (and {len(records) - 1} more unreadable)" if len(records) > 1 else ""
+        raise PPMAError(f"predict: no readable image: {records[0]['error']}{more}")
     return records

@@ -63,16 +63,15 @@ def load_image(path: str | os.PathLike | None = None, sample: str = "astronaut")
         import skimage.data
 
         return np.asarray(getattr(skimage.data, sample)())[..., :3], f"scikit-image '{sample}'"
-    from PIL import Image, UnidentifiedImageError
+    from ..images import ImageReadError, load_rgb
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image: no file at {path}")
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB")), path.name
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"image: cannot read {path} as an image ({type(e).__name__})") from e
+        return np.asarray(load_rgb(path)), path.name  # 16-bit and float images scaled, not clipped
+    except ImageReadError as e:
+        raise ValueError(f"image: cannot read {e}") from e
 
 
 @dataclass
@@ -165,25 +164,38 @@ def prepare_image(
 # ---- model ------------------------------------------------------------------------------------------
 
 
-def load_model(name: str, checkpoint: str | os.PathLike | None = None, ema: bool = False) -> nn.Module:
+def load_model(name: str | None, checkpoint: str | os.PathLike | None = None, ema: bool = False) -> nn.Module:
     """A PPMA model in eval mode, with random weights or a checkpoint (ours or published).
 
     Args:
-        name: a registered PPMA model, e.g. ``ppma_tiny``.
+        name: a registered PPMA model, e.g. ``ppma_tiny``; None: the one our checkpoint names (its
+            ``model_kwargs`` too), else ``ppma_tiny``.
         checkpoint: ``.pth`` / ``.safetensors`` file, loaded strictly by ``ppma.checkpoint.load_into``
             (a different class count or a dense-task backbone is fine).
         ema: take the EMA weights of a training checkpoint.
+
+    The model's ``pretrained_cfg`` gets the checkpoint's normalisation (``mean``, ``std``) where it stores one.
     """
     import timm
 
-    from ..checkpoint import load_into
+    from ..checkpoint import load_into, read_card, read_checkpoint
 
+    card = read_card(read_checkpoint(checkpoint)) if checkpoint is not None else {}
+    stored = card.get("model_name")
+    name = name or (stored.split(".")[0] if stored else "ppma_tiny")
     names = timm.list_models("ppma_*")
     if name not in names:
         raise ValueError(f"model: unknown name {name!r}; PPMA models: {', '.join(names)}")
-    model = timm.create_model(name)
+    model = timm.create_model(name, **((card.get("model_kwargs") or {}) if name == stored else {}))
     if checkpoint is not None:
-        load_into(model, checkpoint, use_ema=ema)
+        try:
+            load_into(model, checkpoint, use_ema=ema)
+        except ValueError as e:  # the key lists, on one line
+            hint = "" if stored else " (the file names no model: pass --model)"
+            raise ValueError(f"{' '.join(str(e).split())[:400]}{hint}") from e
+    if card.get("transform"):
+        t = card["transform"]
+        model.pretrained_cfg = {**(model.pretrained_cfg or {}), "mean": tuple(t["mean"]), "std": tuple(t["std"])}
     return model.eval()
 
 
@@ -308,7 +320,7 @@ def capture_blocks(model: nn.Module, image: torch.Tensor) -> list[list[dict]]:
 
 
 def run(
-    model: str | nn.Module = "ppma_tiny",
+    model: str | nn.Module | None = None,
     image: str | os.PathLike | np.ndarray | None = None,
     *,
     checkpoint: str | os.PathLike | None = None,
@@ -319,7 +331,8 @@ def run(
     """Load (or take) a model and an image, and capture every attention block: the start of every picture.
 
     Args:
-        model: a PPMA model name, or a built model (used as it is, in its current mode and device).
+        model: a PPMA model name, or a built model (used as it is, in its current mode and device); None:
+            the model our ``checkpoint`` names, else ``ppma_tiny``.
         image: an image file, an (h, w, 3) uint8 array, or ``None`` for the bundled ``sample``.
         checkpoint: weights to load into the model (ours or published); without it a model given by
             name keeps its random initial weights, and the captions say so.
@@ -334,8 +347,9 @@ def run(
         pixels, image_name = image, "array"
     else:
         pixels, image_name = load_image(image, sample)
-    if isinstance(model, str):
-        name, model, weights = model, load_model(model, checkpoint, ema), None
+    if model is None or isinstance(model, str):
+        model = load_model(model, checkpoint, ema)
+        name, weights = model.pretrained_cfg.get("architecture", type(model).__name__), None
     else:
         name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
         weights = "as given (a model object)"
