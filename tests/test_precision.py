@@ -281,3 +281,62 @@ def test_bf16_model_on_the_triton_backend_under_the_interpreter(fresh_seed):
     code = _TRITON_BF16_CHECK.format(seed=fresh_seed, rtol=BF16_RTOL)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+# ---- the commands: --precision for eval and predict ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def micro_images(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("precision_images")
+    rng = np.random.default_rng()
+    paths = []
+    for i in range(4):
+        y, x = np.mgrid[0:40, 0:56]
+        pixels = np.stack([x * (i + 1) % 256, y * 5 % 256, (x + y) * 3 % 256], -1) + rng.integers(0, 40, (40, 56, 3))
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+@needs_bf16
+def test_predict_in_bf16_agrees_with_float32(micro_images):
+    from ppma.train import predict_images
+
+    kwargs = dict(model_name="ppma_micro_fixture", topk=3, device="cpu", input_size=64, crop_pct=1.0)
+    fp32 = predict_images(PUBLISHED_MICRO, micro_images, **kwargs)
+    bf16 = predict_images(PUBLISHED_MICRO, micro_images, precision="bf16", **kwargs)
+    for a, b in zip(fp32, bf16, strict=True):
+        p32, p16 = dict(a["top"]), dict(b["top"])
+        shared = set(p32) & set(p16)
+        assert shared, (a, b)  # the likely classes overlap
+        assert max(abs(p32[c] - p16[c]) for c in shared) < 0.05
+
+
+def test_commands_refuse_a_precision_the_machine_cannot_run(monkeypatch, micro_images, capsys):
+    from ppma.cli import main
+
+    monkeypatch.setattr(inference, "has_int8_library", lambda: False)
+    for argv in (["predict", str(micro_images[0]), "--checkpoint", str(PUBLISHED_MICRO), "--model",
+                  "ppma_micro_fixture", "--precision", "int8"],
+                 ["eval", "--checkpoint", str(PUBLISHED_MICRO), "--model", "ppma_micro_fixture", "--precision",
+                  "int8"]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "int8" in err[0] and "ppma[int8]" in err[0], err
+
+
+@needs_bf16
+def test_eval_in_bf16_reports_it_and_matches_float32():
+    from ppma.train import evaluate_checkpoint
+
+    kwargs = dict(model_name="ppma_micro_fixture", batch_size=120, workers=0, device="cpu", input_size=32,
+                  crop_pct=1.0)  # fmt: skip
+    fp32 = evaluate_checkpoint(PUBLISHED_MICRO, **kwargs)
+    bf16 = evaluate_checkpoint(PUBLISHED_MICRO, precision="bf16", **kwargs)
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16"
+    assert bf16["images"] == fp32["images"] == 360
+    assert abs(bf16["loss"] - fp32["loss"]) < 0.05 * abs(fp32["loss"])

@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"))
+    _add_precision_flag(p)
     p.add_argument("--input-size", type=int, help="evaluation size (default: the checkpoint's or the model's)")
     p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
     p.set_defaults(func=_eval)
@@ -48,11 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
                    help="auto: the EMA weights where the file has them")  # fmt: skip
     p.add_argument("--topk", type=int, default=5)
+    _add_precision_flag(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--input-size", type=int, help="evaluation size (default: the checkpoint's or the model's)")
     p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
     p.add_argument("--json", help="also write the predictions to this JSON file (checked before predicting)")
     p.set_defaults(func=_predict)
+
+
+def _add_precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8", "auto"),
+                   help="inference precision (ppma.for_inference): auto = the fastest this CPU runs (bf16 where "
+                        "it has bf16 units); a precision the machine cannot run is refused")  # fmt: skip
 
 
 def _checkpoint(args: argparse.Namespace) -> str:
@@ -89,8 +97,8 @@ def _eval(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
     m = evaluate_checkpoint(_checkpoint(args), args.data_path, args.model, args.weights, args.batch_size, args.workers,
-                            args.device, args.input_size, args.crop_pct, args.amp)  # fmt: skip
-    what = f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f})"
+                            args.device, args.input_size, args.crop_pct, args.amp, args.precision)  # fmt: skip
+    what = f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f}, {m['precision']})"
     print(f"{what} on {m['images']} images: "
           f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
           + (f"  ({m['skipped']} unreadable images skipped)" if m["skipped"] else "")
@@ -109,7 +117,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")  # before the model runs, not after
     records = predict_images(_checkpoint(args), args.images, args.model, args.weights, args.topk, args.device,
-                             args.input_size, args.crop_pct)  # fmt: skip
+                             args.input_size, args.crop_pct, args.precision)  # fmt: skip
     if records.assumed:
         print(f"ppma predict: note: {records.assumed}", file=sys.stderr)
     for r in records:

@@ -554,6 +554,7 @@ def evaluate_checkpoint(
     input_size: int | None = None,
     crop_pct: float | None = None,
     amp: str = "auto",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Top-1, top-5, loss and images/s of a checkpoint (ours or a published ``.pth``) on a class-folder set.
 
@@ -568,7 +569,12 @@ def evaluate_checkpoint(
         model_name: timm name; None: read from the checkpoint.
         weights: ``"auto"`` (the EMA where the file has one), ``"ema"`` or ``"model"``.
         input_size, crop_pct: override the evaluation transform.
+        precision: ``fp32``, ``bf16``, ``int8`` or ``auto`` (``ppma.for_inference``); other than fp32,
+            the converted model runs without autocast.
     """
+    from ..inference import for_inference, resolve_precision
+
+    precision = resolve_precision(precision, pick_device(device))  # an unusable one fails before any work
     spec = _classifier_spec(checkpoint, model_name, weights, input_size, crop_pct, data_path)
     dataset, classes = build_eval_dataset(data_path, spec.config)
     if len(classes) != spec.num_classes:
@@ -582,14 +588,17 @@ def evaluate_checkpoint(
     d = setup_distributed(device)
     try:
         model = spec.build().to(d.device)
+        amp_dtype = amp_dtype_for(amp, d.device)
+        if precision != "fp32":
+            model, amp_dtype = for_inference(model, precision), None
         loader = make_loader(dataset, ShardSampler(len(dataset), d.world_size, d.rank), batch_size, workers,
                              drop_last=False, pin_memory=d.device.type == "cuda")  # fmt: skip
-        metrics = evaluate(model, loader, d.device, amp_dtype_for(amp, d.device), d, progress=None)
+        metrics = evaluate(model, loader, d.device, amp_dtype, d, progress=None)
     finally:
         cleanup_distributed(d)
     metrics.update(model=spec.model_name, weights=spec.weights_label, classes=spec.num_classes,
                    input_size=spec.config.input_size, crop_pct=spec.config.crop_pct,
-                   interpolation=spec.config.interpolation, assumed=spec.assumed)  # fmt: skip
+                   interpolation=spec.config.interpolation, assumed=spec.assumed, precision=precision)  # fmt: skip
     return metrics
 
 
@@ -691,6 +700,7 @@ def predict_images(
     device: str = "auto",
     input_size: int | None = None,
     crop_pct: float | None = None,
+    precision: str = "fp32",
 ) -> Predictions:
     """The ``topk`` classes and probabilities of each image file, with the checkpoint's evaluation transform.
 
@@ -704,11 +714,14 @@ def predict_images(
         likely first, or ``file`` and ``error``. ``.assumed`` says what the checkpoint did not store.
     """
     from ..images import ImageReadError, load_rgb
+    from ..inference import for_inference, resolve_precision
 
     if topk < 1:
         raise ValueError(f"topk: expected at least 1, got {topk}")
     if not images:
         raise ValueError("images: none given")
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
     spec = _classifier_spec(checkpoint, model_name, weights, input_size, crop_pct)
     assumed = [spec.assumed] if spec.assumed else []
     names = spec.classes
@@ -722,8 +735,9 @@ def predict_images(
         assumed.append(f"no class names stored: class_0..class_{spec.num_classes - 1}")
     names = names or [f"class_{i}" for i in range(spec.num_classes)]
     transform = build_transform(spec.config, False)
-    dev = pick_device(device)
     model = spec.build().to(dev)
+    if precision != "fp32":
+        model = for_inference(model, precision)
     records = Predictions()
     records.assumed = "; ".join(assumed)
     for path in images:
