@@ -70,7 +70,7 @@ def test_timm_format_loads_back_with_timm_alone(tmp_path, capsys):
 @pytest.mark.parametrize(
     "case, expect",
     [
-        ("list", "holds a list, not a model"),
+        ("list", "holds a list, not a dict of weights"),
         ("not_tensors", "not tensors"),
         ("exists", "exists; pass --force"),
         ("unwritable", "cannot create the folder"),
