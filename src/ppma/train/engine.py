@@ -55,6 +55,7 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "evaluate_checkpoint",
+    "min_train_batch",
     "predict_images",
     "resolve_lr",
     "resumed_options",
@@ -129,6 +130,37 @@ def _build_loss(config: TrainConfig, num_classes: int) -> tuple[Any, nn.Module]:
     return None, nn.CrossEntropyLoss()
 
 
+def min_train_batch(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """The fewest images per step ``model`` can train on at ``input_size``: 2 when one of its BatchNorm
+    layers sees a single value per channel and image (a 1x1 map, or a vector: PPMA's head at 32 px),
+    which training-mode BatchNorm cannot normalise alone; else 1.
+
+    Found with one evaluation-mode forward of a blank image (no statistics move, no random number is
+    drawn), hooks recording what each BatchNorm layer receives.
+    """
+    singles: list[bool] = []
+
+    def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        singles.append(x.numel() // max(x.shape[0] * x.shape[1], 1) == 1)
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 1
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, input_size, input_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return 2 if any(singles) else 1
+
+
 def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines())
 
@@ -148,6 +180,7 @@ def train_one_epoch(
     on_step: Callable[[], bool] | None = None,
     progress: Any = None,
     dist_info: DistInfo | None = None,
+    min_images: int = 1,
 ) -> bool:
     """Train over ``loader`` (the rest of the epoch when resumed), updating ``state`` and its ``epoch_stats``.
 
@@ -155,9 +188,12 @@ def train_one_epoch(
     update -> scheduler step. ``on_step`` runs after every update and returns True to stop (a checkpoint
     or a simulated kill). Returns True when stopped early.
 
-    A batch left with no usable image (all unreadable; mixup drops an odd last image) is skipped; with
-    several processes the ranks first agree, so that all skip that update together (a rank that
-    skipped alone would leave the others waiting in DDP's gradient all-reduce).
+    A batch left with fewer usable images than ``min_images`` (unreadable images removed; mixup drops an
+    odd last image), ``min_images`` being what the model can train on (``min_train_batch``: 2 when a
+    BatchNorm layer would see one value per channel), is skipped: no update, the schedule moves on, and
+    ``epoch_stats`` counts the skipped step and its unused readable images. With several processes the
+    ranks first agree, so that all skip that update together (a rank that skipped alone would leave the
+    others waiting in DDP's gradient all-reduce).
     """
     model.train()
     stats = state.epoch_stats
@@ -167,8 +203,13 @@ def train_one_epoch(
     for batch in bar:
         stats["skipped"].extend(batch.skipped)
         usable = len(batch) - (len(batch) % 2 if mixup is not None else 0)  # timm's Mixup pairs images
+        if usable < min_images:
+            usable = 0
         if dist_info is not None and dist_info.distributed:
             usable = usable if dist_info.all_reduce_sum([float(usable == 0)])[0] == 0 else 0
+        stats["unused_images"] = stats.get("unused_images", 0) + len(batch) - usable
+        if usable == 0:
+            stats["skipped_steps"] = stats.get("skipped_steps", 0) + 1
         if usable > 0:
             images = batch.images[:usable].to(device, non_blocking=True)
             targets = batch.targets[:usable].to(device, non_blocking=True)
@@ -282,6 +323,7 @@ class _Run:
     loss_fn: nn.Module
     amp_dtype: torch.dtype | None
     meta: dict[str, Any]
+    min_images: int = 1  # per process and step (min_train_batch)
     stopped: bool = False
 
 
@@ -354,6 +396,14 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
         raise PPMAError(f"data: {len(train_sampler)} training images per process, fewer than one batch of "
                         f"{config.batch_size}; lower --batch-size")  # fmt: skip
     state, meta, amp_dtype = _build_state(config, d, classes, len(train_sampler) // config.batch_size)
+    # SyncBatchNorm normalises over every process's images: one per process is enough there.
+    min_images = 1 if config.sync_bn and d.distributed else min_train_batch(state.model, config.input_size,
+                                                                            len(config.mean))  # fmt: skip
+    if config.batch_size < min_images:
+        raise PPMAError(f"batch_size: {config.model} at {config.input_size} px cannot train on 1 image per step "
+                        f"and process: its BatchNorm layers see one value per channel and image (a 1x1 map) and "
+                        f"cannot normalise a single image; use --batch-size 2 or more"
+                        + (" (or --sync-bn)" if d.distributed else ""))  # fmt: skip
     mixup, loss_fn = _build_loss(config, len(classes))
     rng_states = None
     if resume_path is not None:
@@ -375,7 +425,7 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
     elif not restore_rank_rng(rng_states, d, config.seed + 1000 * state.step):
         log.print(f"resume: saved with {len(rng_states)} processes, now {d.world_size}: RNG reseeded")
     return _Run(config, d, folder, log, state, _wrap(state.model, config, d), train_sampler, train_loader,
-                val_loader, mixup, loss_fn, amp_dtype, meta)  # fmt: skip
+                val_loader, mixup, loss_fn, amp_dtype, meta, min_images)  # fmt: skip
 
 
 def _yaml(values: dict[str, Any]) -> str:
@@ -448,7 +498,7 @@ def _train_epoch(r: _Run) -> bool:
     bar = progress_bar(r.train_loader, len(r.train_loader), f"epoch {state.epoch + 1}/{config.epochs}",
                        config.progress, r.d.rank)  # fmt: skip
     if train_one_epoch(r.train_model, r.train_loader, state, r.loss_fn, r.mixup, r.d.device, r.amp_dtype,
-                       config.clip_grad, on_step, bar, dist_info=r.d):  # fmt: skip
+                       config.clip_grad, on_step, bar, dist_info=r.d, min_images=r.min_images):  # fmt: skip
         return True
     bar.close()
     return False
@@ -458,7 +508,9 @@ def _end_epoch(r: _Run) -> None:
     """Evaluate the model and the EMA, log the epoch, keep the best weights, write ``last.pth``."""
     config, state, d, ema = r.config, r.state, r.d, r.state.ema
     stats = state.epoch_stats
-    loss_sum, images, n_skipped = d.all_reduce_sum([stats["loss_sum"], stats["images"], len(stats["skipped"])])
+    loss_sum, images, n_skipped, unused = d.all_reduce_sum([stats["loss_sum"], stats["images"],
+                                                             len(stats["skipped"]), stats.get("unused_images", 0)])
+    skipped_steps = stats.get("skipped_steps", 0)  # the ranks skip together: the same count everywhere
     train_time = max(d.all_gather(stats["time"]))
     if d.distributed:  # each rank's last forward moved its own BatchNorm statistics: take rank 0's everywhere
         from timm.utils import distribute_bn
@@ -475,7 +527,8 @@ def _end_epoch(r: _Run) -> None:
         "top5": metrics["top5"], "loss": metrics["loss"], "eval_images_per_s": metrics["images_per_s"],
         "val_images": metrics["images"], "train_images": int(images), "ema_top1": ema_metrics.get("top1"),
         "ema_top5": ema_metrics.get("top5"), "ema_loss": ema_metrics.get("loss"),
-        "skipped_images": int(n_skipped) + metrics["skipped"], "time_s": train_time,
+        "skipped_images": int(n_skipped) + metrics["skipped"], "skipped_steps": int(skipped_steps),
+        "unused_images": int(unused), "time_s": train_time,
     }  # fmt: skip
     skipped_note = describe_skipped(stats["skipped"])
     state.history.append(record)
@@ -493,6 +546,10 @@ def _end_epoch(r: _Run) -> None:
     if record["skipped_images"]:
         r.log.print(f"  epoch {state.epoch}: {record['skipped_images']} unreadable image(s) skipped in all "
                     f"processes; rank 0: {skipped_note or 'none'}")  # fmt: skip
+    if record["skipped_steps"]:
+        r.log.print(f"  epoch {state.epoch}: {record['skipped_steps']} step(s) skipped, their batch left with fewer "
+                    f"than {r.min_images} usable image(s) per process ({record['unused_images']} readable "
+                    f"image(s) not trained on)")  # fmt: skip
 
 
 def _epoch_line(record: dict[str, Any]) -> str:
