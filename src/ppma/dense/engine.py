@@ -24,6 +24,7 @@ from ..runtime import (
     RunLog,
     all_rng_states,
     autocast,  # re-exported: tests import it from here
+    changed_settings,
     param_groups,
     plain,
     read_training_checkpoint,
@@ -83,6 +84,10 @@ class DenseRun:
                                                  progress=progress, rng=rng))  # fmt: skip
 
 
+# Options that do not change what a dense run computes: a resumed run may change them without a word.
+_NOT_RESULTS = ("output", "resume", "stop_after", "quiet", "workers", "save_every")
+
+
 def start_run(
     config: Any,
     info: DistInfo,
@@ -125,6 +130,10 @@ def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Modu
         restore_rank_rng(ckpt["rng"], info, config.seed)
         log.print(f"resumed from {resume} at " + ", ".join(f"{k} {v}" for k, v in progress.items()
                                                             if k != "step_in_epoch"))  # fmt: skip
+        changes = changed_settings(ckpt.get("config"), config, _NOT_RESULTS)
+        if changes:  # allowed, but never silently
+            log.print(f"resume: settings changed from the saved run: {', '.join(changes)}; "
+                      f"the result will differ from an unbroken run")  # fmt: skip
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None

@@ -19,6 +19,7 @@ from ..runtime.config import option, resume_option
 __all__ = ["DIGITS_RECIPE", "TrainConfig", "digits_config", "layered_config", "load_config_file"]
 
 _AMP = ("auto", "none", "bf16", "fp16")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's (PIL's) resize filters
 
 
 @dataclass
@@ -102,6 +103,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.amp not in _AMP:
             raise ValueError(f"amp: expected one of {', '.join(_AMP)}, got {self.amp!r}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation: expected one of {', '.join(_INTERPOLATIONS)}, got {self.interpolation!r}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct: must be in (0, 1], got {self.crop_pct}")
         if len(self.mean) != len(self.std):
@@ -175,11 +178,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config: no file at {path}")
     text = path.read_text()
     if path.suffix == ".json":
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config: {path} is not valid JSON: {e}") from None
     else:
         import yaml
 
-        values = yaml.safe_load(text) or {}
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:  # the parser's message spans lines: keep the problem and its place
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ValueError(f"config: {path} is not valid YAML: {problem}{where}") from None
     if not isinstance(values, dict):
         raise ValueError(f"config: {path} must hold a mapping of option names to values")
     values = {k.replace("-", "_"): v for k, v in values.items()}

@@ -35,6 +35,7 @@ from ..runtime import (
     all_rng_states,
     amp_dtype_for,
     autocast,
+    changed_settings,
     cleanup_distributed,
     param_groups,
     pick_device,
@@ -366,15 +367,48 @@ def run(config: TrainConfig) -> dict[str, Any]:
         cleanup_distributed(dist_info)
 
 
+# Options that do not change what a run computes: a resumed run may change them without a word.
+_NOT_RESULTS = ("output_dir", "resume", "stop_after_steps", "progress", "plot", "tensorboard", "save_every_steps",
+                "workers")  # fmt: skip  (workers: augmentation is seeded per image, whatever the process)
+
+
 def _set_up(config: TrainConfig, d: DistInfo) -> _Run:
     """Folder, data, model, optimizer, schedule, EMA, loss; the resumed state and random states (the folder
     is given back if any of it fails)."""
     resume_path = resume_checkpoint(config.resume, config.output_dir)
-    folder = RunFolder(_output_dir(config, resume_path, d), d).open(resuming=resume_path is not None)
+    out = _output_dir(config, resume_path, d)
+    elsewhere = resume_path is not None and out.resolve() != resume_path.parent.resolve()
+    if elsewhere:  # continuing a run in a new folder: nothing to continue would leave that folder empty
+        done = read_training_checkpoint(resume_path)["progress"]["epoch"]
+        if done >= config.epochs:
+            raise PPMAError(f"resume: {resume_path} has finished its {done} epochs, nothing to train into {out}; "
+                            f"give --epochs above {done} to train on")  # fmt: skip
+    folder = RunFolder(out, d).open(resuming=resume_path is not None)
     try:
+        if elsewhere and d.is_main:
+            _carry_best(resume_path, folder.path)
         return _build_run(config, d, folder, resume_path)
     except BaseException:
         folder.close()
+        raise
+
+
+def _carry_best(resume_path: Path, out: Path) -> None:
+    """A run resumed into another folder starts there with its ``best.pth`` (copied atomically), so that the
+    new folder holds the run's best weights even if no later epoch beats them."""
+    import shutil
+    import tempfile
+
+    best = resume_path.parent / "best.pth"
+    if resume_path.name != "last.pth" or not best.is_file() or (out / "best.pth").exists():
+        return
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".best.pth.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(best, tmp)
+        os.replace(tmp, out / "best.pth")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -406,10 +440,16 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
                         + (" (or --sync-bn)" if d.distributed else ""))  # fmt: skip
     mixup, loss_fn = _build_loss(config, len(classes))
     rng_states = None
+    changes: list[str] = []
     if resume_path is not None:
-        rng_states = state.load(resume_path, expect=meta)["rng"]
+        ckpt = state.load(resume_path, expect=meta)
+        rng_states = ckpt["rng"]
+        changes = changed_settings(ckpt.get("config"), config.to_dict(), _NOT_RESULTS)
         state.scheduler.step_update(num_updates=state.step)
     log = RunLog(folder.path, d.is_main, tensorboard=config.tensorboard)
+    if changes:  # allowed (a longer schedule, a smaller batch for a smaller GPU), but never silently
+        log.print(f"resume: settings changed from the saved run: {', '.join(changes)}; "
+                  f"the result will differ from an unbroken run")  # fmt: skip
     folder.write_text("config.yaml", _yaml(config.to_dict()))
     where = "digits (built in)" if config.data_path is None else config.data_path
     res = meta["resolved"]
