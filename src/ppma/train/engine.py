@@ -299,12 +299,14 @@ def evaluate(
 
 def resumed_options(resume: str | None, output_dir: str | None) -> dict[str, Any] | None:
     """The options of the run that ``resume`` names (``ppma.runtime.resume_checkpoint``), without its
-    ``resume`` and ``stop_after_steps``: a resumed run starts from them; None when nothing is resumed."""
+    ``resume``, ``stop_after_steps`` and ``output_dir``: a resumed run starts from them; None when nothing is
+    resumed. (The run continues in the folder it is resumed from, or ``--output-dir``: never in the folder
+    its file names, which may be the original of a moved or copied run.)"""
     path = resume_checkpoint(resume, output_dir)
     if path is None:
         return None
     saved = read_training_checkpoint(path).get("config") or {}
-    return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps")}
+    return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps", "output_dir")}
 
 
 @dataclasses.dataclass
