@@ -37,7 +37,7 @@ from ..runtime import (
     unwrap,
 )
 
-__all__ = ["DenseRun", "autocast", "load_weights", "read_run_info", "seed_run", "start_run"]
+__all__ = ["DenseRun", "autocast", "load_weights", "open_run_folder", "read_run_info", "seed_run", "start_run"]
 
 
 @dataclass
@@ -97,18 +97,27 @@ def start_run(
     collate_fn: Any,
     drop_last: bool,
     make_scheduler: Callable[[torch.optim.Optimizer, int], Any],
+    opened: tuple[RunFolder, Any] | None = None,
 ) -> DenseRun:
     """Optimizer (AdamW, layer-scale gammas not decayed, as the published dense recipes), loader,
     schedule (``make_scheduler(optimizer, iterations per epoch)``), resumed state and random states, DDP,
     ``config.json``. ``model`` is on ``info.device``; ``meta`` holds ``task``, ``model_name``, ``classes``.
-    The caller closes ``run.folder`` when the run ends (lock and signal handlers)."""
-    resume = resume_checkpoint(config.resume, config.output)
-    folder = RunFolder(config.output, info).open(resuming=resume is not None)
+    The caller closes ``run.folder`` when the run ends (lock and signal handlers). ``opened``: the
+    ``open_run_folder`` result, where the caller locked the folder before writing into it."""
+    folder, resume = opened if opened is not None else open_run_folder(config, info)
     try:
         return _build_run(config, info, meta, model, train_set, collate_fn, drop_last, make_scheduler, folder, resume)
     except BaseException:
         folder.close()
         raise
+
+
+def open_run_folder(config: Any, info: DistInfo) -> tuple[RunFolder, Any]:
+    """(the locked ``RunFolder`` of ``config.output``, the checkpoint to resume or None): taken before
+    anything is written into the folder (the built-in data sets are), so that a second run is refused
+    before it touches the first one's files."""
+    resume = resume_checkpoint(config.resume, config.output)
+    return RunFolder(config.output, info).open(resuming=resume is not None), resume
 
 
 def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Module, train_set: Dataset,
