@@ -138,6 +138,8 @@ CLI_CASES: list[CliCase] = [
                                                         str(_held_run_folder(tmp / "r"))], r"r is in use by another run"),
     CliCase("segment-train-folder-in-use", lambda tmp: ["segment", "train", "--data", "builtin", "--output",
                                                          str(_held_run_folder(tmp / "r"))], r"r is in use by another run"),
+    CliCase("segment-train-negative-threads", lambda tmp: ["segment", "train", "--data", "builtin", "--threads", "-1",
+                                                            "--output", str(tmp / "r")], r"threads: must be >= 0"),
     CliCase("train-resume-nothing", lambda tmp: ["train", "--resume", str(tmp / "none")], r"resume: nothing to resume"),
     CliCase("train-resume-finished-into-new-folder",
             lambda tmp: ["train", "--resume", str(_finished_run(tmp / "r")), "--output-dir", str(tmp / "new")],

@@ -89,6 +89,8 @@ class DetectConfig:
     stop_after: int = 0  # stop at once after this many iterations, as if killed (tests of resume); 0: never
     workers: int = 2
     seed: int = 0
+    threads: int = option(0, "CPU threads per process (torch.set_num_threads); 0: torch's default. Results "
+                             "repeat bit for bit only with the same count")
     device: str = "auto"
     resume: str | None = resume_option()
     quiet: bool = False
@@ -102,6 +104,8 @@ class DetectConfig:
         out.epochs = self.epochs or epochs
         out.lr_steps = tuple(self.lr_steps) or steps
         out.multiscale = ms if self.multiscale is None else self.multiscale
+        if self.threads < 0:
+            raise ValueError(f"threads: must be >= 0 (0: torch's default), got {self.threads}")
         if self.heads not in HEADS:
             raise ValueError(f"heads: expected one of {sorted(HEADS)}, got {self.heads!r}")
         return out
@@ -121,6 +125,7 @@ class DetectConfig:
             min_size=256,
             max_size=640,
             workers=0,
+            threads=2,  # a fixed count: the same numbers on any machine of the same CPU kind
         )
 
 

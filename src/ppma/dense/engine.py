@@ -152,7 +152,10 @@ def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Modu
 
 
 def seed_run(config: Any, info: DistInfo) -> None:
-    """The seeds of a fresh dense run (a resumed one restores its saved states in ``start_run``)."""
+    """The thread count (``config.threads``; CPU results depend on it in their last bits, which training
+    amplifies) and the seeds of a run (a resumed one then restores its saved states in ``start_run``)."""
+    if getattr(config, "threads", 0):
+        torch.set_num_threads(config.threads)
     seed_everything(config.seed + info.rank)
 
 

@@ -228,6 +228,8 @@ class SegmentConfig:
     stop_after: int = 0  # stop at once after this many iterations, as if killed (tests of resume); 0: never
     workers: int = 2
     seed: int = 0
+    threads: int = option(0, "CPU threads per process (torch.set_num_threads); 0: torch's default. Results "
+                             "repeat bit for bit only with the same count")
     device: str = "auto"
     resume: str | None = resume_option()
     quiet: bool = False
@@ -241,6 +243,8 @@ class SegmentConfig:
         out.train_split = self.train_split or ("training" if ade else "train")
         out.val_split = self.val_split or ("validation" if ade else "val")
         out.scale = tuple(self.scale)
+        if out.threads < 0:
+            raise ValueError(f"threads: must be >= 0 (0: torch's default), got {out.threads}")
         if out.iters < 1:
             raise ValueError(f"iters: expected at least 1, got {out.iters}")
         return out
@@ -263,6 +267,7 @@ class SegmentConfig:
             aux_channels=32,
             eval_every=100,
             workers=0,
+            threads=2,  # a fixed count: the same numbers on any machine of the same CPU kind
         )
 
 
