@@ -77,7 +77,7 @@ def _finished_run(path: Path) -> Path:
 
 
 def _op_call(op: Callable, backend: str, B: int = 2, H: int = 3, d: int = 8, dv: int = 8,
-             k_dtype: torch.dtype = torch.float32, v_dtype: torch.dtype = torch.float32) -> Callable[[Path], Any]:  # fmt: skip
+             k_dtype: torch.dtype = torch.float32, v_dtype: torch.dtype = torch.float32) -> Callable:  # fmt: skip
     def call(tmp: Path) -> Any:
         q = torch.randn(B, 2, H, 4, d)
         k = torch.randn(B, 2, H, 4, d, dtype=k_dtype)
@@ -115,7 +115,8 @@ CLI_CASES: list[CliCase] = [
     # ---- runs (training, resuming, devices, options): add rows below ----
     CliCase("train-batch-size-1", lambda tmp: ["train", "--batch-size", "1", "--output-dir", str(tmp / "r")],
             r"batch_size: ppma_nano at 32 px cannot train on 1 image .*--batch-size 2"),
-    CliCase("train-config-bad-yaml", lambda tmp: ["train", "--config", str(_text(tmp, "c.yaml", "epochs: [1\n lr: 3\n"))],
+    CliCase("train-config-bad-yaml",
+            lambda tmp: ["train", "--config", str(_text(tmp, "c.yaml", "epochs: [1\n lr: 3\n"))],
             r"config: .*c\.yaml is not valid YAML: .*\(line 2, column \d+\)"),
     CliCase("train-config-bad-json", lambda tmp: ["train", "--config", str(_text(tmp, "c.json", '{"epochs": 1,'))],
             r"config: .*c\.json is not valid JSON"),
@@ -134,10 +135,9 @@ CLI_CASES: list[CliCase] = [
                r"device: 'cuda' requested but CUDA is not available")] if not torch.cuda.is_available() else []),
     CliCase("train-folder-in-use", lambda tmp: ["train", "--output-dir", str(_held_run_folder(tmp / "r"))],
             r"output: .*r is in use by another run \(pid \d+\)"),
-    CliCase("detect-train-folder-in-use", lambda tmp: ["detect", "train", "--data", "builtin", "--output",
-                                                        str(_held_run_folder(tmp / "r"))], r"r is in use by another run"),
-    CliCase("segment-train-folder-in-use", lambda tmp: ["segment", "train", "--data", "builtin", "--output",
-                                                         str(_held_run_folder(tmp / "r"))], r"r is in use by another run"),
+    *[CliCase(f"{task}-train-folder-in-use", lambda tmp, task=task: [
+        task, "train", "--data", "builtin", "--output", str(_held_run_folder(tmp / "r"))],
+        r"r is in use by another run") for task in ("detect", "segment")],
     CliCase("segment-train-negative-threads", lambda tmp: ["segment", "train", "--data", "builtin", "--threads", "-1",
                                                             "--output", str(tmp / "r")], r"threads: must be >= 0"),
     CliCase("train-resume-nothing", lambda tmp: ["train", "--resume", str(tmp / "none")], r"resume: nothing to resume"),

@@ -285,7 +285,7 @@ def test_sigterm_mid_epoch_saves_and_resume_equals_an_unbroken_detection_run(tmp
     shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
     config = det.DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano",
                               heads="light", min_size=64, max_size=96, epochs=2, batch_size=1, warmup_iters=2,
-                              drop_path_rate=0.2, save_every=0, workers=0, quiet=True)  # 4 iterations per epoch  # fmt: skip
+                              drop_path_rate=0.2, save_every=0, workers=0, quiet=True)  # 4 its/epoch  # fmt: skip
     torch.set_num_threads(1)
     det.train_detection(dataclasses.replace(config, output=str(tmp_path / "whole")))
     split = det.coco_split
@@ -329,7 +329,8 @@ def test_resume_with_changed_settings_says_what_changed(short_run, tmp_path, cap
     run = tmp_path / "r"
     shutil_copy_run(src / "r", run)
     capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--epochs", "2", "--batch-size", "2", "--no-ema", "--workers", "1"]) == 0
+    changed = ["--epochs", "2", "--batch-size", "2", "--no-ema", "--workers", "1"]
+    assert main(["train", "--resume", str(run), *changed]) == 0
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("resume: settings changed"))
     assert "batch_size 4 -> 2" in line and "ema True -> False" in line and "epochs 1 -> 2" in line
@@ -367,8 +368,9 @@ def test_resume_into_another_folder_continues_there_and_refuses_a_finished_run(s
     assert best["epoch"] in (1, 2) and read_checkpoint(run / "last.pth")["progress"]["epoch"] == 1  # source untouched
 
 
-def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_file(short_run, tmp_path,
-                                                                                       monkeypatch, capsys):  # fmt: skip
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_file(
+    short_run, tmp_path, monkeypatch, capsys
+):
     import errno
 
     from ppma.checkpoint import read_checkpoint

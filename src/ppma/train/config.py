@@ -80,7 +80,7 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model")
     sync_bn: bool = option(False, "SyncBatchNorm across processes")
     seed: int = option(0, "random seed (model init, data order, augmentation)")
-    deterministic: bool = option(False, "deterministic algorithms only (bitwise-repeatable runs on CPU)")
+    deterministic: bool = option(False, "deterministic kernels only (torch.use_deterministic_algorithms; for CUDA)")
     # ---- output
     output_dir: str | None = option(None, "run folder; none = runs/<model>-<date-time>")
     save_every_steps: int = option(0, "also write last.pth every this many steps (0: only at epoch ends)")
