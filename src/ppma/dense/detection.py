@@ -277,9 +277,9 @@ def train_detection(config: DetectConfig) -> dict[str, float]:
 
 def _set_up(config: DetectConfig, info: DistInfo) -> tuple[DenseRun, CocoDetection]:
     """Data, model and the shared set-up (``ppma.dense.engine.start_run``); prints the start line."""
-    seed_run(config, info)
     opened = open_run_folder(config, info)  # locked before the built-in data is written into it
     try:
+        seed_run(config, info)
         return _set_up_in(config, info, opened)
     except BaseException:
         opened[0].close()

@@ -113,7 +113,8 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         ``cuda:local_rank`` for ``"auto"`` with CUDA and for ``"cuda"``; ``torch.device(device)`` otherwise.
 
     Raises:
-        ValueError: a CUDA device is asked for but CUDA is not available.
+        ValueError: (one line) an unknown device string, or a device this machine does not have (CUDA
+            without a GPU, a GPU index past the last one, ``mps`` off a Mac, ...).
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
