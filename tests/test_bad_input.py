@@ -68,10 +68,10 @@ def _held_run_folder(path: Path) -> Path:
     return path
 
 
-def _finished_run(path: Path) -> Path:
-    """A run folder whose last.pth finished its 2 epochs (only what resuming reads before it refuses)."""
+def _finished_run(path: Path, epochs_done: int = 2) -> Path:
+    """A run folder whose last.pth has done ``epochs_done`` of its 2 epochs (what resuming reads before it refuses)."""
     path.mkdir(parents=True)
-    torch.save({"format": 2, "task": "classify", "progress": {"epoch": 2, "step": 10, "step_in_epoch": 0},
+    torch.save({"format": 2, "task": "classify", "progress": {"epoch": epochs_done, "step": 5, "step_in_epoch": 0},
                 "config": {"epochs": 2, "output_dir": str(path)}}, path / "last.pth")  # fmt: skip
     return path
 
@@ -144,6 +144,10 @@ CLI_CASES: list[CliCase] = [
     CliCase("train-resume-finished-into-new-folder",
             lambda tmp: ["train", "--resume", str(_finished_run(tmp / "r")), "--output-dir", str(tmp / "new")],
             r"resume: .*last\.pth has finished its 2 epochs, nothing to train into .*new; give --epochs above 2"),
+    CliCase("train-resume-into-another-run",
+            lambda tmp: ["train", "--resume", str(_finished_run(tmp / "r", 1)), "--output-dir",
+                         str(_finished_run(tmp / "other").parent / "other")],
+            r"output: .*other already holds another run \(last\.pth\)"),
 
     # ---- files (checkpoints, images, folders, outputs): add rows below ----
 

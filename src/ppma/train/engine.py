@@ -385,6 +385,9 @@ def _set_up(config: TrainConfig, d: DistInfo) -> _Run:
         if done >= config.epochs:
             raise PPMAError(f"resume: {resume_path} has finished its {done} epochs, nothing to train into {out}; "
                             f"give --epochs above {done} to train on")  # fmt: skip
+        if (out / "last.pth").exists():  # resuming skips the "holds a run" check: it must not overwrite another
+            raise PPMAError(f"output: {out} already holds another run (last.pth); continue {resume_path} in its own "
+                            f"folder or an empty one")  # fmt: skip
     folder = RunFolder(out, d).open(resuming=resume_path is not None)
     try:
         if elsewhere and d.is_main:
