@@ -158,7 +158,8 @@ def test_bad_checkpoints_and_resume_are_one_line_errors(folder_run, tmp_path, ca
     assert "does not fit ppma_tiny" in err
     err = _error(capsys, ["eval", "--checkpoint", str(out / "best.pth")])  # 3-class model, 10 digit classes
     assert "3 classes" in err and "10 class folders" in err
-    err = _error(capsys, ["train", "--resume", str(out), "--model", "ppma_tiny", "--output-dir", str(tmp_path / "x")])
+    err = _error(capsys, ["train", "--resume", str(out), "--model", "ppma_tiny", "--output-dir", str(tmp_path / "x"),
+                          "--epochs", "3"])  # more epochs: a finished run is refused before its model is read
     assert "resume:" in err and "ppma_tiny" in err
     assert "nothing to resume" in _error(capsys, ["train", "--resume", "--output-dir", str(tmp_path / "none")])
     assert "nothing to resume" in _error(capsys, ["train", "--resume", str(tmp_path / "none.pth")])
