@@ -8,15 +8,22 @@ line on stderr starting ``ppma COMMAND: error:``, the expected words in it, and 
 
 from __future__ import annotations
 
+import errno
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from ppma.cli import main
+from ppma.errors import PPMAError
+from ppma.ops import criss_cross_polyline_attention, log_mask_attention, polyline_attention
+from ppma.runtime import pick_device
+from ppma.train import TrainConfig, digits_config, run
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,107 @@ def _empty_file(tmp: Path, name: str) -> Path:
     return path
 
 
+def _text(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+_HELD: list[Any] = []  # run folders a live "other run" holds until the test process ends
+
+
+def _held_run_folder(path: Path) -> Path:
+    """A folder locked by another live run (a lock on another open file description: refused like another process)."""
+    from ppma.runtime import DistInfo, RunFolder
+
+    folder = RunFolder(path, DistInfo()).open(resuming=False)
+    for sig, previous in folder._handlers.items():  # the test process keeps its own signal handlers
+        signal.signal(sig, previous)
+    folder._handlers = {}
+    _HELD.append(folder)
+    return path
+
+
+def _finished_run(path: Path, epochs_done: int = 2) -> Path:
+    """A run folder whose last.pth has done ``epochs_done`` of its 2 epochs (what resuming reads before it refuses)."""
+    path.mkdir(parents=True)
+    torch.save({"format": 2, "task": "classify", "progress": {"epoch": epochs_done, "step": 5, "step_in_epoch": 0},
+                "config": {"epochs": 2, "output_dir": str(path)}}, path / "last.pth")  # fmt: skip
+    return path
+
+
+def _op_call(op: Callable, backend: str, B: int = 2, H: int = 3, d: int = 8, dv: int = 8,
+             k_dtype: torch.dtype = torch.float32, v_dtype: torch.dtype = torch.float32) -> Callable:  # fmt: skip
+    def call(tmp: Path) -> Any:
+        q = torch.randn(B, 2, H, 4, d)
+        k = torch.randn(B, 2, H, 4, d, dtype=k_dtype)
+        v = torch.randn(B, 2, H, 4, dv, dtype=v_dtype)
+        log_alpha, log_beta = -torch.rand(B, 2, H, 4), -torch.rand(B, 2, H, 4)
+        return op(q, k, v, log_alpha, log_beta, backend=backend)
+
+    return call
+
+
+def _save_on_a_full_disk(tmp: Path) -> None:
+    """A checkpoint write that runs out of space half-way (torch.save raising ENOSPC after some bytes)."""
+    from unittest import mock
+
+    from ppma.runtime import DistInfo, RunFolder
+
+    folder = RunFolder(tmp / "r", DistInfo()).open(resuming=False)
+    try:
+        folder.save({"w": torch.randn(3)})
+
+        def full(obj: Any, f: Any) -> None:
+            f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with mock.patch.object(torch, "save", full):
+            folder.save({"w": torch.randn(3)})
+    finally:
+        folder.close()
+
+
 # ---- command-line cases: commands and their arguments -------------------------------------------------------
 CLI_CASES: list[CliCase] = [
     CliCase("info-unknown-model", lambda tmp: ["info", "ppma_huge"], r"model: unknown name 'ppma_huge'"),
     CliCase("eval-missing-checkpoint", lambda tmp: ["eval", "--checkpoint", str(tmp / "nope.pth")], r"nope\.pth"),
     # ---- runs (training, resuming, devices, options): add rows below ----
+    CliCase("train-batch-size-1", lambda tmp: ["train", "--batch-size", "1", "--output-dir", str(tmp / "r")],
+            r"batch_size: ppma_nano at 32 px cannot train on 1 image .*--batch-size 2"),
+    CliCase("train-config-bad-yaml",
+            lambda tmp: ["train", "--config", str(_text(tmp, "c.yaml", "epochs: [1\n lr: 3\n"))],
+            r"config: .*c\.yaml is not valid YAML: .*\(line 2, column \d+\)"),
+    CliCase("train-config-bad-json", lambda tmp: ["train", "--config", str(_text(tmp, "c.json", '{"epochs": 1,'))],
+            r"config: .*c\.json is not valid JSON"),
+    CliCase("train-config-not-a-mapping", lambda tmp: ["train", "--config", str(_text(tmp, "c.yaml", "- 1\n"))],
+            r"config: .*must hold a mapping"),
+    CliCase("train-interpolation-bogus", lambda tmp: ["train", "--interpolation", "bogus"],
+            r"interpolation: expected one of .*bicubic.*got 'bogus'"),
+    CliCase("train-device-tpu", lambda tmp: ["train", "--device", "tpu", "--output-dir", str(tmp / "r")],
+            r"device: unknown device 'tpu'"),
+    CliCase("detect-train-device-tpu", lambda tmp: ["detect", "train", "--data", "builtin", "--device", "tpu",
+                                                    "--output", str(tmp / "r")], r"device: unknown device 'tpu'"),
+    CliCase("backends-device-tpu", lambda tmp: ["backends", "--device", "tpu"], r"device: unknown device 'tpu'"),
+    CliCase("backends-device-missing-gpu", lambda tmp: ["backends", "--device", "cuda:99"],
+            r"device: 'cuda:99' requested but (CUDA is not available|this machine has \d+ GPU)"),
+    *([CliCase("backends-device-cuda-without-gpu", lambda tmp: ["backends", "--device", "cuda"],
+               r"device: 'cuda' requested but CUDA is not available")] if not torch.cuda.is_available() else []),
+    CliCase("train-folder-in-use", lambda tmp: ["train", "--output-dir", str(_held_run_folder(tmp / "r"))],
+            r"output: .*r is in use by another run \(pid \d+\)"),
+    *[CliCase(f"{task}-train-folder-in-use", lambda tmp, task=task: [
+        task, "train", "--data", "builtin", "--output", str(_held_run_folder(tmp / "r"))],
+        r"r is in use by another run") for task in ("detect", "segment")],
+    CliCase("segment-train-negative-threads", lambda tmp: ["segment", "train", "--data", "builtin", "--threads", "-1",
+                                                            "--output", str(tmp / "r")], r"threads: must be >= 0"),
+    CliCase("train-resume-nothing", lambda tmp: ["train", "--resume", str(tmp / "none")], r"resume: nothing to resume"),
+    CliCase("train-resume-finished-into-new-folder",
+            lambda tmp: ["train", "--resume", str(_finished_run(tmp / "r")), "--output-dir", str(tmp / "new")],
+            r"resume: .*last\.pth has finished its 2 epochs, nothing to train into .*new; give --epochs above 2"),
+    CliCase("train-resume-into-another-run",
+            lambda tmp: ["train", "--resume", str(_finished_run(tmp / "r", 1)), "--output-dir",
+                         str(_finished_run(tmp / "other").parent / "other")],
+            r"output: .*other already holds another run \(last\.pth\)"),
 
     # ---- files (checkpoints, images, folders, outputs): add rows below ----
     CliCase("eval-empty-pth", lambda tmp: ["eval", "--checkpoint", str(_empty_file(tmp, "e.pth"))],
@@ -98,6 +201,31 @@ CLI_CASES: list[CliCase] = [
 # ---- Python API cases -----------------------------------------------------------------------------------
 PY_CASES: list[PyCase] = [
     # ---- runs and ops: add rows below ----
+    *[PyCase(f"{op.__name__}-{backend}-{name}", _op_call(op, backend, **change), ValueError, match)
+      for op in (polyline_attention, criss_cross_polyline_attention)
+      for backend in ("reference", "dense", "cpu", "flex", "auto")
+      if not (backend == "flex" and op is criss_cross_polyline_attention)
+      for name, change, match in (
+          ("k-float64", {"k_dtype": torch.float64}, r"^k: dtype torch\.float64 does not match q dtype torch\.float32"),
+          ("v-float64", {"v_dtype": torch.float64}, r"^v: dtype torch\.float64 does not match q"),
+          ("zero-batch", {"B": 0}, r"^q: has a zero-size dimension, shape \(0, 2, 3, 4, 8\)"),
+          ("zero-height", {"H": 0}, r"^q: has a zero-size dimension"),
+          ("zero-channels", {"d": 0}, r"^q: has a zero-size dimension"),
+          ("zero-value-channels", {"dv": 0}, r"^v: has a zero-size dimension"),
+      )],  # fmt: skip
+    PyCase("log_mask_attention-k-float64", lambda tmp: log_mask_attention(
+        torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4, dtype=torch.float64), torch.randn(1, 2, 5, 4),
+        [-torch.rand(5, 5)]), ValueError, r"^k: dtype torch\.float64"),
+    PyCase("log_mask_attention-zero-tokens", lambda tmp: log_mask_attention(
+        torch.randn(1, 2, 0, 4), torch.randn(1, 2, 0, 4), torch.randn(1, 2, 0, 4), [-torch.rand(0, 0)]),
+        ValueError, r"^q: has a zero-size dimension"),
+    PyCase("run-folder-disk-full", lambda tmp: _save_on_a_full_disk(tmp), PPMAError,
+           r"^checkpoint: cannot write .*last\.pth \(disk full\); the previous last\.pth is intact$"),
+    PyCase("train-config-interpolation", lambda tmp: TrainConfig(interpolation="bogus"), ValueError,
+           r"^interpolation: expected one of"),
+    PyCase("pick-device-tpu", lambda tmp: pick_device("tpu"), ValueError, r"^device: unknown device 'tpu'"),
+    PyCase("min-train-batch-refused", lambda tmp: run(digits_config(batch_size=1, output_dir=str(tmp / "r"))),
+           PPMAError, r"^batch_size: ppma_nano at 32 px cannot train on 1 image"),
 
     # ---- files: add rows below ----
     PyCase("read-empty-checkpoint", lambda tmp: _api("checkpoint").read_checkpoint(

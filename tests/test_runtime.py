@@ -268,3 +268,133 @@ def test_sigterm_mid_epoch_saves_and_resume_equals_an_unbroken_segmentation_run(
     monkeypatch.setattr(seg, "make_dataset", make)
     seg.train_segmentation(dataclasses.replace(cut, resume=""))
     _same_checkpoints(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
+
+
+def test_sigterm_mid_epoch_saves_and_resume_equals_an_unbroken_detection_run(tmp_path, monkeypatch):
+    pytest.importorskip("pycocotools")
+    import shutil
+
+    from test_dense_models import make_coco
+
+    import ppma.dense.detection as det
+    from ppma.runtime import RunStopped
+
+    make_coco(tmp_path / "gen", n_images=4)
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
+    shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    config = det.DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano",
+                              heads="light", min_size=64, max_size=96, epochs=2, batch_size=1, warmup_iters=2,
+                              drop_path_rate=0.2, save_every=0, workers=0, quiet=True)  # 4 its/epoch  # fmt: skip
+    torch.set_num_threads(1)
+    det.train_detection(dataclasses.replace(config, output=str(tmp_path / "whole")))
+    split = det.coco_split
+
+    def signalled(root, name, train):  # SIGTERM while reading iteration 6's image (epoch 2, step 2)
+        dataset = split(root, name, train)
+        return _SignalAt(dataset, 6) if train else dataset
+
+    monkeypatch.setattr(det, "coco_split", signalled)
+    cut = dataclasses.replace(config, output=str(tmp_path / "cut"))
+    with pytest.raises(RunStopped, match="stopped by SIGTERM at iteration 6"):
+        det.train_detection(cut)
+    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"] == {
+        "epoch": 1, "iteration": 6, "step_in_epoch": 2}  # fmt: skip
+    assert (tmp_path / "cut" / ".lock").read_text() == ""  # released: the next run takes it without a word
+    monkeypatch.setattr(det, "coco_split", split)
+    det.train_detection(dataclasses.replace(cut, resume=""))
+    _same_checkpoints(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A finished 1-epoch classification run on a tiny image folder, and its command line."""
+    from imagefolder import make_image_folder
+
+    from ppma.cli import main
+
+    tmp = tmp_path_factory.mktemp("short")
+    root = make_image_folder(tmp / "data", classes=2, train=4, val=1, size=(32, 32))
+    argv = ["train", "--data-path", str(root), "--model", "ppma_nano", "--input-size", "32", "--batch-size", "4",
+            "--epochs", "1", "--warmup-epochs", "0", "--lr", "1e-3", "--workers", "0", "--no-plot"]  # fmt: skip
+    torch.set_num_threads(1)
+    assert main([*argv, "--output-dir", str(tmp / "r")]) == 0
+    return tmp, argv
+
+
+def test_resume_with_changed_settings_says_what_changed(short_run, tmp_path, capsys):
+    from ppma.cli import main
+
+    src, argv = short_run
+    run = tmp_path / "r"
+    shutil_copy_run(src / "r", run)
+    capsys.readouterr()
+    changed = ["--epochs", "2", "--batch-size", "2", "--no-ema", "--workers", "1"]
+    assert main(["train", "--resume", str(run), *changed]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("resume: settings changed"))
+    assert "batch_size 4 -> 2" in line and "ema True -> False" in line and "epochs 1 -> 2" in line
+    assert "workers" not in line and "output_dir" not in line and "resume" not in line.removeprefix("resume:")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--batch-size", "2", "--no-ema"]) == 0
+    assert "batch_size" not in capsys.readouterr().out  # only what differs from the saved run (now epochs)
+    from ppma.checkpoint import read_checkpoint
+
+    assert read_checkpoint(run / "last.pth")["progress"]["epoch"] == 3  # the copy continued in its own folder,
+    assert read_checkpoint(src / "r" / "last.pth")["progress"]["epoch"] == 1  # not in the one its file names
+
+
+def shutil_copy_run(src: Path, dst: Path) -> None:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+
+
+def test_resume_into_another_folder_continues_there_and_refuses_a_finished_run(short_run, tmp_path, capsys):
+    from ppma.checkpoint import read_checkpoint
+    from ppma.cli import main
+
+    src, argv = short_run
+    run = tmp_path / "r"
+    shutil_copy_run(src / "r", run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--output-dir", str(tmp_path / "new")]) == 2  # finished: 1 of 1 epochs
+    err = capsys.readouterr().err
+    assert "has finished its 1 epochs, nothing to train into" in err and "--epochs above 1" in err
+    assert not (tmp_path / "new").exists()
+    assert main(["train", "--resume", str(run), "--output-dir", str(tmp_path / "new"), "--epochs", "2"]) == 0
+    assert f"checkpoints in {tmp_path / 'new'}" in capsys.readouterr().out
+    assert read_checkpoint(tmp_path / "new" / "last.pth")["progress"]["epoch"] == 2
+    best = read_checkpoint(tmp_path / "new" / "best.pth")  # carried over, or the better epoch 2's
+    assert best["epoch"] in (1, 2) and read_checkpoint(run / "last.pth")["progress"]["epoch"] == 1  # source untouched
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_file(
+    short_run, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from ppma.checkpoint import read_checkpoint
+    from ppma.cli import main
+
+    src, argv = short_run
+    run = tmp_path / "r"
+    shutil_copy_run(src / "r", run)
+    before = (run / "last.pth").read_bytes()
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):  # half a file, then no space left
+        f.write(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ppma train: error: checkpoint: cannot write") and "(disk full)" in err
+    assert "intact" in err and "\n" not in err
+    assert (run / "last.pth").read_bytes() == before and not list(run.glob(".*.tmp"))
+    assert read_checkpoint(run / "last.pth")["progress"]["epoch"] == 1
+    monkeypatch.setattr(torch, "save", real_save)  # space again: the same command continues the run
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert read_checkpoint(run / "last.pth")["progress"]["epoch"] == 2

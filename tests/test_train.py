@@ -171,7 +171,8 @@ def test_bad_checkpoints_and_resume_are_one_line_errors(folder_run, tmp_path, ca
     assert "does not fit ppma_tiny" in err
     err = _error(capsys, ["eval", "--checkpoint", str(out / "best.pth")])  # 3-class model, 10 digit classes
     assert "3 classes" in err and "10 class folders" in err
-    err = _error(capsys, ["train", "--resume", str(out), "--model", "ppma_tiny", "--output-dir", str(tmp_path / "x")])
+    err = _error(capsys, ["train", "--resume", str(out), "--model", "ppma_tiny", "--output-dir", str(tmp_path / "x"),
+                          "--epochs", "3"])  # more epochs: a finished run is refused before its model is read
     assert "resume:" in err and "ppma_tiny" in err
     assert "nothing to resume" in _error(capsys, ["train", "--resume", "--output-dir", str(tmp_path / "none")])
     assert "nothing to resume" in _error(capsys, ["train", "--resume", str(tmp_path / "none.pth")])
@@ -259,3 +260,62 @@ def test_ranks_skip_an_update_together_when_one_rank_has_no_usable_image():
     assert state.step == 1 and state.epoch_stats["images"] == 0 and not moved()  # skipped with the other rank
     one_step()
     assert state.step == 2 and state.epoch_stats["images"] == 2 and moved()  # both ranks had images: one update
+
+
+def test_min_train_batch_is_two_only_where_a_batchnorm_layer_sees_one_value_per_image():
+    from ppma.train.engine import min_train_batch
+
+    model = timm.create_model("ppma_nano", num_classes=3).train()
+    bn = model.head.norm
+    before = (bn.running_mean.clone(), bn.num_batches_tracked.clone(), torch.get_rng_state())
+    assert min_train_batch(model, 32) == 2  # 32 px: the head's BatchNorm sees a 1x1 map
+    assert min_train_batch(model, 64) == 1  # 2x2: one image has 4 values per channel
+    assert model.training and torch.equal(bn.running_mean, before[0]) and torch.equal(bn.num_batches_tracked, before[1])
+    assert torch.equal(torch.get_rng_state(), before[2])
+    x = torch.randn(1, 3, 64, 64)
+    model(x).sum().backward()  # what the probe allows does train
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.randn(1, 3, 32, 32))  # and what it refuses does not
+
+
+def test_a_batch_left_with_one_usable_image_is_skipped_and_counted():
+    from timm.scheduler import CosineLRScheduler
+
+    from ppma.train.data import Batch
+    from ppma.train.engine import train_one_epoch
+    from ppma.train.state import RunState, new_epoch_stats
+
+    model = timm.create_model("ppma_nano", num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = RunState(model, opt, CosineLRScheduler(opt, t_initial=10), torch.amp.GradScaler("cpu", enabled=False))
+    state.epoch_stats = new_epoch_stats()
+    batches = [Batch(torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 1]), []),
+               Batch(torch.randn(1, 3, 32, 32), torch.tensor([1]), ["a.png", "b.png"]),  # 1 of 3 readable
+               Batch(torch.randn(2, 3, 32, 32), torch.tensor([2, 0]), ["c.png"])]  # fmt: skip
+    train_one_epoch(model, batches, state, torch.nn.CrossEntropyLoss(), None, torch.device("cpu"), None,
+                    min_images=2)  # fmt: skip
+    stats = state.epoch_stats
+    assert state.step == 3 and stats["images"] == 5 and stats["skipped_steps"] == 1 and stats["unused_images"] == 1
+    assert stats["skipped"] == ["a.png", "b.png", "c.png"]
+
+
+def test_a_run_whose_batch_has_one_readable_image_at_32px_finishes_and_reports_it(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "data", classes=2, train=2, val=1, size=(32, 32))
+    for name in ("class0/0.png", "class0/1.png", "class1/0.png"):  # one batch of 4 with 1 readable image
+        (root / "train" / name).write_bytes(b"damaged")
+    out = tmp_path / "run"
+    argv = ["train", "--data-path", str(root), "--model", "ppma_nano", "--input-size", "32", "--batch-size", "4",
+            "--epochs", "2", "--warmup-epochs", "0", "--mixup", "0", "--cutmix", "0", "--workers", "0", "--no-plot",
+            "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "1 step(s) skipped, their batch left with fewer than 2 usable image(s)" in printed
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records] == [1, 1] and [r["train_images"] for r in records] == [0, 0]
+    assert [r["unused_images"] for r in records] == [1, 1] and records[-1]["step"] == 2
+
+
+def test_batch_size_1_is_refused_at_start_where_batchnorm_cannot_train_on_it(tmp_path, capsys):
+    assert main(["train", "--batch-size", "1", "--epochs", "1", "--output-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ppma train: error: batch_size:") and "--batch-size 2" in err and "\n" not in err

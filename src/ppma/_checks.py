@@ -38,3 +38,15 @@ def check_log_decay(name: str, t: torch.Tensor, check_values: bool = True) -> to
 def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name_b}: shape {tuple(b.shape)} does not match {name_a} shape {tuple(a.shape)}")
+
+
+def check_not_empty(name: str, t: torch.Tensor) -> None:
+    """No zero-size dimension: the ops' reshapes and the ``d ** -0.5`` scale are undefined there."""
+    if t.numel() == 0:
+        raise ValueError(f"{name}: has a zero-size dimension, shape {tuple(t.shape)}; every dimension must be >= 1")
+
+
+def check_same_dtype(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """One dtype for tensors multiplied together (backends differ in whether and how they would promote)."""
+    if a.dtype != b.dtype:
+        raise ValueError(f"{name_b}: dtype {b.dtype} does not match {name_a} dtype {a.dtype}; cast one of them")

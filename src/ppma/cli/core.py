@@ -54,8 +54,9 @@ def _backends(args: argparse.Namespace) -> None:
     import torch
 
     from ..ops import Backend, can_run, choose_backend
+    from ..runtime import pick_device
 
-    q = torch.zeros(1, 1, 2, 2, 8, device=args.device)
+    q = torch.zeros(1, 1, 2, 2, 8, device=pick_device(args.device))
     print(f"device {args.device}, torch {torch.__version__}")
     for op in ("full", "criss_cross"):
         for grad in (False, True):

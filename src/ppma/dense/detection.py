@@ -43,7 +43,7 @@ from ..runtime import (
 from ..runtime.config import option, resume_option
 from .backbone import create_backbone
 from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import DenseRun, load_weights, read_run_info, seed_run, start_run
+from .engine import DenseRun, load_weights, open_run_folder, read_run_info, seed_run, start_run
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -89,6 +89,8 @@ class DetectConfig:
     stop_after: int = 0  # stop at once after this many iterations, as if killed (tests of resume); 0: never
     workers: int = 2
     seed: int = 0
+    threads: int = option(0, "CPU threads per process (torch.set_num_threads); 0: torch's default. Results "
+                             "repeat bit for bit only with the same count")
     device: str = "auto"
     resume: str | None = resume_option()
     quiet: bool = False
@@ -102,6 +104,8 @@ class DetectConfig:
         out.epochs = self.epochs or epochs
         out.lr_steps = tuple(self.lr_steps) or steps
         out.multiscale = ms if self.multiscale is None else self.multiscale
+        if self.threads < 0:
+            raise ValueError(f"threads: must be >= 0 (0: torch's default), got {self.threads}")
         if self.heads not in HEADS:
             raise ValueError(f"heads: expected one of {sorted(HEADS)}, got {self.heads!r}")
         return out
@@ -121,6 +125,7 @@ class DetectConfig:
             min_size=256,
             max_size=640,
             workers=0,
+            threads=2,  # a fixed count: the same numbers on any machine of the same CPU kind
         )
 
 
@@ -272,7 +277,16 @@ def train_detection(config: DetectConfig) -> dict[str, float]:
 
 def _set_up(config: DetectConfig, info: DistInfo) -> tuple[DenseRun, CocoDetection]:
     """Data, model and the shared set-up (``ppma.dense.engine.start_run``); prints the start line."""
-    seed_run(config, info)
+    opened = open_run_folder(config, info)  # locked before the built-in data is written into it
+    try:
+        seed_run(config, info)
+        return _set_up_in(config, info, opened)
+    except BaseException:
+        opened[0].close()
+        raise
+
+
+def _set_up_in(config: DetectConfig, info: DistInfo, opened: tuple[Any, Any]) -> tuple[DenseRun, CocoDetection]:
     Path(config.output).mkdir(parents=True, exist_ok=True)
     with main_process_first(info):  # rank 0 writes the built-in set, if asked for, before the others read it
         root, train_split, val_split = resolve_data(config)
@@ -290,7 +304,7 @@ def _set_up(config: DetectConfig, info: DistInfo) -> tuple[DenseRun, CocoDetecti
         milestones = [s * iters_per_epoch for s in config.lr_steps]
         return warmup_multistep(optimizer, config.warmup_iters, config.warmup_ratio, milestones)
 
-    run = start_run(config, info, meta, model, train_set, detection_collate, False, schedule)
+    run = start_run(config, info, meta, model, train_set, detection_collate, False, schedule, opened=opened)
     run.log.print(
         f"detect: {len(train_set)} train images ({train_set.skipped} without annotations skipped), "
         f"{len(val_set)} val images, {train_set.num_classes} classes, {config.epochs} epochs "

@@ -24,6 +24,7 @@ from ..runtime import (
     RunLog,
     all_rng_states,
     autocast,  # re-exported: tests import it from here
+    changed_settings,
     param_groups,
     plain,
     read_training_checkpoint,
@@ -36,7 +37,7 @@ from ..runtime import (
     unwrap,
 )
 
-__all__ = ["DenseRun", "autocast", "load_weights", "read_run_info", "seed_run", "start_run"]
+__all__ = ["DenseRun", "autocast", "load_weights", "open_run_folder", "read_run_info", "seed_run", "start_run"]
 
 
 @dataclass
@@ -83,6 +84,10 @@ class DenseRun:
                                                  progress=progress, rng=rng))  # fmt: skip
 
 
+# Options that do not change what a dense run computes: a resumed run may change them without a word.
+_NOT_RESULTS = ("output", "resume", "stop_after", "quiet", "workers", "save_every")
+
+
 def start_run(
     config: Any,
     info: DistInfo,
@@ -92,18 +97,27 @@ def start_run(
     collate_fn: Any,
     drop_last: bool,
     make_scheduler: Callable[[torch.optim.Optimizer, int], Any],
+    opened: tuple[RunFolder, Any] | None = None,
 ) -> DenseRun:
     """Optimizer (AdamW, layer-scale gammas not decayed, as the published dense recipes), loader,
     schedule (``make_scheduler(optimizer, iterations per epoch)``), resumed state and random states, DDP,
     ``config.json``. ``model`` is on ``info.device``; ``meta`` holds ``task``, ``model_name``, ``classes``.
-    The caller closes ``run.folder`` when the run ends (lock and signal handlers)."""
-    resume = resume_checkpoint(config.resume, config.output)
-    folder = RunFolder(config.output, info).open(resuming=resume is not None)
+    The caller closes ``run.folder`` when the run ends (lock and signal handlers). ``opened``: the
+    ``open_run_folder`` result, where the caller locked the folder before writing into it."""
+    folder, resume = opened if opened is not None else open_run_folder(config, info)
     try:
         return _build_run(config, info, meta, model, train_set, collate_fn, drop_last, make_scheduler, folder, resume)
     except BaseException:
         folder.close()
         raise
+
+
+def open_run_folder(config: Any, info: DistInfo) -> tuple[RunFolder, Any]:
+    """(the locked ``RunFolder`` of ``config.output``, the checkpoint to resume or None): taken before
+    anything is written into the folder (the built-in data sets are), so that a second run is refused
+    before it touches the first one's files."""
+    resume = resume_checkpoint(config.resume, config.output)
+    return RunFolder(config.output, info).open(resuming=resume is not None), resume
 
 
 def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Module, train_set: Dataset,
@@ -125,6 +139,10 @@ def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Modu
         restore_rank_rng(ckpt["rng"], info, config.seed)
         log.print(f"resumed from {resume} at " + ", ".join(f"{k} {v}" for k, v in progress.items()
                                                             if k != "step_in_epoch"))  # fmt: skip
+        changes = changed_settings(ckpt.get("config"), config, _NOT_RESULTS)
+        if changes:  # allowed, but never silently
+            log.print(f"resume: settings changed from the saved run: {', '.join(changes)}; "
+                      f"the result will differ from an unbroken run")  # fmt: skip
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
@@ -134,7 +152,10 @@ def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Modu
 
 
 def seed_run(config: Any, info: DistInfo) -> None:
-    """The seeds of a fresh dense run (a resumed one restores its saved states in ``start_run``)."""
+    """The thread count (``config.threads``; CPU results depend on it in their last bits, which training
+    amplifies) and the seeds of a run (a resumed one then restores its saved states in ``start_run``)."""
+    if getattr(config, "threads", 0):
+        torch.set_num_threads(config.threads)
     seed_everything(config.seed + info.rank)
 
 

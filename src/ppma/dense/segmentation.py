@@ -59,7 +59,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import DenseRun, load_weights, read_run_info, seed_run, start_run
+from .engine import DenseRun, load_weights, open_run_folder, read_run_info, seed_run, start_run
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -228,6 +228,8 @@ class SegmentConfig:
     stop_after: int = 0  # stop at once after this many iterations, as if killed (tests of resume); 0: never
     workers: int = 2
     seed: int = 0
+    threads: int = option(0, "CPU threads per process (torch.set_num_threads); 0: torch's default. Results "
+                             "repeat bit for bit only with the same count")
     device: str = "auto"
     resume: str | None = resume_option()
     quiet: bool = False
@@ -241,6 +243,8 @@ class SegmentConfig:
         out.train_split = self.train_split or ("training" if ade else "train")
         out.val_split = self.val_split or ("validation" if ade else "val")
         out.scale = tuple(self.scale)
+        if out.threads < 0:
+            raise ValueError(f"threads: must be >= 0 (0: torch's default), got {out.threads}")
         if out.iters < 1:
             raise ValueError(f"iters: expected at least 1, got {out.iters}")
         return out
@@ -263,6 +267,7 @@ class SegmentConfig:
             aux_channels=32,
             eval_every=100,
             workers=0,
+            threads=2,  # a fixed count: the same numbers on any machine of the same CPU kind
         )
 
 
@@ -339,7 +344,16 @@ def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
 
 def _set_up(config: SegmentConfig, info: DistInfo) -> tuple[DenseRun, SegmentationSet]:
     """Data, model and the shared set-up (``ppma.dense.engine.start_run``); prints the start line."""
-    seed_run(config, info)
+    opened = open_run_folder(config, info)  # locked before the built-in data is written into it
+    try:
+        seed_run(config, info)
+        return _set_up_in(config, info, opened)
+    except BaseException:
+        opened[0].close()
+        raise
+
+
+def _set_up_in(config: SegmentConfig, info: DistInfo, opened: tuple[Any, Any]) -> tuple[DenseRun, SegmentationSet]:
     Path(config.output).mkdir(parents=True, exist_ok=True)
     with main_process_first(info):  # rank 0 writes the built-in set, if asked for, before the others read it
         root, names = resolve_data(config)
@@ -354,7 +368,7 @@ def _set_up(config: SegmentConfig, info: DistInfo) -> tuple[DenseRun, Segmentati
     def schedule(optimizer: torch.optim.Optimizer, _: int) -> Any:
         return warmup_poly(optimizer, config.warmup_iters, config.warmup_ratio, config.iters, config.power)
 
-    run = start_run(config, info, meta, model, train_set, segmentation_collate, True, schedule)
+    run = start_run(config, info, meta, model, train_set, segmentation_collate, True, schedule, opened=opened)
     run.log.print(
         f"segment: {len(train_set)} train / {len(val_set)} val images, {len(names)} classes, "
         f"{config.iters} iterations, device {info.device}, {info.world_size} process(es)"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._checks import check_log_decay, check_tensor
+from .._checks import check_log_decay, check_not_empty, check_same_dtype, check_tensor
 from . import cpu, dense, flex, reference
 from ..masks.polyline import decay_dtype
 from .backends import TRITON_INSTALLED, Backend, Op, resolve, triton_interpret
@@ -43,6 +43,11 @@ def _check_inputs(q, k, v, log_alpha, log_beta, check_values: bool) -> None:
     check_tensor("q", q, ndim=5)
     check_tensor("k", k, ndim=5)
     check_tensor("v", v, ndim=5)
+    if not torch.is_autocast_enabled(q.device.type):  # under autocast the products run in one dtype anyway
+        check_same_dtype("q", q, "k", k)
+        check_same_dtype("q", q, "v", v)
+    for name, t in (("q", q), ("v", v)):
+        check_not_empty(name, t)
     if k.shape != q.shape:
         raise ValueError(f"k: shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} (B, heads, H, W, d)")
     if v.shape[:4] != q.shape[:4]:
@@ -152,6 +157,11 @@ def log_mask_attention(
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=4)
+    if not torch.is_autocast_enabled(q.device.type):
+        check_same_dtype("q", q, "k", k)
+        check_same_dtype("q", q, "v", v)
+    for name, t in (("q", q), ("v", v)):
+        check_not_empty(name, t)
     if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
         raise ValueError(
             f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, N, d)"

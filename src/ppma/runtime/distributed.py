@@ -113,13 +113,26 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         ``cuda:local_rank`` for ``"auto"`` with CUDA and for ``"cuda"``; ``torch.device(device)`` otherwise.
 
     Raises:
-        ValueError: a CUDA device is asked for but CUDA is not available.
+        ValueError: (one line) an unknown device string, or a device this machine does not have (CUDA
+            without a GPU, a GPU index past the last one, ``mps`` off a Mac, ...).
     """
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+        return torch.device("cuda", local_rank) if dev.index is None else dev
+    if dev.type != "cpu":  # mps, xpu, ...: only where torch has that backend and it is usable here
+        modules = (getattr(torch, dev.type, None), getattr(torch.backends, dev.type, None))
+        if not any(callable(getattr(m, "is_available", None)) and m.is_available() for m in modules):
+            raise ValueError(f"device: {device!r} is not available here; expected auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def setup_distributed(device: str = "auto") -> DistInfo:

@@ -29,6 +29,7 @@ next step boundary (``stop_requested``), where the loop saves ``last.pth`` and r
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -47,6 +48,7 @@ __all__ = [
     "FORMAT_VERSION",
     "RunFolder",
     "RunStopped",
+    "changed_settings",
     "plain",
     "read_training_checkpoint",
     "restore_training",
@@ -69,6 +71,15 @@ def plain(config: Any) -> dict[str, Any]:
     """A config dataclass (or dict) as JSON-able plain types (tuples become lists)."""
     values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     return json.loads(json.dumps(values, default=str))
+
+
+def changed_settings(saved: dict[str, Any] | None, config: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"name saved -> now"`` for each option of ``config`` (a dataclass or dict) whose value differs from
+    the ``saved`` run's config (as stored in its checkpoint), except those in ``ignore`` (options that
+    do not change the result: output folder, logging, loader processes, ...)."""
+    now = plain(config)
+    saved = saved or {}
+    return [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items() if k not in ignore and k in saved and saved[k] != v]
 
 
 def resume_checkpoint(resume: str | None, output_dir: str | os.PathLike | None) -> Path | None:
@@ -291,7 +302,12 @@ class RunFolder:
     def save(self, checkpoint: dict[str, Any], name: str = "last.pth") -> None:
         """Write ``checkpoint`` atomically as ``name`` (rank 0 only; other ranks return at once)."""
         if self.info.is_main:
-            atomic_save(checkpoint, self.path / name)
+            try:
+                atomic_save(checkpoint, self.path / name)
+            except OSError as e:  # a full disk, a quota, a folder gone: atomic_save left the old file alone
+                why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
+                kept = f"the previous {name} is intact" if (self.path / name).exists() else f"no {name} written"
+                raise PPMAError(f"checkpoint: cannot write {self.path / name} ({why}); {kept}") from e
 
     def write_text(self, name: str, text: str) -> None:
         """A small file beside the checkpoints (rank 0): the effective config."""

@@ -21,6 +21,7 @@ __all__ = ["DIGITS_RECIPE", "TrainConfig", "canonical_data_name", "dataset_confi
            "load_config_file", "recipe_for"]
 
 _AMP = ("auto", "none", "bf16", "fp16")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's (PIL's) resize filters
 
 
 @dataclass
@@ -84,7 +85,7 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model")
     sync_bn: bool = option(False, "SyncBatchNorm across processes")
     seed: int = option(0, "random seed (model init, data order, augmentation)")
-    deterministic: bool = option(False, "deterministic algorithms only (bitwise-repeatable runs on CPU)")
+    deterministic: bool = option(False, "deterministic kernels only (torch.use_deterministic_algorithms; for CUDA)")
     # ---- output
     output_dir: str | None = option(None, "run folder; none = runs/<model>-<date-time>")
     save_every_steps: int = option(0, "also write last.pth every this many steps (0: only at epoch ends)")
@@ -109,6 +110,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.amp not in _AMP:
             raise ValueError(f"amp: expected one of {', '.join(_AMP)}, got {self.amp!r}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation: expected one of {', '.join(_INTERPOLATIONS)}, got {self.interpolation!r}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct: must be in (0, 1], got {self.crop_pct}")
         if len(self.mean) != len(self.std):
@@ -226,11 +229,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config: no file at {path}")
     text = path.read_text()
     if path.suffix == ".json":
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config: {path} is not valid JSON: {e}") from None
     else:
         import yaml
 
-        values = yaml.safe_load(text) or {}
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:  # the parser's message spans lines: keep the problem and its place
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ValueError(f"config: {path} is not valid YAML: {problem}{where}") from None
     if not isinstance(values, dict):
         raise ValueError(f"config: {path} must hold a mapping of option names to values")
     values = {k.replace("-", "_"): v for k, v in values.items()}

@@ -36,6 +36,7 @@ from ..runtime import (
     all_rng_states,
     amp_dtype_for,
     autocast,
+    changed_settings,
     cleanup_distributed,
     param_groups,
     pick_device,
@@ -57,6 +58,7 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "evaluate_checkpoint",
+    "min_train_batch",
     "predict_images",
     "Predictions",
     "resolve_lr",
@@ -132,6 +134,37 @@ def _build_loss(config: TrainConfig, num_classes: int) -> tuple[Any, nn.Module]:
     return None, nn.CrossEntropyLoss()
 
 
+def min_train_batch(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """The fewest images per step ``model`` can train on at ``input_size``: 2 when one of its BatchNorm
+    layers sees a single value per channel and image (a 1x1 map, or a vector: PPMA's head at 32 px),
+    which training-mode BatchNorm cannot normalise alone; else 1.
+
+    Found with one evaluation-mode forward of a blank image (no statistics move, no random number is
+    drawn), hooks recording what each BatchNorm layer receives.
+    """
+    singles: list[bool] = []
+
+    def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        singles.append(x.numel() // max(x.shape[0] * x.shape[1], 1) == 1)
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 1
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, input_size, input_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return 2 if any(singles) else 1
+
+
 def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines())
 
@@ -151,6 +184,7 @@ def train_one_epoch(
     on_step: Callable[[], bool] | None = None,
     progress: Any = None,
     dist_info: DistInfo | None = None,
+    min_images: int = 1,
 ) -> bool:
     """Train over ``loader`` (the rest of the epoch when resumed), updating ``state`` and its ``epoch_stats``.
 
@@ -158,9 +192,12 @@ def train_one_epoch(
     update -> scheduler step. ``on_step`` runs after every update and returns True to stop (a checkpoint
     or a simulated kill). Returns True when stopped early.
 
-    A batch left with no usable image (all unreadable; mixup drops an odd last image) is skipped; with
-    several processes the ranks first agree, so that all skip that update together (a rank that
-    skipped alone would leave the others waiting in DDP's gradient all-reduce).
+    A batch left with fewer usable images than ``min_images`` (unreadable images removed; mixup drops an
+    odd last image), ``min_images`` being what the model can train on (``min_train_batch``: 2 when a
+    BatchNorm layer would see one value per channel), is skipped: no update, the schedule moves on, and
+    ``epoch_stats`` counts the skipped step and its unused readable images. With several processes the
+    ranks first agree, so that all skip that update together (a rank that skipped alone would leave the
+    others waiting in DDP's gradient all-reduce).
     """
     model.train()
     stats = state.epoch_stats
@@ -170,8 +207,13 @@ def train_one_epoch(
     for batch in bar:
         stats["skipped"].extend(batch.skipped)
         usable = len(batch) - (len(batch) % 2 if mixup is not None else 0)  # timm's Mixup pairs images
+        if usable < min_images:
+            usable = 0
         if dist_info is not None and dist_info.distributed:
             usable = usable if dist_info.all_reduce_sum([float(usable == 0)])[0] == 0 else 0
+        stats["unused_images"] = stats.get("unused_images", 0) + len(batch) - usable
+        if usable == 0:
+            stats["skipped_steps"] = stats.get("skipped_steps", 0) + 1
         if usable > 0:
             images = batch.images[:usable].to(device, non_blocking=True)
             targets = batch.targets[:usable].to(device, non_blocking=True)
@@ -260,12 +302,14 @@ def evaluate(
 
 def resumed_options(resume: str | None, output_dir: str | None) -> dict[str, Any] | None:
     """The options of the run that ``resume`` names (``ppma.runtime.resume_checkpoint``), without its
-    ``resume`` and ``stop_after_steps``: a resumed run starts from them; None when nothing is resumed."""
+    ``resume``, ``stop_after_steps`` and ``output_dir``: a resumed run starts from them; None when nothing is
+    resumed. (The run continues in the folder it is resumed from, or ``--output-dir``: never in the folder
+    its file names, which may be the original of a moved or copied run.)"""
     path = resume_checkpoint(resume, output_dir)
     if path is None:
         return None
     saved = read_training_checkpoint(path).get("config") or {}
-    return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps")}
+    return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps", "output_dir")}
 
 
 @dataclasses.dataclass
@@ -285,6 +329,7 @@ class _Run:
     loss_fn: nn.Module
     amp_dtype: torch.dtype | None
     meta: dict[str, Any]
+    min_images: int = 1  # per process and step (min_train_batch)
     stopped: bool = False
 
 
@@ -327,15 +372,51 @@ def run(config: TrainConfig) -> dict[str, Any]:
         cleanup_distributed(dist_info)
 
 
+# Options that do not change what a run computes: a resumed run may change them without a word.
+_NOT_RESULTS = ("output_dir", "resume", "stop_after_steps", "progress", "plot", "tensorboard", "save_every_steps",
+                "workers")  # fmt: skip  (workers: augmentation is seeded per image, whatever the process)
+
+
 def _set_up(config: TrainConfig, d: DistInfo) -> _Run:
     """Folder, data, model, optimizer, schedule, EMA, loss; the resumed state and random states (the folder
     is given back if any of it fails)."""
     resume_path = resume_checkpoint(config.resume, config.output_dir)
-    folder = RunFolder(_output_dir(config, resume_path, d), d).open(resuming=resume_path is not None)
+    out = _output_dir(config, resume_path, d)
+    elsewhere = resume_path is not None and out.resolve() != resume_path.parent.resolve()
+    if elsewhere:  # continuing a run in a new folder: nothing to continue would leave that folder empty
+        done = read_training_checkpoint(resume_path)["progress"]["epoch"]
+        if done >= config.epochs:
+            raise PPMAError(f"resume: {resume_path} has finished its {done} epochs, nothing to train into {out}; "
+                            f"give --epochs above {done} to train on")  # fmt: skip
+        if (out / "last.pth").exists():  # resuming skips the "holds a run" check: it must not overwrite another
+            raise PPMAError(f"output: {out} already holds another run (last.pth); continue {resume_path} in its own "
+                            f"folder or an empty one")  # fmt: skip
+    folder = RunFolder(out, d).open(resuming=resume_path is not None)
     try:
+        if elsewhere and d.is_main:
+            _carry_best(resume_path, folder.path)
         return _build_run(config, d, folder, resume_path)
     except BaseException:
         folder.close()
+        raise
+
+
+def _carry_best(resume_path: Path, out: Path) -> None:
+    """A run resumed into another folder starts there with its ``best.pth`` (copied atomically), so that the
+    new folder holds the run's best weights even if no later epoch beats them."""
+    import shutil
+    import tempfile
+
+    best = resume_path.parent / "best.pth"
+    if resume_path.name != "last.pth" or not best.is_file() or (out / "best.pth").exists():
+        return
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".best.pth.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(best, tmp)
+        os.replace(tmp, out / "best.pth")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -357,12 +438,26 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
         raise PPMAError(f"data: {len(train_sampler)} training images per process, fewer than one batch of "
                         f"{config.batch_size}; lower --batch-size")  # fmt: skip
     state, meta, amp_dtype = _build_state(config, d, classes, len(train_sampler) // config.batch_size)
+    # SyncBatchNorm normalises over every process's images: one per process is enough there.
+    min_images = 1 if config.sync_bn and d.distributed else min_train_batch(state.model, config.input_size,
+                                                                            len(config.mean))  # fmt: skip
+    if config.batch_size < min_images:
+        raise PPMAError(f"batch_size: {config.model} at {config.input_size} px cannot train on 1 image per step "
+                        f"and process: its BatchNorm layers see one value per channel and image (a 1x1 map) and "
+                        f"cannot normalise a single image; use --batch-size 2 or more"
+                        + (" (or --sync-bn)" if d.distributed else ""))  # fmt: skip
     mixup, loss_fn = _build_loss(config, len(classes))
     rng_states = None
+    changes: list[str] = []
     if resume_path is not None:
-        rng_states = state.load(resume_path, expect=meta)["rng"]
+        ckpt = state.load(resume_path, expect=meta)
+        rng_states = ckpt["rng"]
+        changes = changed_settings(ckpt.get("config"), config.to_dict(), _NOT_RESULTS)
         state.scheduler.step_update(num_updates=state.step)
     log = RunLog(folder.path, d.is_main, tensorboard=config.tensorboard)
+    if changes:  # allowed (a longer schedule, a smaller batch for a smaller GPU), but never silently
+        log.print(f"resume: settings changed from the saved run: {', '.join(changes)}; "
+                  f"the result will differ from an unbroken run")  # fmt: skip
     folder.write_text("config.yaml", _yaml(config.to_dict()))
     where = describe_data(config)
     res = meta["resolved"]
@@ -379,7 +474,7 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
     elif not restore_rank_rng(rng_states, d, config.seed + 1000 * state.step):
         log.print(f"resume: saved with {len(rng_states)} processes, now {d.world_size}: RNG reseeded")
     return _Run(config, d, folder, log, state, _wrap(state.model, config, d), train_sampler, train_loader,
-                val_loader, mixup, loss_fn, amp_dtype, meta)  # fmt: skip
+                val_loader, mixup, loss_fn, amp_dtype, meta, min_images)  # fmt: skip
 
 
 def _yaml(values: dict[str, Any]) -> str:
@@ -452,7 +547,7 @@ def _train_epoch(r: _Run) -> bool:
     bar = progress_bar(r.train_loader, len(r.train_loader), f"epoch {state.epoch + 1}/{config.epochs}",
                        config.progress, r.d.rank)  # fmt: skip
     if train_one_epoch(r.train_model, r.train_loader, state, r.loss_fn, r.mixup, r.d.device, r.amp_dtype,
-                       config.clip_grad, on_step, bar, dist_info=r.d):  # fmt: skip
+                       config.clip_grad, on_step, bar, dist_info=r.d, min_images=r.min_images):  # fmt: skip
         return True
     bar.close()
     return False
@@ -462,7 +557,9 @@ def _end_epoch(r: _Run) -> None:
     """Evaluate the model and the EMA, log the epoch, keep the best weights, write ``last.pth``."""
     config, state, d, ema = r.config, r.state, r.d, r.state.ema
     stats = state.epoch_stats
-    loss_sum, images, n_skipped = d.all_reduce_sum([stats["loss_sum"], stats["images"], len(stats["skipped"])])
+    loss_sum, images, n_skipped, unused = d.all_reduce_sum([stats["loss_sum"], stats["images"],
+                                                             len(stats["skipped"]), stats.get("unused_images", 0)])
+    skipped_steps = stats.get("skipped_steps", 0)  # the ranks skip together: the same count everywhere
     train_time = max(d.all_gather(stats["time"]))
     if d.distributed:  # each rank's last forward moved its own BatchNorm statistics: take rank 0's everywhere
         from timm.utils import distribute_bn
@@ -479,7 +576,8 @@ def _end_epoch(r: _Run) -> None:
         "top5": metrics["top5"], "loss": metrics["loss"], "eval_images_per_s": metrics["images_per_s"],
         "val_images": metrics["images"], "train_images": int(images), "ema_top1": ema_metrics.get("top1"),
         "ema_top5": ema_metrics.get("top5"), "ema_loss": ema_metrics.get("loss"),
-        "skipped_images": int(n_skipped) + metrics["skipped"], "time_s": train_time,
+        "skipped_images": int(n_skipped) + metrics["skipped"], "skipped_steps": int(skipped_steps),
+        "unused_images": int(unused), "time_s": train_time,
     }  # fmt: skip
     skipped_note = describe_skipped(stats["skipped"])
     state.history.append(record)
@@ -497,6 +595,10 @@ def _end_epoch(r: _Run) -> None:
     if record["skipped_images"]:
         r.log.print(f"  epoch {state.epoch}: {record['skipped_images']} unreadable image(s) skipped in all "
                     f"processes; rank 0: {skipped_note or 'none'}")  # fmt: skip
+    if record["skipped_steps"]:
+        r.log.print(f"  epoch {state.epoch}: {record['skipped_steps']} step(s) skipped, their batch left with fewer "
+                    f"than {r.min_images} usable image(s) per process ({record['unused_images']} readable "
+                    f"image(s) not trained on)")  # fmt: skip
 
 
 def _epoch_line(record: dict[str, Any]) -> str:

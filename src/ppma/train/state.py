@@ -22,7 +22,7 @@ __all__ = ["RunState", "new_epoch_stats"]
 
 def new_epoch_stats() -> dict[str, Any]:
     """Zeroed running sums of an epoch."""
-    return {"loss_sum": 0.0, "images": 0, "time": 0.0, "skipped": []}
+    return {"loss_sum": 0.0, "images": 0, "time": 0.0, "skipped": [], "skipped_steps": 0, "unused_images": 0}
 
 
 @dataclass
@@ -66,5 +66,5 @@ class RunState:
         self.epoch, self.step, self.step_in_epoch = progress["epoch"], progress["step"], progress["step_in_epoch"]
         self.best_top1, self.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
         self.history = list(ckpt["history"])
-        self.epoch_stats = dict(ckpt["epoch_stats"])
+        self.epoch_stats = {**new_epoch_stats(), **ckpt["epoch_stats"]}  # files of earlier versions lack counters
         return ckpt
