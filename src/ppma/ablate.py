@@ -214,7 +214,8 @@ class AblationTable:
     def _footer(self, rows: list[dict[str, Any]]) -> list[str]:
         s, out = self.setup, []
         out.append(
-            f"{s.get('model')} on {s.get('data')}, {s.get('epochs')} epoch{'' if s.get('epochs') == 1 else 's'}, input {s.get('input_size')}px, batch "
+            f"{s.get('model')} on {s.get('data')}, {s.get('epochs')} epoch{'' if s.get('epochs') == 1 else 's'}, "
+            f"input {s.get('input_size')}px, batch "
             f"{s.get('batch_size')}, device {s.get('device')}, seeds {s.get('seeds')}; {s.get('attention')}."
         )
         if s.get("varies"):

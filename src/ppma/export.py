@@ -61,7 +61,9 @@ def _check_writable(path: Path, force: bool, is_dir: bool = False) -> None:
     """Fail before any work when ``path`` cannot be written (or exists and ``force`` is off)."""
     if path.exists():
         if path.is_dir() != is_dir:
-            raise ValueError(f"output: {path} is a {'file' if is_dir else 'folder'}; expected a {'folder' if is_dir else 'file'}")
+            raise ValueError(
+                f"output: {path} is a {'file' if is_dir else 'folder'}; expected a {'folder' if is_dir else 'file'}"
+            )
         if (not is_dir or any(path.iterdir())) and not force:
             raise ValueError(f"output: {path} exists; pass --force (force=True) to replace it")
     try:
@@ -98,7 +100,8 @@ def export_timm(
     model, info = load_classifier(checkpoint, model_name, weights)
     t = info["transform"]
     # The registry's config may describe the published weights (hub file, top-1): describe these instead.
-    keep = ("architecture", "num_classes", "first_conv", "classifier", "pool_size", "license", "paper_ids", "paper_name")
+    keep = ("architecture", "num_classes", "first_conv", "classifier", "pool_size", "license", "paper_ids",
+            "paper_name")  # fmt: skip
     model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k in keep}
     model.pretrained_cfg["architecture"] = info["model_name"]
     model.pretrained_cfg.setdefault("input_size", (3, t["input_size"], t["input_size"]))

@@ -85,12 +85,16 @@ def resolve_precision(precision: str = "auto", device: str | torch.device = "cpu
     if precision == "auto":
         return "bf16" if _cpu_bf16_units() else "fp32"
     if precision == "bf16" and not _cpu_bf16_units():
-        raise ValueError("precision: bf16 needs a CPU with bf16 units (amx_bf16 or avx512_bf16 in lscpu); this one has none")
+        raise ValueError(
+            "precision: bf16 needs a CPU with bf16 units (amx_bf16 or avx512_bf16 in lscpu); this one has none"
+        )
     if precision == "int8":
         if not has_int8_library():
             raise ValueError("precision: int8 needs torchao (pip install 'ppma[int8]')")
         if not _cpu_int8_units():
-            raise ValueError("precision: int8 needs a CPU with int8 units (amx_int8 or avx512_vnni in lscpu); this one has none")
+            raise ValueError(
+                "precision: int8 needs a CPU with int8 units (amx_int8 or avx512_vnni in lscpu); this one has none"
+            )
         if not _cpu_bf16_units():
             raise ValueError("precision: int8 runs on the bf16 model and needs bf16 units (amx_bf16 or avx512_bf16)")
     return precision
@@ -128,7 +132,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
-            for a, b in zip(names, names[1:]):
+            for a, b in zip(names, names[1:], strict=False):
                 conv, bn = module._modules[a], module._modules[b]
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                     new = _folded(conv, bn)

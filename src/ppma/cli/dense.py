@@ -89,11 +89,11 @@ def _detect_train(args: argparse.Namespace) -> None:
 
 
 def _detect_eval(args: argparse.Namespace) -> None:
-    import torch
 
-    from ..runtime import DistInfo
+    from ..runtime import DistInfo, pick_device
     from ..dense.detection import DetectConfig, coco_split, evaluate_detection, model_from_checkpoint, resolve_data
 
+    pick_device(args.device)  # an unknown or absent device fails in one line before the model loads
     model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)
     config = config_from_dict(DetectConfig, cfg)
     if args.data:
@@ -102,7 +102,7 @@ def _detect_eval(args: argparse.Namespace) -> None:
     dataset = coco_split(root, args.split or val_split, train=False)
     if dataset.category_ids != meta["category_ids"]:
         raise ValueError(f"data: categories {dataset.category_ids} differ from the model's {meta['category_ids']}")
-    scores = evaluate_detection(model, dataset, DistInfo(device=torch.device(args.device)))
+    scores = evaluate_detection(model, dataset, DistInfo(device=pick_device(args.device)))
     print(
         f"{len(dataset)} images: box mAP {100 * scores['bbox_mAP']:.1f} (AP50 {100 * scores['bbox_mAP_50']:.1f}), "
         f"mask mAP {100 * scores['segm_mAP']:.1f} (AP50 {100 * scores['segm_mAP_50']:.1f})"
@@ -130,9 +130,8 @@ def _segment_train(args: argparse.Namespace) -> None:
 
 
 def _segment_eval(args: argparse.Namespace) -> None:
-    import torch
 
-    from ..runtime import DistInfo
+    from ..runtime import DistInfo, pick_device
     from ..dense.segmentation import (
         SegmentConfig,
         evaluate_segmentation,
@@ -141,6 +140,7 @@ def _segment_eval(args: argparse.Namespace) -> None:
         resolve_data,
     )
 
+    pick_device(args.device)  # an unknown or absent device fails in one line before the model loads
     model, cfg, meta = model_from_checkpoint(args.checkpoint, args.device, weights=not args.untrained)
     config = config_from_dict(SegmentConfig, cfg)
     changes = {k: v for k, v in (("data", args.data), ("layout", args.layout), ("val_split", args.split)) if v}
@@ -148,7 +148,7 @@ def _segment_eval(args: argparse.Namespace) -> None:
     root, names = resolve_data(dataclasses.replace(config, num_classes=len(meta["class_names"])))
     dataset = make_dataset(root, config, len(names), train=False)
     scores = evaluate_segmentation(
-        model, dataset, multiscale=args.aug, flip=args.aug, info=DistInfo(device=torch.device(args.device))
+        model, dataset, multiscale=args.aug, flip=args.aug, info=DistInfo(device=pick_device(args.device))
     )
     print(
         f"{len(dataset)} images, {'multi-scale + flip' if args.aug else 'single scale'}: "

@@ -71,7 +71,9 @@ def is_published(state_dict: dict[str, torch.Tensor]) -> bool:
 def checkpoint_filter_fn(
     state_dict: dict[str, torch.Tensor], model: object = None
 ) -> dict[str, torch.Tensor]:
-    """Map a published state dict to our key names; ours passes through unchanged (``model``: timm's filter signature)."""
+    """Map a published state dict to our key names; ours passes through unchanged.
+
+    ``model`` is unused: the argument completes timm's filter signature."""
     if not is_published(state_dict):
         return dict(state_dict)
     out = {}

@@ -49,7 +49,8 @@ def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both")
     """
     with upcast(q, k, v) as (q, k, v):
         row_mask = unchecked_line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W): row i, [j, l]
-        col_mask = unchecked_line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)  # (B, heads, W, H, H): column j, [i, k]
+        # (B, heads, W, H, H): column j, [i, k]
+        col_mask = unchecked_line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)
         attn_w = torch.softmax(torch.einsum("bhijd,bhild->bhijl", q, k) * scale + row_mask, dim=-1)
         attn_h = torch.softmax(torch.einsum("bhijd,bhkjd->bhjik", q, k) * scale + col_mask, dim=-1)
 

@@ -21,9 +21,10 @@ if there is one, else a fresh start (for jobs that a cluster restarts with the s
 
 ``RunFolder`` is what every run does to its folder, once for all three commands: it creates it, holds
 an exclusive lock on it while the run lives (``.lock``, removed at the end; a second run on the same
-folder is refused; a lock file left by a crashed run is reported and taken over), removes the temporary files of checkpoint writes that
-a kill interrupted, writes checkpoints atomically, and turns SIGTERM / SIGINT into a stop at the
-next step boundary (``stop_requested``), where the loop saves ``last.pth`` and raises ``RunStopped``.
+folder is refused; a lock file left by a crashed run is reported and taken over), removes the
+temporary files of checkpoint writes that a kill interrupted, writes checkpoints atomically, and
+turns SIGTERM / SIGINT into a stop at the next step boundary (``stop_requested``), where the loop
+saves ``last.pth`` and raises ``RunStopped``.
 """
 
 from __future__ import annotations
