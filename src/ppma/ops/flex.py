@@ -2,8 +2,8 @@
 
 The score_mod adds ``M[(i,j),(k,l)] = -|cum_alpha[i,j] - cum_alpha[i,l]| - |cum_beta[i,l] - cum_beta[k,l]|``
 (and the mirrored v2h term in a second call; ``paths="h2v"``/``"v2h"`` make only that call). Each
-captured table is indexed once per score_mod: FlexAttention's backward refuses a tensor that needs grad and is gathered twice, so every term
-gets its own copy. Gradients flow into the log-decays through the tables.
+captured table is indexed once per score_mod: FlexAttention's backward refuses a tensor that needs
+grad and is gathered twice, so every term gets its own copy. Gradients flow into the log-decays through the tables.
 
 Limits: full attention only (every ``paths``); on CPU, torch runs the forward but refuses the backward.
 """
