@@ -6,6 +6,9 @@ what is wrong at the call they made, not a traceback from deep inside a kernel.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 
@@ -50,3 +53,18 @@ def check_same_dtype(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
     """One dtype for tensors multiplied together (backends differ in whether and how they would promote)."""
     if a.dtype != b.dtype:
         raise ValueError(f"{name_b}: dtype {b.dtype} does not match {name_a} dtype {a.dtype}; cast one of them")
+
+
+def check_output_path(path: str | os.PathLike, what: str) -> Path:
+    """An output path that can be written, checked before any work: its parent folder is created and
+    writable, the path itself (if it exists) writable. A one-line ``ValueError`` starting with ``what``."""
+    path = Path(path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what}: cannot write {path} (permission denied)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what}: cannot create the folder {path.parent} ({e.strerror or type(e).__name__})") from e
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}: cannot write in {path.parent} (permission denied)")
+    return path

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ._checks import check_output_path
+
 __all__ = ["EXPORT_BACKEND", "load_classifier", "export_timm", "export_onnx", "export_program", "run_onnx"]
 
 EXPORT_BACKEND = "reference"
@@ -66,12 +68,7 @@ def _check_writable(path: Path, force: bool, is_dir: bool = False) -> None:
             )
         if (not is_dir or any(path.iterdir())) and not force:
             raise ValueError(f"output: {path} exists; pass --force (force=True) to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"output: cannot create the folder {path.parent} ({e.strerror or type(e).__name__})") from e
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output: cannot write in {path.parent} (permission denied)")
+    check_output_path(path, "output")
 
 
 def _safetensors_metadata(info: dict[str, Any]) -> dict[str, str]:

@@ -112,14 +112,8 @@ def check_output_file(path: str | os.PathLike, what: str) -> None:
     a folder there, or a parent that cannot be created or written. Creates the missing parent folders."""
     from pathlib import Path
 
-    path = Path(path)
-    if path.is_dir():
+    from .._checks import check_output_path
+
+    if Path(path).is_dir():
         raise ValueError(f"{what}: {path} is a folder; expected a file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{what}: cannot write {path} (permission denied)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"{what}: cannot create the folder {path.parent} ({e.strerror or type(e).__name__})") from e
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{what}: cannot write in {path.parent} (permission denied)")
+    check_output_path(path, what)

@@ -43,7 +43,7 @@ from ..runtime import (
 from ..runtime.config import option, resume_option
 from .backbone import create_backbone
 from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import DenseRun, load_weights, open_run_folder, read_run_info, seed_run, start_run
+from .engine import DenseRun, load_weights, locked_set_up, read_run_info, start_run
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -277,13 +277,7 @@ def train_detection(config: DetectConfig) -> dict[str, float]:
 
 def _set_up(config: DetectConfig, info: DistInfo) -> tuple[DenseRun, CocoDetection]:
     """Data, model and the shared set-up (``ppma.dense.engine.start_run``); prints the start line."""
-    opened = open_run_folder(config, info)  # locked before the built-in data is written into it
-    try:
-        seed_run(config, info)
-        return _set_up_in(config, info, opened)
-    except BaseException:
-        opened[0].close()
-        raise
+    return locked_set_up(config, info, _set_up_in)
 
 
 def _set_up_in(config: DetectConfig, info: DistInfo, opened: tuple[Any, Any]) -> tuple[DenseRun, CocoDetection]:

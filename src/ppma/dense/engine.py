@@ -159,6 +159,19 @@ def seed_run(config: Any, info: DistInfo) -> None:
     seed_everything(config.seed + info.rank)
 
 
+def locked_set_up(config: Any, info: DistInfo, set_up_in: Callable[[Any, DistInfo, tuple[Any, Any]], Any]) -> Any:
+    """Lock the run folder, seed the run, then ``set_up_in(config, info, opened)``: the set-up of detection and
+    segmentation. The folder is locked before the built-in data is written into it, and released if the
+    set-up fails."""
+    opened = open_run_folder(config, info)
+    try:
+        seed_run(config, info)
+        return set_up_in(config, info, opened)
+    except BaseException:
+        opened[0].close()
+        raise
+
+
 def read_run_info(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """The (config, meta) dicts of a dense training checkpoint; meta: ``task``, ``class_names`` and the
     task's extras (``category_ids``).

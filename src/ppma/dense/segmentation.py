@@ -59,7 +59,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import DenseRun, load_weights, open_run_folder, read_run_info, seed_run, start_run
+from .engine import DenseRun, load_weights, locked_set_up, read_run_info, start_run
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -344,13 +344,7 @@ def train_segmentation(config: SegmentConfig) -> dict[str, Any]:
 
 def _set_up(config: SegmentConfig, info: DistInfo) -> tuple[DenseRun, SegmentationSet]:
     """Data, model and the shared set-up (``ppma.dense.engine.start_run``); prints the start line."""
-    opened = open_run_folder(config, info)  # locked before the built-in data is written into it
-    try:
-        seed_run(config, info)
-        return _set_up_in(config, info, opened)
-    except BaseException:
-        opened[0].close()
-        raise
+    return locked_set_up(config, info, _set_up_in)
 
 
 def _set_up_in(config: SegmentConfig, info: DistInfo, opened: tuple[Any, Any]) -> tuple[DenseRun, SegmentationSet]:
