@@ -8,6 +8,7 @@ line on stderr starting ``ppma COMMAND: error:``, the expected words in it, and 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import signal
@@ -98,8 +99,9 @@ def _save_on_a_full_disk(tmp: Path) -> None:
     try:
         folder.save({"w": torch.randn(3)})
 
-        def full(obj: Any, f: Any) -> None:
-            f.write(b"\0" * 100)
+        def full(obj: Any, f: Any) -> None:  # half a file, then no space left (f: a path or a file object)
+            with open(f, "ab") if isinstance(f, str | Path) else contextlib.nullcontext(f) as out:
+                out.write(b"\0" * 100)
             raise OSError(errno.ENOSPC, "No space left on device")
 
         with mock.patch.object(torch, "save", full):

@@ -207,7 +207,10 @@ def export_onnx(
     size = (size, size) if isinstance(size, int) else tuple(size)
     _check_size(size, dynamic_size)
     model.set_backend(EXPORT_BACKEND)
-    example = torch.randn(2 if dynamic_batch else 1, model.in_chans, *size)
+    batch = 2 if dynamic_batch else 1  # torch.export specialises a dynamic dimension traced at 1
+    # The same for sizes: a side of one 32-pixel block would be fixed at 32; trace dynamic sides at two or more.
+    traced = tuple(max(s, 2 * _STRIDE) for s in size) if dynamic_size else size
+    example = torch.randn(batch, model.in_chans, *traced)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         program = torch.onnx.export(model, (example,), dynamo=True, input_names=["x"], output_names=["logits"],
@@ -219,8 +222,8 @@ def export_onnx(
         program.model.metadata_props.update(meta)
         program.save(str(tmp))
         result = dict(path=out, size=size, classes=info["classes"], transform=info["transform"])
-        if check:
-            x = torch.randn_like(example)
+        if check:  # at the export size itself
+            x = torch.randn(batch, model.in_chans, *size)
             with torch.inference_mode():
                 want = model(x).numpy()
             got = run_onnx(tmp, x.numpy())
