@@ -80,6 +80,21 @@ def test_forward_and_every_gradient_match_reference_float64(kernels, B, heads, H
 
 
 @interpreted
+@pytest.mark.parametrize("paths", ["h2v", "v2h"])
+def test_single_path_forward_and_every_gradient_match_reference_float64(kernels, paths):
+    """One softmax only (the h2v / v2h / rmt masks): the other branch drops out of output and gradients."""
+    B, heads, H, W, d, dv = 2, 2, 5, 6, 8, 8
+    inputs = _case(B, heads, H, W, d, dv)
+    grad_out = torch.randn(B, heads, H, W, dv, dtype=torch.float64)
+    got = _fwd_bwd(lambda *a: kernels.full(*a, d**-0.5, paths, tile_tokens=16), inputs, grad_out)
+    want = _fwd_bwd(lambda *a: reference.full(*a, d**-0.5, paths), inputs, grad_out)
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=lambda m: f"{paths} {name}: {m}")
+    both = kernels.full(*[t.detach() for t in inputs], d**-0.5, tile_tokens=16)
+    assert (both - got[0]).abs().max() > 1e-3  # a single path is not the average
+
+
+@interpreted
 def test_non_contiguous_inputs_and_dispatch(kernels):
     """q, k, v as the model passes them (head-split permutes) through polyline_attention(backend='triton')."""
     B, H, W, heads, d = 1, 4, 6, 2, 8

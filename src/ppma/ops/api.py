@@ -90,8 +90,8 @@ def polyline_attention(
         backend: see the module docstring.
         check_values: check that the log-decays are finite and <= 0 (one device sync).
         paths: ``"both"`` (the published average), ``"h2v"`` (``softmax(S + M)`` only) or ``"v2h"``
-            (``softmax(S + M^T)`` only); a single path runs on ``cpu``, ``flex``, ``dense`` or ``reference``
-            (``triton``'s fused kernel runs both; ``auto`` on CUDA then takes ``flex``, which stores no mask).
+            (``softmax(S + M^T)`` only); every backend runs a single path (``triton`` and ``flex`` without
+            storing a mask).
 
     Returns:
         (B, heads, H, W, dv) in the dtype of q.

@@ -127,8 +127,6 @@ def _why_not_triton(op: Op, paths: str, q: torch.Tensor, needs_grad: bool) -> st
         return f"grid {grid} has a line longer than the triton kernel's limit of {TRITON_MAX_LINE}"
     if op in ("full", "unmasked") and q.shape[3] > TRITON_MAX_WIDTH:
         return f"grid width {q.shape[3]} exceeds the triton kernel's limit of {TRITON_MAX_WIDTH}"
-    if op == "full" and paths != "both":
-        return f"the fused full-attention kernel runs both paths; 'flex' (CUDA) or 'cpu' run paths={paths!r} unstored"
     return None
 
 

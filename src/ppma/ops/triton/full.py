@@ -381,7 +381,11 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.stride())
 
 
-def _forward(q, k, v, cum_a, cum_b, scale: float, tile_tokens: int):
+# paths as the custom ops take them (their schema has no strings to spare): 0 both, 1 h2v, 2 v2h.
+PATH_CODES = {"both": 0, "h2v": 1, "v2h": 2}
+
+
+def _forward(q, k, v, cum_a, cum_b, scale: float, tile_tokens: int, path: int = 0):
     B, heads, H, W, d = q.shape
     acc = decay_dtype(q)
     out = torch.empty(*q.shape[:4], v.shape[-1], device=q.device, dtype=acc)
@@ -395,18 +399,35 @@ def _forward(q, k, v, cum_a, cum_b, scale: float, tile_tokens: int):
         *_strides(q), *_strides(k), *_strides(v),
         heads, H, W, d, v.shape[-1], scale, **cfg,
     )  # fmt: skip
+    # One path: the kernel still runs both softmaxes (O(N d) memory either way); its output is then the
+    # branch itself: o1 (h2v), or o2 = 2 out - o1 (v2h).
+    if path == 1:
+        out.copy_(o1)
+    elif path == 2:
+        out.mul_(2).sub_(o1)
     return out, o1, lse1, lse2
 
 
-def _backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale: float, tile_tokens: int):
+def _backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale: float, tile_tokens: int, path: int = 0):
     B, heads, H, W, d = q.shape
     dv_ = v.shape[-1]
     acc = out.dtype
     dout = dout.contiguous()
-    # Per-branch Delta = rowsum(dO_branch * O_branch) with dO_branch = dO / 2; O2 = 2 out - O1.
-    half = 0.5 * dout.to(acc)
-    delta1 = (half * o1).sum(-1)
-    delta2 = (half * (2 * out - o1)).sum(-1)
+    if path == 0:
+        # Per-branch Delta = rowsum(dO_branch * O_branch) with dO_branch = dO / 2; O2 = 2 out - O1.
+        half = 0.5 * dout.to(acc)
+        delta1 = (half * o1).sum(-1)
+        delta2 = (half * (2 * out - o1)).sum(-1)
+    else:
+        # One path carries all of dO (the kernels halve what they load, so pass 2 dO); the other path's
+        # log-sum-exp set to +inf makes its probabilities exp(s - inf) = 0: it adds nothing to any gradient.
+        full_do = dout.to(acc)
+        delta = (full_do * out).sum(-1)  # out is the kept branch's output
+        zero = torch.zeros_like(delta)
+        delta1, delta2 = (delta, zero) if path == 1 else (zero, delta)
+        inf = torch.full_like(lse1, float("inf"))
+        lse1, lse2 = (lse1, inf) if path == 1 else (inf, lse2)
+        dout = 2 * dout
     dq = torch.empty(q.shape, device=q.device, dtype=acc)
     dk = torch.empty(k.shape, device=q.device, dtype=acc)
     dv = torch.empty(v.shape, device=q.device, dtype=acc)
@@ -428,14 +449,15 @@ def _backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale: float, ti
 @torch.library.custom_op("ppma::polyline_full_fwd", mutates_args=())
 def _full_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cum_a: torch.Tensor, cum_b: torch.Tensor, scale: float,
-    tile_tokens: int,
+    tile_tokens: int, path: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(out, o1, lse1, lse2): the averaged output, the h2v branch's output, and each branch's log-sum-exp."""
-    return _forward(q, k, v, cum_a, cum_b, scale, tile_tokens)
+    """(out, o1, lse1, lse2): the output (the average, or the one ``path``), the h2v branch's output, and each
+    branch's log-sum-exp."""
+    return _forward(q, k, v, cum_a, cum_b, scale, tile_tokens, path)
 
 
 @_full_fwd.register_fake
-def _(q, k, v, cum_a, cum_b, scale, tile_tokens):
+def _(q, k, v, cum_a, cum_b, scale, tile_tokens, path=0):
     acc = decay_dtype(q)
     out = q.new_empty((*q.shape[:4], v.shape[-1]), dtype=acc)
     lse = q.new_empty(q.shape[:4], dtype=acc)
@@ -446,40 +468,45 @@ def _(q, k, v, cum_a, cum_b, scale, tile_tokens):
 def _full_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cum_a: torch.Tensor, cum_b: torch.Tensor, out: torch.Tensor,
     o1: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor, dout: torch.Tensor, scale: float, tile_tokens: int,
+    path: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(dq, dk, dv, d cum_a, d cum_b) in the accumulator dtype."""
-    return _backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale, tile_tokens)
+    return _backward(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale, tile_tokens, path)
 
 
 @_full_bwd.register_fake
-def _(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale, tile_tokens):
+def _(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, scale, tile_tokens, path=0):
     grads = (q.new_empty(t.shape, dtype=out.dtype) for t in (q, k, v))
     return (*grads, torch.empty_like(cum_a), torch.empty_like(cum_b))
 
 
 def _full_setup_context(ctx, inputs, output):
-    q, k, v, cum_a, cum_b, scale, tile_tokens = inputs
+    q, k, v, cum_a, cum_b, scale, tile_tokens, path = inputs
     ctx.save_for_backward(q, k, v, cum_a, cum_b, *output)
-    ctx.scale, ctx.tile_tokens = scale, tile_tokens
+    ctx.scale, ctx.tile_tokens, ctx.path = scale, tile_tokens, path
 
 
 def _full_backward(ctx, dout, *_unused_grads):  # o1, lse1, lse2 are saved for the backward, not used outside
     q, k, v, cum_a, cum_b, out, o1, lse1, lse2 = ctx.saved_tensors
-    dq, dk, dv, dca, dcb = _full_bwd(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, ctx.scale, ctx.tile_tokens)
+    dq, dk, dv, dca, dcb = _full_bwd(q, k, v, cum_a, cum_b, out, o1, lse1, lse2, dout, ctx.scale, ctx.tile_tokens,
+                                     ctx.path)  # fmt: skip
     # autograd's cumsum backward turns d cum_a, d cum_b into the log-decay gradients
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dca, dcb, None, None
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dca, dcb, None, None, None
 
 
 _full_fwd.register_autograd(_full_backward, setup_context=_full_setup_context)
 
 
-def full(q, k, v, log_alpha, log_beta, scale: float, *, tile_tokens: int = TILE_TOKENS) -> torch.Tensor:
+def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both", *,
+         tile_tokens: int = TILE_TOKENS) -> torch.Tensor:  # fmt: skip
     """Fused full polyline-masked attention (see the module docstring); the backend entry point.
 
     Args:
         q, k: (B, heads, H, W, d); v: (B, heads, H, W, dv); any strides.
         log_alpha, log_beta: (B, heads, H, W) log-decays (float32 under autocast).
         scale: factor on q k^T.
+        paths: ``"both"`` (the average), ``"h2v"`` or ``"v2h"`` (one softmax; the kernel still forms both,
+            and the other branch drops out of the backward).
         tile_tokens: tokens per tile target (rows per tile = max(1, tile_tokens // next_pow2(W)));
             tests lower it to exercise several tiles on small grids.
 
@@ -498,4 +525,4 @@ def full(q, k, v, log_alpha, log_beta, scale: float, *, tile_tokens: int = TILE_
         k, v = k.to(q.dtype), v.to(q.dtype)
     table_dtype = decay_dtype(q)
     cum_a, cum_b = (t.contiguous() for t in prefix_sums(log_alpha, log_beta, table_dtype))
-    return _full_fwd(q, k, v, cum_a, cum_b, scale, tile_tokens)[0]
+    return _full_fwd(q, k, v, cum_a, cum_b, scale, tile_tokens, PATH_CODES[paths])[0]
