@@ -173,14 +173,14 @@ def test_viz_uses_the_model_our_checkpoint_names_and_writes_the_path_it_prints(t
     assert not (tmp_path / "out").exists()
 
     # a published file (no card): a note says what was assumed; without --model it does not fit ppma_tiny
-    from conftest import PUBLISHED_NANO
+    from conftest import PUBLISHED_MICRO  # in the repository: this runs on every clone
 
-    argv = ["viz", "decay", str(tmp_path / "img.png"), "--checkpoint", str(PUBLISHED_NANO), "--size", "64",
+    argv = ["viz", "decay", str(tmp_path / "img.png"), "--checkpoint", str(PUBLISHED_MICRO), "--size", "64",
             "-o", str(tmp_path / "d.png")]  # fmt: skip
-    assert main([*argv, "--model", "ppma_nano"]) == 0
+    assert main([*argv, "--model", "ppma_micro_fixture"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path / "d.png")
-    note = f"ppma viz: note: {PUBLISHED_NANO.name} stores no normalisation: assumed ImageNet's mean and std"
+    note = f"ppma viz: note: {PUBLISHED_MICRO.name} stores no normalisation: assumed ImageNet's mean and std"
     assert err.strip() == note
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
