@@ -23,15 +23,17 @@ def dense_linear_attention(q, k, v, log_alpha, log_beta, paths: str, eps: float 
     return (sum(outs) / len(outs)).reshape(B, heads, H, W, -1)
 
 
+def _inputs(H: int, W: int, B: int = 2, heads: int = 2, d: int = 4, dv: int = 3) -> tuple[torch.Tensor, ...]:
+    """Fresh float64 q, k (d), v (dv) and log-decays on an H x W grid, all requiring grad."""
+    q, k = (torch.randn(B, heads, H, W, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(B, heads, H, W, dv, dtype=torch.float64, requires_grad=True)
+    return q, k, v, random_decays(B, heads, H, W).requires_grad_(), random_decays(B, heads, H, W).requires_grad_()
+
+
 @pytest.mark.parametrize("paths", ["both", "h2v", "v2h"])
 @pytest.mark.parametrize("H,W", [(1, 1), (1, 7), (6, 1), (4, 4), (5, 9)])
 def test_linear_attention_equals_the_dense_formula_forward_and_gradients(H, W, paths):
-    B, heads, d, dv = 2, 2, 4, 3
-    q, k = (torch.randn(B, heads, H, W, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    v = torch.randn(B, heads, H, W, dv, dtype=torch.float64, requires_grad=True)
-    log_alpha = random_decays(B, heads, H, W).requires_grad_()
-    log_beta = random_decays(B, heads, H, W).requires_grad_()
-    inputs = (q, k, v, log_alpha, log_beta)
+    inputs = _inputs(H, W)
     got = polyline_linear_attention(*inputs, paths=paths)
     want = dense_linear_attention(*inputs, paths=paths)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -78,13 +80,10 @@ def test_masked_linear_attention_is_the_rebuttals_form_forward_and_gradients(H, 
     """((Q K^T) * L) V exactly: no feature map, no normaliser, against the N x N float64 formula."""
     from ppma.linear import masked_linear_attention
 
-    B, heads, d, dv = 2, 2, 4, 3
-    q, k = (torch.randn(B, heads, H, W, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    v = torch.randn(B, heads, H, W, dv, dtype=torch.float64, requires_grad=True)
-    log_alpha = random_decays(B, heads, H, W).requires_grad_()
-    log_beta = random_decays(B, heads, H, W).requires_grad_()
-    inputs = (q, k, v, log_alpha, log_beta)
-    N = H * W
+    inputs = _inputs(H, W)
+    q, k, v, log_alpha, log_beta = inputs
+    B, heads, _, _, d = q.shape
+    dv, N = v.shape[-1], H * W
     L = naive_polyline_log_mask(log_alpha, log_beta).exp()
     scores = q.reshape(B, heads, N, d) @ k.reshape(B, heads, N, d).mT
     masks = {"both": [L, L.mT], "h2v": [L], "v2h": [L.mT]}[paths]

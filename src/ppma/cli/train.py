@@ -9,7 +9,6 @@ from .options import add_dataclass_flags, given_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .export import add_pretrained_flag
     from ..train.config import TrainConfig
 
     p = sub.add_parser(
@@ -26,38 +25,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="top-1 / top-5 / loss / images/s of a checkpoint (ours or a published .pth)")
-    p.add_argument("--checkpoint", help="a .pth or .safetensors file (or --model NAME --pretrained)")
+    _add_classifier_flags(p)
     p.add_argument("--data-path", help="class folders, or an ImageNet root with val/ (default: the digits val split)")
-    p.add_argument("--model", help="timm model name (default: the one stored in the checkpoint)")
-    add_pretrained_flag(p)
-    p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
-                   help="auto: the EMA weights where the file has them")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"))
-    _add_precision_flag(p)
-    p.add_argument("--input-size", type=int, help="evaluation size (default: the checkpoint's or the model's)")
-    p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("predict", help="top-k classes of image files with a checkpoint (ours or a published .pth)")
     p.add_argument("images", nargs="+", help="image files")
+    _add_classifier_flags(p)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the predictions to this JSON file (checked before predicting)")
+    p.set_defaults(func=_predict)
+
+
+def _add_classifier_flags(p: argparse.ArgumentParser) -> None:
+    """What eval and predict share: the checkpoint (or published name), weights, transform and precision."""
+    from .export import add_pretrained_flag
+
     p.add_argument("--checkpoint", help="a .pth or .safetensors file (or --model NAME --pretrained)")
     p.add_argument("--model", help="timm model name (default: the one stored in the checkpoint)")
     add_pretrained_flag(p)
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
                    help="auto: the EMA weights where the file has them")  # fmt: skip
-    p.add_argument("--topk", type=int, default=5)
-    _add_precision_flag(p)
-    p.add_argument("--device", default="auto")
     p.add_argument("--input-size", type=int, help="evaluation size (default: the checkpoint's or the model's)")
     p.add_argument("--crop-pct", type=float, help="resize to input-size / crop-pct, then centre crop (224/256)")
-    p.add_argument("--json", help="also write the predictions to this JSON file (checked before predicting)")
-    p.set_defaults(func=_predict)
-
-
-def _add_precision_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8", "auto"),
                    help="inference precision (ppma.for_inference): auto = the fastest this CPU runs (bf16 where "
                         "it has bf16 units); a precision the machine cannot run is refused")  # fmt: skip
