@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment, write_json  # noqa: E402
 
 import ppma  # noqa: E402, F401  (registers the models)
-from ppma.inference import for_inference  # noqa: E402
+from ppma.cpu_units import cpu_flags  # noqa: E402
+from ppma.inference import for_inference, int8_route  # noqa: E402
 
 
 def build(args) -> dict:
@@ -36,7 +37,13 @@ def build(args) -> dict:
         rows["published-style"] = ref
     for precision in ("fp32", "bf16", "int8"):
         if precision in args.rows:
-            rows[precision] = for_inference(base, precision, compile=args.compile)
+            try:
+                rows[precision] = for_inference(base, precision, compile=args.compile)
+            except ValueError as e:  # a precision this CPU cannot run: say so, time the rest
+                print(f"{precision}: not timed, {e}", flush=True)
+                continue
+            if precision == "int8":
+                print(f"int8 runs as: {int8_route()}", flush=True)
     return rows
 
 
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    units = sorted(f for f in cpu_flags() or () if f.startswith(("amx", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2")))
+    print(f"CPU: {environment(torch.device('cpu'))['device']}; matrix/vector units: {', '.join(units) or 'unknown'}")
     torch.manual_seed(0)
     rows = build(args)
     x = torch.randn(args.batch, 3, args.size, args.size)

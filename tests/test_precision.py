@@ -15,17 +15,41 @@ import torch
 import torch.nn as nn
 
 import ppma
-from ppma import inference
+from ppma import cpu_units, inference
 from ppma.inference import fold_batchnorm, for_inference, resolve_precision
 
 from conftest import PUBLISHED_MICRO  # tests/fixtures/published_micro.pth: in the repository, never absent
 
-HAS_BF16 = inference._cpu_bf16_units() is not None
-needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (amx_bf16 / avx512_bf16)")
-needs_int8 = pytest.mark.skipif(
-    not (HAS_BF16 and inference._cpu_int8_units() and inference.has_int8_library()),
-    reason="int8 needs torchao and a CPU with int8 and bf16 units",
+# The numbers of every route are tested on any CPU: the tests pretend the CPU has the units a route is
+# chosen for (PyTorch runs bf16 in software where the CPU has no bf16 units: slower, same results).
+# Only the x86 int8 kernels need the real thing (AVX2).
+REAL_FLAGS = cpu_units.cpu_flags()
+AMX = frozenset({"avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
+AVX2 = frozenset({"avx2", "fma"})
+ROUTES = {  # name: (precision, CPU flags that choose it)
+    "bf16": ("bf16", AMX),
+    "int8-torchao": ("int8", AMX),
+    "int8-x86": ("int8", AVX2),
+}
+needs_torchao = pytest.mark.skipif(not inference.has_int8_library(), reason="torchao is not installed")
+needs_avx2 = pytest.mark.skipif(
+    REAL_FLAGS is not None and "avx2" not in REAL_FLAGS, reason="PyTorch's x86 int8 kernels need an AVX2 CPU"
 )
+ROUTE_MARKS = {"bf16": (), "int8-torchao": (needs_torchao,), "int8-x86": (needs_avx2,)}
+
+
+def route_params(*names: str) -> list:
+    return [pytest.param(name, marks=ROUTE_MARKS[name], id=name) for name in names]
+
+
+def pretend_cpu(monkeypatch, flags: frozenset[str]) -> None:
+    monkeypatch.setattr(cpu_units, "cpu_flags", lambda: flags)
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """A CPU with bf16 units, as far as ppma can tell."""
+    pretend_cpu(monkeypatch, AMX)
 
 # Stated tolerances (README, "Precision"): max |logit - float32 logit| / max |float32 logit|.
 BF16_RTOL = 0.03
@@ -67,7 +91,7 @@ def test_unknown_precision_is_refused():
 
 
 def test_bf16_refused_without_bf16_units(monkeypatch):
-    monkeypatch.setattr(inference, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(cpu_units, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     with pytest.raises(ValueError, match="bf16 needs a CPU with bf16 units .*amx_bf16") as err:
         resolve_precision("bf16")
     assert "\n" not in str(err.value)
@@ -77,6 +101,7 @@ def test_bf16_refused_without_bf16_units(monkeypatch):
 
 
 def test_int8_refused_without_torchao(monkeypatch):
+    pretend_cpu(monkeypatch, AMX)  # bf16 units: int8 runs on the bf16 model with torchao
     monkeypatch.setattr(inference, "has_int8_library", lambda: False)
     with pytest.raises(ValueError, match=r"^precision: int8 needs torchao \(pip install 'ppma\[int8\]'\)$"):
         resolve_precision("int8")
@@ -84,13 +109,23 @@ def test_int8_refused_without_torchao(monkeypatch):
 
 def test_int8_refused_without_int8_units(monkeypatch):
     monkeypatch.setattr(inference, "has_int8_library", lambda: True)
-    monkeypatch.setattr(inference, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(cpu_units, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     with pytest.raises(ValueError, match="int8 needs a CPU with int8 units"):
         resolve_precision("int8")
 
 
+def test_int8_refused_without_avx2_or_bf16_units(monkeypatch):
+    pretend_cpu(monkeypatch, frozenset({"sse4_2"}))
+    with pytest.raises(ValueError, match=r"^precision: int8 needs a CPU with avx2 .* this one has neither$"):
+        resolve_precision("int8")
+    pretend_cpu(monkeypatch, AVX2)
+    assert resolve_precision("int8") == "int8"  # no torchao needed there
+    monkeypatch.setattr(inference, "has_int8_library", lambda: False)
+    assert resolve_precision("int8") == "int8"
+
+
 def test_auto_picks_bf16_where_the_cpu_has_it(monkeypatch):
-    monkeypatch.setattr(inference, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_int8"}))
+    monkeypatch.setattr(cpu_units, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_int8"}))
     assert resolve_precision("auto") == "bf16"
     assert resolve_precision("fp32") == "fp32"
 
@@ -151,8 +186,7 @@ def test_fp32_for_inference_matches_the_model_and_leaves_it_unchanged():
 # ---- bf16 and int8 on the published weights --------------------------------------------------------
 
 
-@needs_bf16
-def test_bf16_keeps_decays_and_rotary_in_float32():
+def test_bf16_keeps_decays_and_rotary_in_float32(bf16_cpu):
     fast = for_inference(timm.create_model("ppma_nano", num_classes=3, mask="polyline"), "bf16", compile=False)
     net = fast.model
     assert net.head.fc.weight.dtype == torch.bfloat16
@@ -167,8 +201,7 @@ def test_bf16_keeps_decays_and_rotary_in_float32():
     torch.testing.assert_close(sin.float(), want_sin, rtol=0, atol=4e-3)
 
 
-@needs_bf16
-def test_rmt_decay_table_stays_float64_in_bf16():
+def test_rmt_decay_table_stays_float64_in_bf16(bf16_cpu):
     fast = for_inference(timm.create_model("ppma_nano", num_classes=3, mask="rmt"), "bf16", compile=False)
     tables = [m.log_gamma for m in fast.model.modules() if hasattr(m, "log_gamma")]
     assert tables and all(t.dtype == torch.float64 for t in tables)
@@ -192,25 +225,61 @@ def _check_close_and_same_top1(model, inputs, precision, rtol, compile=False):
     return agree / total
 
 
-@needs_bf16
-def test_bf16_logits_close_to_float32_on_published_weights(micro):
+@pytest.mark.parametrize("route", route_params("bf16", "int8-torchao", "int8-x86"))
+def test_logits_close_to_float32_on_published_weights(micro, route, monkeypatch):
+    precision, flags = ROUTES[route]
+    pretend_cpu(monkeypatch, flags)
     model, ckpt = micro
     inputs = [x.float() for x in ckpt["inputs"]] + [torch.randn(8, 3, 64, 64)]
     # Top-1 of the fixture's near-tied random-image logits may flip for a few images; most must agree.
-    assert _check_close_and_same_top1(model, inputs, "bf16", BF16_RTOL) >= 0.8
+    rtol = BF16_RTOL if precision == "bf16" else INT8_RTOL
+    assert _check_close_and_same_top1(model, inputs, precision, rtol) >= 0.8
 
 
-@needs_int8
-def test_int8_logits_close_to_float32_on_published_weights(micro):
-    model, ckpt = micro
-    inputs = [x.float() for x in ckpt["inputs"]] + [torch.randn(8, 3, 64, 64)]
-    assert _check_close_and_same_top1(model, inputs, "int8", INT8_RTOL) >= 0.8
+def test_int8_route_follows_the_cpu(monkeypatch):
+    """bf16 units: the bf16 model with torchao's int8 linears; AVX2 only: the float32 model with PyTorch's
+    x86 int8 kernels. Either way every big linear is replaced and the decay generator's is not."""
+    checked = 0
+    for route in ("int8-torchao", "int8-x86"):
+        if route == "int8-torchao" and not inference.has_int8_library():
+            continue
+        pretend_cpu(monkeypatch, ROUTES[route][1])
+        fast = for_inference(_narrow(), "int8")
+        assert fast.precision == "int8" and inference.int8_route() == route.removeprefix("int8-")
+        assert fast.dtype == (torch.bfloat16 if route == "int8-torchao" else torch.float32)
+        linears = [m for m in fast.model.modules() if isinstance(m, (nn.Linear, inference.Int8DynamicLinear))]
+        small = [m for m in linears if min(m.in_features, m.out_features) < 16]
+        big = [m for m in linears if min(m.in_features, m.out_features) >= 16]
+        assert small and all(isinstance(m, nn.Linear) and type(m.weight) is nn.Parameter for m in small)
+        if route == "int8-x86":
+            assert big and all(isinstance(m, inference.Int8DynamicLinear) for m in big)
+            assert all(m.weight.dtype == torch.float32 for m in small)
+        else:  # torchao swaps the weight tensor for its own quantised subclass, keeping nn.Linear
+            assert big and all(type(m.weight) is not nn.Parameter and type(m.weight.data) is not torch.Tensor
+                               for m in big)  # fmt: skip
+        checked += 1
+    assert checked
 
 
-@needs_bf16
+@needs_avx2
+def test_x86_int8_linear_matches_its_float_linear():
+    """Int8DynamicLinear against nn.Linear in float64: off by what 8-bit weights and 7-bit inputs allow."""
+    linear = nn.Linear(96, 40).double()
+    x = torch.randn(3, 5, 7, 96, dtype=torch.float64) * torch.rand(96, dtype=torch.float64)
+    want = linear(x)
+    got = inference.Int8DynamicLinear(linear.float())(x.float())
+    assert got.shape == want.shape and got.dtype == torch.float32
+    # Each product errs by at most half a step of each scale; summed over 96 inputs that bounds the output.
+    w_step = linear.weight.abs().amax(1) / 127
+    x_step = (x.amax() - x.amin().clamp(max=0)) / 127  # 7 bits over the range seen (zero included)
+    bound = 0.5 * (w_step * x.abs().sum(-1, keepdim=True) + x_step * linear.weight.abs().sum(1))
+    assert ((got.double() - want).abs() <= bound + 1e-4).all()
+    assert (got.double() - want).abs().max() > 0  # it is quantised: a float path would pass trivially
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("PPMA_SLOW_TESTS") != "1", reason="inductor compiles C++ for minutes on 2 cores: set PPMA_SLOW_TESTS=1")
-def test_bf16_compiled_matches_float32(micro):
+def test_bf16_compiled_matches_float32(micro, bf16_cpu):
     model, ckpt = micro
     x = ckpt["inputs"][0].float()
     with torch.no_grad():
@@ -219,10 +288,11 @@ def test_bf16_compiled_matches_float32(micro):
     assert _relative_error(got, want) < BF16_RTOL
 
 
-@needs_bf16
-@pytest.mark.parametrize("precision", ["bf16", pytest.param("int8", marks=needs_int8)])
-def test_1024_logits_finite_and_close(precision):
+@pytest.mark.parametrize("route", route_params("bf16", "int8-torchao", "int8-x86"))
+def test_1024_logits_finite_and_close(route, monkeypatch):
     """A narrow model at 1024x1024 (stage 1: 256x256 tokens): finite, close logits, both attention kinds."""
+    precision, flags = ROUTES[route]
+    pretend_cpu(monkeypatch, flags)
     model = _narrow()
     _randomise_batchnorms(model)
     x = torch.randn(1, 3, 1024, 1024)
@@ -235,7 +305,7 @@ def test_1024_logits_finite_and_close(precision):
 
 
 _TRITON_BF16_CHECK = """
-import torch, ppma
+import torch, ppma, ppma.cpu_units
 import ppma.ops.triton as kernels
 from ppma.inference import for_inference
 torch.manual_seed({seed})
@@ -250,6 +320,7 @@ def half_for_the_interpreter(fn):
         return out.to(q.dtype)
     return run
 
+ppma.cpu_units.cpu_flags = lambda: frozenset({{"amx_bf16"}})  # bf16 is accepted on any CPU here
 kernels.full = half_for_the_interpreter(kernels.full)
 kernels.criss_cross = half_for_the_interpreter(kernels.criss_cross)
 model = ppma.PPMA(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2), mlp_ratios=(2, 2, 2, 2),
@@ -269,7 +340,6 @@ print("OK", err)
 """
 
 
-@needs_bf16
 def test_bf16_model_on_the_triton_backend_under_the_interpreter(fresh_seed):
     """The CUDA path: the bf16 model hands the Triton kernels bf16 q, k, v and float32 log-decays, and its
     logits stay close (kernels under TRITON_INTERPRET=1, in float16 there: the interpreter has no bf16)."""
@@ -302,8 +372,7 @@ def micro_images(tmp_path_factory):
     return paths
 
 
-@needs_bf16
-def test_predict_in_bf16_agrees_with_float32(micro_images):
+def test_predict_in_bf16_agrees_with_float32(micro_images, bf16_cpu):
     from ppma.train import predict_images
 
     kwargs = dict(model_name="ppma_micro_fixture", topk=3, device="cpu", input_size=64, crop_pct=1.0)
@@ -319,6 +388,7 @@ def test_predict_in_bf16_agrees_with_float32(micro_images):
 def test_commands_refuse_a_precision_the_machine_cannot_run(monkeypatch, micro_images, capsys):
     from ppma.cli import main
 
+    pretend_cpu(monkeypatch, AMX)
     monkeypatch.setattr(inference, "has_int8_library", lambda: False)
     for argv in (["predict", str(micro_images[0]), "--checkpoint", str(PUBLISHED_MICRO), "--model",
                   "ppma_micro_fixture", "--precision", "int8"],
@@ -329,8 +399,7 @@ def test_commands_refuse_a_precision_the_machine_cannot_run(monkeypatch, micro_i
         assert len(err) == 1 and "int8" in err[0] and "ppma[int8]" in err[0], err
 
 
-@needs_bf16
-def test_eval_in_bf16_reports_it_and_matches_float32():
+def test_eval_in_bf16_reports_it_and_matches_float32(bf16_cpu):
     from ppma.train import evaluate_checkpoint
 
     kwargs = dict(model_name="ppma_micro_fixture", batch_size=120, workers=0, device="cpu", input_size=32,

@@ -14,6 +14,7 @@ import yaml
 from imagefolder import make_image_folder, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 import ppma  # noqa: F401
+from ppma import cpu_units
 from ppma.cli import main
 from ppma.train import DIGITS_RECIPE, TrainConfig, digits_config, evaluate_checkpoint, run
 from ppma.train.config import load_config_file
@@ -214,7 +215,9 @@ def test_progress_bar_only_on_a_terminal_and_rank_0():
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_autocast_and_gradient_clipping_train_and_save_the_scaler(tmp_path, amp):
+def test_autocast_and_gradient_clipping_train_and_save_the_scaler(tmp_path, amp, monkeypatch):
+    # A CPU with bf16 and fp16 units, as far as ppma can tell (PyTorch computes the same numbers in software).
+    monkeypatch.setattr(cpu_units, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_fp16"}))
     root = make_image_folder(tmp_path / "data", classes=2, train=4, val=1, size=(32, 32))
     config = TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, lr=1e-3,
                          workers=0, amp=amp, clip_grad=0.5, output_dir=str(tmp_path / "run"), plot=False)  # fmt: skip
@@ -223,6 +226,24 @@ def test_autocast_and_gradient_clipping_train_and_save_the_scaler(tmp_path, amp)
     ckpt = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert ckpt["resolved"]["amp"] == {"bf16": "bfloat16", "fp16": "float16"}[amp]
     assert bool(ckpt["scaler"]) == (amp == "fp16")  # the grad scaler only runs (and has state) for fp16
+
+
+@pytest.mark.parametrize("amp, unit", [("bf16", "amx_bf16 or avx512_bf16"), ("fp16", "amx_fp16 or avx512_fp16")])
+def test_cpu_amp_without_its_units_is_refused_in_one_line(tmp_path, monkeypatch, capsys, amp, unit):
+    """PyTorch would run the half type in software, slower than float32: refused before anything is written."""
+    monkeypatch.setattr(cpu_units, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    root = make_image_folder(tmp_path / "data", classes=2, train=4, val=1, size=(32, 32))
+    out = tmp_path / "run"
+    assert main(["train", "--data-path", str(root), "--model", "ppma_nano", "--input-size", "32", "--epochs", "1",
+                 "--amp", amp, "--batch-size", "4", "--output-dir", str(out), "--workers", "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ppma train: error: amp: {amp} on CPU needs") and unit in err[0], err
+    assert not (out / "last.pth").exists()
+    with pytest.raises(ValueError, match=f"amp: {amp} on CPU needs"):
+        from ppma.runtime import amp_dtype_for
+
+        amp_dtype_for(amp, torch.device("cpu"))
+    assert amp_dtype_for("none", torch.device("cpu")) is None and amp_dtype_for("auto", torch.device("cpu")) is None
 
 
 def test_ranks_skip_an_update_together_when_one_rank_has_no_usable_image():
@@ -319,3 +340,13 @@ def test_batch_size_1_is_refused_at_start_where_batchnorm_cannot_train_on_it(tmp
     assert main(["train", "--batch-size", "1", "--epochs", "1", "--output-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ppma train: error: batch_size:") and "--batch-size 2" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_dense_amp_without_bf16_units_is_refused_in_one_line(tmp_path, monkeypatch, capsys, task):
+    monkeypatch.setattr(cpu_units, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    out = tmp_path / "run"
+    assert main([task, "train", "--data", "builtin", "--amp", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ppma {task}: error: amp: bf16 on CPU needs"), err
+    assert not (out / "last.pth").exists()

@@ -9,8 +9,10 @@
   logits out). What must stay float32 stays float32: the decay parameters (``A_log``,
   ``dt_bias``), the log-decays and their prefix sums (the attention ops compute them in float32),
   and the rotary tables (a bfloat16 token index stops being exact at 256).
-- ``int8``: the bf16 model with its linears dynamically quantised to int8 (per-token activation
-  scales, per-channel weights, torchao); needs ``pip install 'ppma[int8]'``.
+- ``int8``: linears dynamically quantised to int8 (weights per output channel, activations at each
+  call), by the CPU: where it has bf16 units, the bf16 model with torchao's int8 linears (per-token
+  activation scales; needs ``pip install 'ppma[int8]'``); elsewhere (AVX2 CPUs) the float32 model with
+  PyTorch's own x86 int8 kernels (``Int8DynamicLinear``), which measured 2x a float32 linear there.
 - ``auto``: the fastest the CPU runs (``resolve_precision``).
 
 ``compile=True`` runs the model under ``torch.compile``, which fuses the element-wise passes
@@ -20,46 +22,28 @@ because the first call of each input size then compiles for minutes on a small C
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
 import importlib.util
+import warnings
 
 import torch
 import torch.nn as nn
 
+from .cpu_units import bf16_units, int8_units, x86_int8_kernels
+
 PRECISIONS = ("fp32", "bf16", "int8", "auto")
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``); None where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
-def _cpu_bf16_units() -> str | None:
-    """The bf16 unit this CPU has (``amx_bf16`` or ``avx512_bf16``), None without one."""
-    flags = cpu_flags()
-    if flags is None:  # no /proc/cpuinfo (macOS, Windows): ask oneDNN
-        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
-
-
-def _cpu_int8_units() -> str | None:
-    flags = cpu_flags()
-    if flags is None:
-        return "int8" if torch.backends.mkldnn.is_available() else None
-    return next((f for f in ("amx_int8", "avx512_vnni", "avx_vnni") if f in flags), None)
 
 
 def has_int8_library() -> bool:
     return importlib.util.find_spec("torchao") is not None
+
+
+def int8_route() -> str:
+    """How ``int8`` runs on this CPU: ``"torchao"`` (on the bf16 model, CPUs with bf16 units) or ``"x86"``
+    (PyTorch's own int8 kernels on the float32 model, AVX2 CPUs without bf16 units). Call after
+    ``resolve_precision`` has accepted ``int8``."""
+    return "torchao" if bf16_units() else "x86"
 
 
 def resolve_precision(precision: str = "auto", device: str | torch.device = "cpu") -> str:
@@ -83,20 +67,25 @@ def resolve_precision(precision: str = "auto", device: str | torch.device = "cpu
             return "fp32"
         raise ValueError(f"precision: {precision} is implemented for CPU and CUDA, not {device.type}")
     if precision == "auto":
-        return "bf16" if _cpu_bf16_units() else "fp32"
-    if precision == "bf16" and not _cpu_bf16_units():
+        return "bf16" if bf16_units() else "fp32"
+    if precision == "bf16" and not bf16_units():
         raise ValueError(
             "precision: bf16 needs a CPU with bf16 units (amx_bf16 or avx512_bf16 in lscpu); this one has none"
         )
     if precision == "int8":
+        if not bf16_units():  # the float32 model with PyTorch's x86 int8 kernels
+            if not x86_int8_kernels():
+                raise ValueError(
+                    "precision: int8 needs a CPU with avx2 (PyTorch's x86 int8 kernels) or with bf16 units "
+                    "(amx_bf16 or avx512_bf16, with torchao); this one has neither"
+                )
+            return precision
         if not has_int8_library():
             raise ValueError("precision: int8 needs torchao (pip install 'ppma[int8]')")
-        if not _cpu_int8_units():
+        if not int8_units():
             raise ValueError(
                 "precision: int8 needs a CPU with int8 units (amx_int8 or avx512_vnni in lscpu); this one has none"
             )
-        if not _cpu_bf16_units():
-            raise ValueError("precision: int8 runs on the bf16 model and needs bf16 units (amx_bf16 or avx512_bf16)")
     return precision
 
 
@@ -203,14 +192,61 @@ def _to_bf16(model: nn.Module) -> nn.Module:
     return model
 
 
+def _big_linear(m: nn.Module, fqn: str = "") -> bool:
+    """The linears int8 replaces. The decay generator's d -> 2 linear keeps its float type: too small to
+    gain, and it feeds the mask."""
+    return isinstance(m, nn.Linear) and m.out_features >= 16 and m.in_features >= 16
+
+
+class Int8DynamicLinear(nn.Module):
+    """``linear`` with int8 weights (symmetric, one scale per output channel) and its input quantised to
+    int8 at each call (one scale and zero point per call), on PyTorch's x86 (fbgemm) kernels.
+
+    Inputs use 7 of the 8 bits (``reduce_range``): the AVX2 kernels add products of pairs in int16, which
+    full-range inputs could overflow. Float32 in, float32 out; any leading dims.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+        zero = torch.zeros(scale.shape, dtype=torch.long)
+        with warnings.catch_warnings():  # torch 2.14 marks quantized tensors deprecated; these kernels need one
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        with _quantized_engine("x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"):
+            self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.packed, True)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (x86 kernels)"
+
+
+@contextlib.contextmanager
+def _quantized_engine(name: str):
+    """Pack weights for ``name``'s kernels (the engine is process-global; put back what was there)."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
 def _quantize_int8(model: nn.Module) -> nn.Module:
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    if int8_route() == "torchao":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-    def big_linear(m: nn.Module, fqn: str) -> bool:
-        # The decay generator's d -> 2 linear stays bf16: too small to gain, and it feeds the mask.
-        return isinstance(m, nn.Linear) and m.out_features >= 16 and m.in_features >= 16
-
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=big_linear)
+        quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_big_linear)
+        return model
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if _big_linear(child):
+                setattr(module, name, Int8DynamicLinear(child))
     return model
 
 
@@ -247,7 +283,7 @@ def for_inference(
     model = fold_batchnorm(model.eval())
     model.requires_grad_(False)
     dtype = torch.float32
-    if precision in ("bf16", "int8"):
+    if precision == "bf16" or (precision == "int8" and int8_route() == "torchao"):
         model = _to_bf16(model)
         dtype = torch.bfloat16
     if precision == "int8":

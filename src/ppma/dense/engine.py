@@ -23,6 +23,7 @@ from ..runtime import (
     RunFolder,
     RunLog,
     all_rng_states,
+    amp_dtype_for,
     autocast,  # re-exported: tests import it from here
     changed_settings,
     param_groups,
@@ -104,6 +105,7 @@ def start_run(
     ``config.json``. ``model`` is on ``info.device``; ``meta`` holds ``task``, ``model_name``, ``classes``.
     The caller closes ``run.folder`` when the run ends (lock and signal handlers). ``opened``: the
     ``open_run_folder`` result, where the caller locked the folder before writing into it."""
+    amp_dtype_for("bf16" if config.amp else "none", info.device)  # refuses bf16 on a CPU without bf16 units
     folder, resume = opened if opened is not None else open_run_folder(config, info)
     try:
         return _build_run(config, info, meta, model, train_set, collate_fn, drop_last, make_scheduler, folder, resume)

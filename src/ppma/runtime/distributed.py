@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..cpu_units import require_cpu_amp
+
 __all__ = [
     "DistInfo",
     "amp_dtype_for",
@@ -171,10 +173,13 @@ def cleanup_distributed(info: DistInfo) -> None:
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp``: ``"auto"`` (bf16 on CUDA when supported, full precision on CPU),
-    ``"none"``, ``"bf16"`` or ``"fp16"``."""
+    ``"none"``, ``"bf16"`` or ``"fp16"``; a one-line ValueError for a half type this CPU has no units for."""
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    if device.type == "cpu":
+        require_cpu_amp(dtype)
+    return dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype | bool | None) -> contextlib.AbstractContextManager:
