@@ -44,6 +44,21 @@ def _read_published(path: Path, model: str) -> Published:
     return Published(path, model, read_checkpoint(path))
 
 
+@pytest.fixture
+def checkpoint_reads(monkeypatch) -> list[Path]:
+    """The files ``torch.load`` reads during a test, resolved, one entry per read: a command that reads its
+    checkpoint twice shows it twice."""
+    reads, real = [], torch.load
+
+    def counting(f, *args, **kwargs):
+        if isinstance(f, str | os.PathLike):
+            reads.append(Path(f).resolve())
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return reads
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     """A new seed per test, reported in the failure output so a failure can be replayed."""

@@ -88,6 +88,23 @@ def test_predict_gives_the_top_classes_of_a_hand_written_forward(published, tmp_
     assert "bad.png" in err and "\n" not in err
 
 
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_eval_and_predict_read_the_checkpoint_once(command, checkpoint_reads, tmp_path, capsys):
+    """The model card (name, classes, transform) and the weights come from one read of the file."""
+    import numpy as np
+    from conftest import PUBLISHED_MICRO
+    from PIL import Image
+
+    argv = [command, "--checkpoint", str(PUBLISHED_MICRO), "--model", "ppma_micro_fixture"]
+    if command == "predict":
+        Image.fromarray(np.random.randint(0, 255, (40, 36, 3), dtype=np.uint8)).save(tmp_path / "0.png")
+        argv.insert(1, str(tmp_path / "0.png"))
+    else:
+        argv += ["--workers", "0"]
+    assert main(argv) == 0 and capsys.readouterr().out
+    assert checkpoint_reads.count(PUBLISHED_MICRO) == 1, checkpoint_reads
+
+
 def test_predict_names_imagenet_classes_for_a_1000_class_published_file(tmp_path):
     from PIL import Image
     from timm.data import ImageNetInfo

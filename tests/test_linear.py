@@ -74,6 +74,31 @@ def test_bad_input_raises():
         polyline_linear_attention(q, q, q, a, a, paths="x")
 
 
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"q": [[0.0]]}, r"^q: expected a torch\.Tensor"),
+        ({"k": torch.randn(1, 2, 3, 3, 5)}, r"^k: shape \(1, 2, 3, 3, 5\) does not match q shape"),
+        ({"v": torch.randn(1, 2, 3, 2, 4)}, r"^v: leading shape \(1, 2, 3, 2\) does not match q's"),
+        ({"log_alpha": torch.zeros(1, 2, 3)}, r"^log_alpha: expected 4 dimensions"),
+        ({"log_beta": torch.ones(1, 2, 3, 3)}, r"^log_beta: contains positive values"),
+    ],
+)
+def test_linear_and_full_attention_refuse_bad_input_in_the_same_words(bad, match):
+    """One checker (ppma._checks.check_grid_attention) for both ops: the same input, the same message."""
+    from ppma.ops import polyline_attention
+
+    q = torch.randn(1, 2, 3, 3, 4)
+    a = random_decays(1, 2, 3, 3, dtype=torch.float32)
+    args = {"q": q, "k": q, "v": q, "log_alpha": a, "log_beta": a, **bad}
+    messages = []
+    for op in (polyline_linear_attention, polyline_attention):
+        with pytest.raises(ValueError, match=match) as e:
+            op(**args)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+
+
 @pytest.mark.parametrize("paths", ["both", "h2v", "v2h"])
 @pytest.mark.parametrize("H,W", [(1, 5), (4, 4), (5, 3)])
 def test_masked_linear_attention_is_the_rebuttals_form_forward_and_gradients(H, W, paths):

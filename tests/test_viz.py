@@ -48,8 +48,8 @@ def cli(monkeypatch, nano):
     """``ppma`` with random-weight ppma_nano built once (building a model dominates a small run)."""
     real = viz.capture.load_model
 
-    def cached(name, checkpoint=None, ema=False):
-        return nano if (name, checkpoint) == ("ppma_nano", None) else real(name, checkpoint, ema)
+    def cached(name, checkpoint=None, ema=False, **kwargs):
+        return nano if (name, checkpoint) == ("ppma_nano", None) else real(name, checkpoint, ema, **kwargs)
 
     monkeypatch.setattr(viz.capture, "load_model", cached)
     return main
@@ -176,6 +176,17 @@ def test_checkpoint_weights_are_used_and_named(image_file, published, cap):
     assert "RANDOM" in named.caption() and "RANDOM" not in loaded.caption()
     assert published.path.name in viz.run(model, image_file, checkpoint=published.path, size=64).caption()
     assert not torch.equal(loaded.block(1, 0).log_alpha, cap.block(1, 0).log_alpha)
+
+
+def test_viz_reads_the_checkpoint_once(image_file, checkpoint_reads, tmp_path, capsys):
+    """The command's note and the model share one read of the file."""
+    from conftest import PUBLISHED_MICRO
+
+    out = tmp_path / "d.png"
+    argv = ["viz", "decay", str(image_file), "--checkpoint", str(PUBLISHED_MICRO), "--model", "ppma_micro_fixture",
+            "--size", "64", "--dpi", "30", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0 and capsys.readouterr().out.strip() == str(out)
+    assert checkpoint_reads.count(PUBLISHED_MICRO) == 1, checkpoint_reads
 
 
 # ---- figures and the command line -------------------------------------------------------------------

@@ -55,6 +55,45 @@ def check_same_dtype(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
         raise ValueError(f"{name_b}: dtype {b.dtype} does not match {name_a} dtype {a.dtype}; cast one of them")
 
 
+def check_grid_attention(
+    q: object,
+    k: object,
+    v: object,
+    log_alpha: object,
+    log_beta: object,
+    *,
+    check_values: bool = True,
+    strict: bool = False,
+) -> None:
+    """The arguments of an attention on the token grid: q, k (B, heads, H, W, d), v (B, heads, H, W, dv),
+    log-decays (B, heads, H, W), <= 0 (``check_values``: checked, one device sync).
+
+    ``strict`` (the attention ops, ``ppma.ops``): also one dtype for q, k and v (outside autocast) and no
+    zero-size q or v, as their backends need; ``polyline_linear_attention`` promotes mixed dtypes in its
+    products and keeps its looser contract.
+    """
+    check_tensor("q", q, ndim=5)
+    check_tensor("k", k, ndim=5)
+    check_tensor("v", v, ndim=5)
+    if strict:
+        if not torch.is_autocast_enabled(q.device.type):  # under autocast the products run in one dtype anyway
+            check_same_dtype("q", q, "k", k)
+            check_same_dtype("q", q, "v", v)
+        for name, t in (("q", q), ("v", v)):
+            check_not_empty(name, t)
+    if k.shape != q.shape:
+        raise ValueError(f"k: shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} (B, heads, H, W, d)")
+    if v.shape[:4] != q.shape[:4]:
+        raise ValueError(
+            f"v: leading shape {tuple(v.shape[:4])} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}"
+        )
+    for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
+        check_tensor(name, t, ndim=4)
+        if t.shape != q.shape[:4]:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}")
+        check_log_decay(name, t, check_values)
+
+
 def check_output_path(path: str | os.PathLike, what: str) -> Path:
     """An output path that can be written, checked before any work: its parent folder is created and
     writable, the path itself (if it exists) writable. A one-line ``ValueError`` starting with ``what``."""

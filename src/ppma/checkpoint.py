@@ -182,15 +182,21 @@ def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool | str = False) 
     return state
 
 
-def load_into(model: nn.Module, path: str | os.PathLike, use_ema: bool | str = False) -> None:
+def load_into(
+    model: nn.Module, path: str | os.PathLike, use_ema: bool | str = False, *, contents: dict[str, Any] | None = None
+) -> None:
     """Load a checkpoint into a PPMA model, strictly.
 
     Published and our key names both work. Tolerated, with the model's own initial values kept:
     a classifier whose class count differs (fine-tuning), the dense-task LayerNorms when loading a
     classification checkpoint, and the classifier head when loading a dense-task backbone.
     Anything else missing, unexpected or of another shape raises a ``ValueError`` listing the keys.
+
+    ``contents``: the dict already read from ``path`` (``read_checkpoint``), so a caller that read the
+    card first does not read the file again; ``path`` then only names it in messages.
     """
-    state = checkpoint_filter_fn(extract_state_dict(read_checkpoint(path), use_ema), model)
+    ckpt = read_checkpoint(path) if contents is None else contents
+    state = checkpoint_filter_fn(extract_state_dict(ckpt, use_ema), model)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

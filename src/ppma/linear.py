@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_log_decay, check_tensor
+from ._checks import check_grid_attention
 from .decay import PathDecay
 from .masks.polyline import polyline_mask_matmul
 
@@ -99,17 +99,7 @@ def polyline_linear_attention(
     Returns:
         (B, heads, H, W, dv) in the dtype of q (computed in at least float32).
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, ndim=5)
-    if k.shape != q.shape or v.shape[:4] != q.shape[:4]:
-        raise ValueError(
-            f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, H, W, d)"
-        )
-    for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
-        check_tensor(name, t, ndim=4)
-        if t.shape != q.shape[:4]:
-            raise ValueError(f"{name}: shape {tuple(t.shape)} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}")
-        check_log_decay(name, t)
+    check_grid_attention(q, k, v, log_alpha, log_beta)
     if paths not in ("both", "h2v", "v2h"):
         raise ValueError(f"paths: expected 'both', 'h2v' or 'v2h', got {paths!r}")
     phi_q, phi_k = (q, k) if feature_map is None else (feature_map(q), feature_map(k))

@@ -100,11 +100,12 @@ def _capture(args: argparse.Namespace):
 
     from ..viz import run
 
-    checkpoint = checkpoint_from_args(args)
+    checkpoint, contents = checkpoint_from_args(args), None
     if checkpoint is not None and Path(checkpoint).is_file():
         from ..checkpoint import read_card, read_checkpoint
 
-        card, notes = read_card(read_checkpoint(checkpoint)), []
+        contents = read_checkpoint(checkpoint)  # read once: the notes here, the model in run
+        card, notes = read_card(contents), []
         if not (args.model or card["model_name"]):
             notes.append("names no model: assumed ppma_tiny (--model sets it)")
         if card["transform"] is None:
@@ -112,7 +113,9 @@ def _capture(args: argparse.Namespace):
         if notes:
             print(f"ppma viz: note: {Path(checkpoint).name} " + "; ".join(notes), file=sys.stderr)
     ema = "auto" if args.pretrained else args.ema  # the published weights: the EMA, as published
-    return run(args.model, args.image, checkpoint=checkpoint, ema=ema, size=args.size, sample=args.sample)
+    return run(
+        args.model, args.image, checkpoint=checkpoint, ema=ema, size=args.size, sample=args.sample, contents=contents
+    )
 
 
 def _mask(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._checks import check_log_decay, check_not_empty, check_same_dtype, check_tensor
+from .._checks import check_grid_attention, check_not_empty, check_same_dtype, check_tensor
 from . import cpu, dense, flex, reference
 from ..masks.polyline import decay_dtype
 from .backends import TRITON_INSTALLED, Backend, Op, resolve, triton_interpret
@@ -37,28 +37,6 @@ if TRITON_INSTALLED and (torch.cuda.is_available() or triton_interpret()):
 
 def _impl(backend: str | Backend, op: Op, q: torch.Tensor, needs_grad: bool, paths: str = "both"):
     return _module(resolve(backend, op, q, needs_grad, paths))
-
-
-def _check_inputs(q, k, v, log_alpha, log_beta, check_values: bool) -> None:
-    check_tensor("q", q, ndim=5)
-    check_tensor("k", k, ndim=5)
-    check_tensor("v", v, ndim=5)
-    if not torch.is_autocast_enabled(q.device.type):  # under autocast the products run in one dtype anyway
-        check_same_dtype("q", q, "k", k)
-        check_same_dtype("q", q, "v", v)
-    for name, t in (("q", q), ("v", v)):
-        check_not_empty(name, t)
-    if k.shape != q.shape:
-        raise ValueError(f"k: shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} (B, heads, H, W, d)")
-    if v.shape[:4] != q.shape[:4]:
-        raise ValueError(
-            f"v: leading shape {tuple(v.shape[:4])} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}"
-        )
-    for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
-        check_tensor(name, t, ndim=4)
-        if t.shape != q.shape[:4]:
-            raise ValueError(f"{name}: shape {tuple(t.shape)} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}")
-        check_log_decay(name, t, check_values)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -96,7 +74,7 @@ def polyline_attention(
     Returns:
         (B, heads, H, W, dv) in the dtype of q.
     """
-    _check_inputs(q, k, v, log_alpha, log_beta, check_values)
+    check_grid_attention(q, k, v, log_alpha, log_beta, check_values=check_values, strict=True)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = _impl(backend, "full", q, _needs_grad(q, k, v, log_alpha, log_beta), paths)
     return _full(impl, q, k, v, log_alpha, log_beta, scale, paths).to(q.dtype)
@@ -123,7 +101,7 @@ def criss_cross_polyline_attention(
     Args and Returns as ``polyline_attention``; ``paths="h2v"`` keeps ``Aw(Ah v)`` (the query's path
     leaves along its row), ``"v2h"`` keeps ``Ah(Aw v)``; every backend that runs criss-cross runs a single path.
     """
-    _check_inputs(q, k, v, log_alpha, log_beta, check_values)
+    check_grid_attention(q, k, v, log_alpha, log_beta, check_values=check_values, strict=True)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = _impl(backend, "criss_cross", q, _needs_grad(q, k, v, log_alpha, log_beta), paths)
     out = impl.criss_cross(q, k, v, log_alpha, log_beta, scale) if paths == "both" else (
@@ -208,7 +186,7 @@ def unmasked_attention(
         (B, heads, H, W, dv) in the dtype of q.
     """
     zeros = q.new_zeros(q.shape[:4], dtype=decay_dtype(q))
-    _check_inputs(q, k, v, zeros, zeros, check_values=False)
+    check_grid_attention(q, k, v, zeros, zeros, check_values=False, strict=True)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = _impl(backend, "unmasked", q, _needs_grad(q, k, v))
     if hasattr(impl, "unmasked"):

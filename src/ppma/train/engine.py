@@ -717,14 +717,18 @@ class _ClassifierSpec:
     config: TrainConfig  # carries the evaluation transform
     assumed: str = ""  # what the file did not say and was assumed ('' for our files)
     weights_label: str = ""  # 'ema' or 'model': which weights these are (a converted file says which it holds)
+    # The dict _classifier_spec read, handed to the first build so the file is read once; dropped there,
+    # as the model then holds copies of the weights (a later build reads the file again).
+    contents: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
 
     def build(self) -> nn.Module:
         """The model with the checkpoint's weights, in eval mode."""
         from ..checkpoint import load_into
 
         model = timm.create_model(self.model_name, num_classes=self.num_classes, **self.model_kwargs)
+        contents, self.contents = self.contents, None
         try:
-            load_into(model, self.checkpoint, use_ema=self.use_ema)
+            load_into(model, self.checkpoint, use_ema=self.use_ema, contents=contents)
         except ValueError as e:
             raise PPMAError(
                 f"checkpoint: {self.checkpoint} does not fit {self.model_name}: {_one_line(str(e))[:300]}"
@@ -776,7 +780,7 @@ def _classifier_spec(
     config = TrainConfig(**{**base, **transform})
     label = "ema" if use_ema else ckpt["weights"] if ckpt.get("weights") in ("ema", "model") else "model"
     return _ClassifierSpec(checkpoint, model_name, card["model_kwargs"], state["head.fc.weight"].shape[0],
-                           use_ema, card["classes"], config, assumed, label)  # fmt: skip
+                           use_ema, card["classes"], config, assumed, label, contents=ckpt)  # fmt: skip
 
 
 def _numbers(values: Any) -> str:

@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,7 +165,13 @@ def prepare_image(
 # ---- model ------------------------------------------------------------------------------------------
 
 
-def load_model(name: str | None, checkpoint: str | os.PathLike | None = None, ema: bool = False) -> nn.Module:
+def load_model(
+    name: str | None,
+    checkpoint: str | os.PathLike | None = None,
+    ema: bool = False,
+    *,
+    contents: dict[str, Any] | None = None,
+) -> nn.Module:
     """A PPMA model in eval mode, with random weights or a checkpoint (ours or published).
 
     Args:
@@ -173,6 +180,7 @@ def load_model(name: str | None, checkpoint: str | os.PathLike | None = None, em
         checkpoint: ``.pth`` / ``.safetensors`` file, loaded strictly by ``ppma.checkpoint.load_into``
             (a different class count or a dense-task backbone is fine).
         ema: take the EMA weights of a training checkpoint.
+        contents: the dict already read from ``checkpoint`` (``read_checkpoint``); None: read it here.
 
     The model's ``pretrained_cfg`` gets the checkpoint's normalisation (``mean``, ``std``) where it stores one.
     """
@@ -180,7 +188,9 @@ def load_model(name: str | None, checkpoint: str | os.PathLike | None = None, em
 
     from ..checkpoint import load_into, read_card, read_checkpoint
 
-    card = read_card(read_checkpoint(checkpoint)) if checkpoint is not None else {}
+    if checkpoint is not None and contents is None:
+        contents = read_checkpoint(checkpoint)  # once: the card below and the weights share it
+    card = read_card(contents) if checkpoint is not None else {}
     stored = card.get("model_name")
     name = name or (stored.split(".")[0] if stored else "ppma_tiny")
     names = timm.list_models("ppma_*")
@@ -189,7 +199,7 @@ def load_model(name: str | None, checkpoint: str | os.PathLike | None = None, em
     model = timm.create_model(name, **((card.get("model_kwargs") or {}) if name == stored else {}))
     if checkpoint is not None:
         try:
-            load_into(model, checkpoint, use_ema=ema)
+            load_into(model, checkpoint, use_ema=ema, contents=contents)
         except ValueError as e:  # the key lists, on one line
             hint = "" if stored else " (the file names no model: pass --model)"
             raise ValueError(f"{' '.join(str(e).split())[:400]}{hint}") from e
@@ -327,6 +337,7 @@ def run(
     ema: bool = False,
     size: int = 224,
     sample: str = "astronaut",
+    contents: dict[str, Any] | None = None,
 ) -> Capture:
     """Load (or take) a model and an image, and capture every attention block: the start of every picture.
 
@@ -339,6 +350,8 @@ def run(
         ema: take a training checkpoint's EMA weights.
         size: longer image side fed to the model, in pixels.
         sample: scikit-image photograph used when ``image`` is None (one of ``SAMPLES``).
+        contents: the dict already read from ``checkpoint`` (``read_checkpoint``), not read again; None:
+            read here.
     """
     # The image first: a bad path fails before a model is built.
     if isinstance(image, np.ndarray):
@@ -348,7 +361,7 @@ def run(
     else:
         pixels, image_name = load_image(image, sample)
     if model is None or isinstance(model, str):
-        model = load_model(model, checkpoint, ema)
+        model = load_model(model, checkpoint, ema, contents=contents)
         name, weights = model.pretrained_cfg.get("architecture", type(model).__name__), None
     else:
         name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
@@ -356,7 +369,7 @@ def run(
         if checkpoint is not None:
             from ..checkpoint import load_into
 
-            load_into(model, checkpoint, use_ema=ema)
+            load_into(model, checkpoint, use_ema=ema, contents=contents)
     if checkpoint is not None:
         weights = Path(checkpoint).name + (" (EMA)" if ema else "")
     cfg = getattr(model, "pretrained_cfg", {}) or {}
