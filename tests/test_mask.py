@@ -36,6 +36,25 @@ def test_polyline_log_mask_matches_path_walk(H, W):
     torch.testing.assert_close(got, naive_polyline_log_mask(log_alpha, log_beta), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("H,W", [(3, 5), (4, 4), (1, 5), (6, 1)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_contiguous_masks_equal_m_and_its_transpose_bit_for_bit(H, W, dtype):
+    """The masks the dense backend hands SDPA: M and M^T each written row-major from the line tables."""
+    from ppma.masks.polyline import unchecked_polyline_log_masks
+
+    log_alpha, log_beta = random_decays(2, 3, H, W, dtype=dtype), random_decays(2, 3, H, W, dtype=dtype)
+    want = ppma.polyline_log_mask(log_alpha, log_beta)
+    torch.testing.assert_close(want.double(), naive_polyline_log_mask(log_alpha.double(), log_beta.double()),
+                               rtol=0, atol=1e-5)  # fmt: skip
+    both = unchecked_polyline_log_masks(log_alpha, log_beta)
+    h2v, v2h = unchecked_polyline_log_masks(log_alpha, log_beta, "h2v"), unchecked_polyline_log_masks(
+        log_alpha, log_beta, "v2h")  # fmt: skip
+    assert len(both) == 2 and len(h2v) == len(v2h) == 1
+    for got, ref in ((both[0], want), (both[1], want.mT), (h2v[0], want), (v2h[0], want.mT)):
+        assert got.is_contiguous() and got.dtype == want.dtype
+        assert torch.equal(got, ref)
+
+
 @pytest.mark.parametrize("H,W", [(3, 5), (4, 4), (1, 5)])
 def test_v2h_is_h2v_of_the_transposed_grid(H, W):
     """M^T (v2h) equals h2v on the transposed grid, with alpha and beta swapped, after the token permutation."""

@@ -26,6 +26,7 @@ __all__ = [
     "unchecked_line_log_mask",
     "unchecked_line_mask_matmul",
     "unchecked_polyline_log_mask",
+    "unchecked_polyline_log_masks",
     "unchecked_polyline_mask_matmul",
 ]
 
@@ -108,6 +109,30 @@ def unchecked_polyline_log_mask(log_alpha: torch.Tensor, log_beta: torch.Tensor)
     # [i, j, k, l] = row[i, j, l] + col[i, k, l]
     mask = row.unsqueeze(-2) + col.unsqueeze(-3)
     return mask.reshape(B, heads, H * W, H * W)
+
+
+def unchecked_polyline_log_masks(log_alpha: torch.Tensor, log_beta: torch.Tensor, paths: str = "both") -> list:
+    """``M`` (h2v) and/or ``M^T`` (v2h) for ``paths`` ("both", "h2v", "v2h"), each a contiguous
+    (B, heads, N, N) tensor written in one pass from the line tables, for kernels that read a
+    contiguous mask (SDPA): ``M.mT`` would be copied there, through a transposed read.
+
+    ``M^T[(i, j), (k, l)] = M[(k, l), (i, j)] = row_k(l, j) + col_j(k, i)``, and the line masks are
+    exactly symmetric (``-|P[p] - P[q]|``), so this equals ``polyline_log_mask(...).mT`` bit for bit.
+    (``unchecked_polyline_log_mask`` keeps the published code's way, with its copy: the
+    published-style baseline.)
+    """
+    B, heads, H, W = log_alpha.shape
+    row = unchecked_line_log_mask(log_alpha)  # (B, heads, H, W, W): [i, j, l]
+    col = unchecked_line_log_mask(log_beta.transpose(-1, -2).contiguous())  # (B, heads, W, H, H): [l, i, k]
+    masks = []
+    if paths in ("both", "h2v"):  # [i, j, k, l] = row[i, j, l] + col[l, i, k]
+        col_ikl = col.permute(0, 1, 3, 4, 2).contiguous()  # small tables contiguous: the sum comes out row-major
+        masks.append((row.unsqueeze(-2) + col_ikl.unsqueeze(-3)).reshape(B, heads, H * W, H * W))
+    if paths in ("both", "v2h"):  # [i, j, k, l] = row[k, j, l] + col[j, i, k]
+        row_jkl = row.transpose(2, 3).contiguous()
+        col_ijk = col.transpose(2, 3).contiguous()
+        masks.append((row_jkl.unsqueeze(2) + col_ijk.unsqueeze(-1)).reshape(B, heads, H * W, H * W))
+    return masks
 
 
 def line_mask_matmul(x: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:

@@ -35,7 +35,8 @@ MAX_SCORE_BYTES = 2**28
 
 def _line_distance(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``-line_log_mask(x)`` = |P[p] - P[q]| with ``P = cumsum(x)`` in ``dtype`` (at least float32), (..., n, n)."""
-    cum = torch.cumsum(x, dim=-1, dtype=dtype)
+    # x contiguous first (it is small): a transposed x would give a transposed (n, n) table, copied on reshape
+    cum = torch.cumsum(x.contiguous(), dim=-1, dtype=dtype)
     return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).abs()
 
 

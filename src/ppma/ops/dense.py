@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..masks.polyline import unchecked_line_log_mask, unchecked_polyline_log_mask
+from ..masks.polyline import unchecked_line_log_mask, unchecked_polyline_log_masks
 from ._common import upcast
 
 
@@ -20,13 +20,11 @@ def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> tor
     B, heads, H, W, d = q.shape
     with upcast(q, k, v) as (q, k, v):
         q, k, v = (t.reshape(B, heads, H * W, -1) for t in (q, k, v))  # tokens row-major
-        mask = unchecked_polyline_log_mask(log_alpha, log_beta).to(q.dtype)
-        if paths != "both":  # one path only: M (h2v) or M^T (v2h)
-            mask = mask if paths == "h2v" else mask.transpose(-1, -2)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).reshape(B, heads, H, W, -1)
-        h2v = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        v2h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.transpose(-1, -2), scale=scale)
-        return (0.5 * (h2v + v2h)).reshape(B, heads, H, W, -1)
+        # M and/or M^T, each written contiguous once (SDPA would copy a transposed M)
+        masks = unchecked_polyline_log_masks(log_alpha, log_beta, paths)
+        outs = [F.scaled_dot_product_attention(q, k, v, attn_mask=m.to(q.dtype), scale=scale) for m in masks]
+        out = outs[0] if len(outs) == 1 else 0.5 * (outs[0] + outs[1])
+        return out.reshape(B, heads, H, W, -1)
 
 
 def unmasked(q, k, v, scale: float) -> torch.Tensor:
@@ -55,7 +53,8 @@ def _batched_sdpa(q, k, v, mask, scale: float) -> torch.Tensor:
 def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     with upcast(q, k, v) as (q, k, v):
         row_mask = unchecked_line_log_mask(log_alpha).to(q.dtype)  # (B, heads, H, W, W)
-        col_mask = unchecked_line_log_mask(log_beta.transpose(-1, -2)).to(q.dtype)  # (B, heads, W, H, H)
+        # contiguous (small) first, so that the (B, heads, W, H, H) masks come out contiguous
+        col_mask = unchecked_line_log_mask(log_beta.transpose(-1, -2).contiguous()).to(q.dtype)
         q_cols, k_cols = q.transpose(2, 3), k.transpose(2, 3)  # (B, heads, W, H, d): columns as sequences
 
         def along_rows(u):  # Aw u: each row of the grid is a length-W sequence
