@@ -353,6 +353,33 @@ def test_bf16_model_on_the_triton_backend_under_the_interpreter(fresh_seed):
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory) -> Path:
+    """A small PPMA trained on the built-in digits (4 epochs, ~30 s on 2 cores): its best.pth (EMA, ~97 %)."""
+    from ppma.train import digits_config, run
+
+    out = tmp_path_factory.mktemp("digits") / "run"
+    run(digits_config(model="ppma_micro_fixture", epochs=4, output_dir=str(out), plot=False, workers=0, threads=2))
+    return out / "best.pth"
+
+
+@pytest.mark.parametrize("route", route_params("bf16", "int8-torchao", "int8-x86"))
+def test_trained_digits_top1_unchanged_within_half_a_point(trained_digits, route, monkeypatch):
+    """Issue 16's accuracy bar: top-1 of a trained digits model on its 360 val images moves by at most
+    0.5 point (one image) in bf16 and int8."""
+    from ppma.train import evaluate_checkpoint
+
+    kwargs = dict(workers=0, device="cpu", batch_size=120)
+    fp32 = evaluate_checkpoint(trained_digits, **kwargs)
+    assert fp32["images"] == 360 and fp32["top1"] >= 90.0, fp32  # a trained model, or the test says nothing
+    precision, flags = ROUTES[route]
+    pretend_cpu(monkeypatch, flags)
+    got = evaluate_checkpoint(trained_digits, precision=precision, **kwargs)
+    assert got["precision"] == precision and got["images"] == 360
+    assert abs(got["top1"] - fp32["top1"]) <= 0.5, (route, got["top1"], fp32["top1"])
+    assert got["loss"] != fp32["loss"]  # it did run at another precision
+
+
 # ---- the commands: --precision for eval and predict ---------------------------------------------------------
 
 
