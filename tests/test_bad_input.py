@@ -221,6 +221,9 @@ PY_CASES: list[PyCase] = [
     PyCase("log_mask_attention-zero-tokens", lambda tmp: log_mask_attention(
         torch.randn(1, 2, 0, 4), torch.randn(1, 2, 0, 4), torch.randn(1, 2, 0, 4), [-torch.rand(0, 0)]),
         ValueError, r"^q: has a zero-size dimension"),
+    PyCase("log_mask_attention-v-tokens", lambda tmp: log_mask_attention(
+        torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 6, 4), [-torch.rand(5, 5)]),
+        ValueError, r"^v: leading shape \(1, 2, 6\) does not match q's \(B, heads, N\) \(1, 2, 5\)$"),
     PyCase("run-folder-disk-full", lambda tmp: _save_on_a_full_disk(tmp), PPMAError,
            r"^checkpoint: cannot write .*last\.pth \(disk full\); the previous last\.pth is intact$"),
     PyCase("train-config-interpolation", lambda tmp: TrainConfig(interpolation="bogus"), ValueError,

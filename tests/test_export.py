@@ -67,6 +67,14 @@ def test_timm_format_loads_back_with_timm_alone(tmp_path, capsys):
     assert json.loads(meta["transform"])["crop_pct"] == 0.9 and meta["weights"] == "ema"
 
 
+def test_export_reads_the_checkpoint_once(tmp_path, checkpoint_reads):
+    """The model card (name, classes, transform) and the weights come from one read of the file."""
+    ckpt = tmp_path / "best.pth"
+    _our_checkpoint(ckpt)
+    assert main(["export", str(tmp_path / "hub"), "--checkpoint", str(ckpt), "--format", "timm"]) == 0
+    assert checkpoint_reads.count(ckpt.resolve()) == 1, checkpoint_reads
+
+
 @pytest.mark.parametrize(
     "case, expect",
     [

@@ -55,6 +55,29 @@ def check_same_dtype(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
         raise ValueError(f"{name_b}: dtype {b.dtype} does not match {name_a} dtype {a.dtype}; cast one of them")
 
 
+def check_qkv(q: object, k: object, v: object, lead: tuple[str, ...], *, strict: bool = True) -> None:
+    """q, k (*lead, d) and v (*lead, dv) of one attention; ``lead`` names the leading dimensions, e.g.
+    ("B", "heads", "N") for token sequences, ("B", "heads", "H", "W") for token grids.
+
+    ``strict``: also one dtype for q, k and v (outside autocast) and no zero-size q or v, as the attention
+    backends need.
+    """
+    n = len(lead)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=n + 1)
+    if strict:
+        if not torch.is_autocast_enabled(q.device.type):  # under autocast the products run in one dtype anyway
+            check_same_dtype("q", q, "k", k)
+            check_same_dtype("q", q, "v", v)
+        for name, t in (("q", q), ("v", v)):
+            check_not_empty(name, t)
+    names = ", ".join(lead)
+    if k.shape != q.shape:
+        raise ValueError(f"k: shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} ({names}, d)")
+    if v.shape[:n] != q.shape[:n]:
+        raise ValueError(f"v: leading shape {tuple(v.shape[:n])} does not match q's ({names}) {tuple(q.shape[:n])}")
+
+
 def check_grid_attention(
     q: object,
     k: object,
@@ -72,21 +95,7 @@ def check_grid_attention(
     zero-size q or v, as their backends need; ``polyline_linear_attention`` promotes mixed dtypes in its
     products and keeps its looser contract.
     """
-    check_tensor("q", q, ndim=5)
-    check_tensor("k", k, ndim=5)
-    check_tensor("v", v, ndim=5)
-    if strict:
-        if not torch.is_autocast_enabled(q.device.type):  # under autocast the products run in one dtype anyway
-            check_same_dtype("q", q, "k", k)
-            check_same_dtype("q", q, "v", v)
-        for name, t in (("q", q), ("v", v)):
-            check_not_empty(name, t)
-    if k.shape != q.shape:
-        raise ValueError(f"k: shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} (B, heads, H, W, d)")
-    if v.shape[:4] != q.shape[:4]:
-        raise ValueError(
-            f"v: leading shape {tuple(v.shape[:4])} does not match q's (B, heads, H, W) {tuple(q.shape[:4])}"
-        )
+    check_qkv(q, k, v, ("B", "heads", "H", "W"), strict=strict)
     for name, t in (("log_alpha", log_alpha), ("log_beta", log_beta)):
         check_tensor(name, t, ndim=4)
         if t.shape != q.shape[:4]:

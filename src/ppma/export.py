@@ -49,7 +49,7 @@ def load_classifier(
     extract_state_dict(raw)  # weights that are not tensors: one line here, not deep in the model build
     if not (model_name or raw.get("model_name") or getattr(raw.get("args"), "model", None)):
         raise ValueError(f"model: {checkpoint} does not name its model; pass --model (e.g. ppma_tiny)")
-    spec = _classifier_spec(checkpoint, model_name, weights, None, None)
+    spec = _classifier_spec(checkpoint, model_name, weights, None, None, contents=raw)  # the file read once
     model = spec.build()
     c = spec.config
     transform = dict(input_size=int(c.input_size), crop_pct=float(c.crop_pct), interpolation=str(c.interpolation),

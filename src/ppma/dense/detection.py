@@ -197,26 +197,40 @@ def build_mask_rcnn(
     if num_classes < 1:
         raise ValueError(f"num_classes: expected at least 1 object class, got {num_classes}")
     body = create_backbone(backbone, pretrained, grad_checkpointing, drop_path_rate)
-    sizes: int | tuple[int, ...] = min_size
-    if multiscale:
-        sizes = tuple(range(min(480, min_size), min_size + 1, 32))
-        if sizes[-1] != min_size:
-            sizes = (*sizes, min_size)
-    box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)  # on 7x7 RoIAlign features
-    mask_head = MaskRCNNHeads(fpn_channels, list(mask_head_dims), dilation=1)  # on 14x14 RoIAlign features
     return MaskRCNN(
-        PPMABackboneWithFPN(body, fpn_channels),
         num_classes=None,
-        min_size=sizes,
+        min_size=_short_sides(min_size, multiscale),
         max_size=max_size,
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
-        box_head=box_head,
-        box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1),
-        mask_head=mask_head,
-        mask_predictor=MaskRCNNPredictor(mask_head_dims[-1], mask_head_dims[-1], num_classes + 1),
+        **_fpn_and_roi_heads(body, num_classes, fpn_channels, box_head_dim, mask_head_dims),
         **kwargs,
     )
+
+
+def _short_sides(min_size: int, multiscale: bool) -> int | tuple[int, ...]:
+    """The short side(s) images are resized to: ``min_size``, or (multi-scale) 480..min_size in steps of 32,
+    one drawn per training image, ending at ``min_size`` (the last one is torchvision's evaluation size)."""
+    if not multiscale:
+        return min_size
+    sizes = tuple(range(min(480, min_size), min_size + 1, 32))
+    return sizes if sizes[-1] == min_size else (*sizes, min_size)
+
+
+def _fpn_and_roi_heads(
+    body: nn.Module, num_classes: int, fpn_channels: int, box_head_dim: int, mask_head_dims: tuple[int, ...]
+) -> dict[str, nn.Module]:
+    """The trained parts around the backbone body, as ``MaskRCNN`` keywords: the FPN, the box head and
+    predictor (7x7 RoIAlign features), the mask head and predictor (14x14), ``num_classes`` + background."""
+    # Each module draws its initial weights from the global generator: this order is what a seed's
+    # weights depend on (checkpoints and runs that repeat bit for bit), so keep it.
+    box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
+    mask_head = MaskRCNNHeads(fpn_channels, list(mask_head_dims), dilation=1)
+    backbone = PPMABackboneWithFPN(body, fpn_channels)
+    box_predictor = FastRCNNPredictor(box_head_dim, num_classes + 1)
+    mask_predictor = MaskRCNNPredictor(mask_head_dims[-1], mask_head_dims[-1], num_classes + 1)
+    return dict(backbone=backbone, box_head=box_head, box_predictor=box_predictor, mask_head=mask_head,
+                mask_predictor=mask_predictor)  # fmt: skip
 
 
 # ---- data -------------------------------------------------------------------------------------------------

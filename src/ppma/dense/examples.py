@@ -72,14 +72,23 @@ def build_coins_detection(root: str | Path, train_crops: int = 12, seed: int = 0
     Returns:
         ``root``.
     """
-    from pycocotools import mask as mask_utils
-
     root = Path(root)
-    done = root / "annotations" / "instances_val.json"
-    if done.is_file():
+    if (root / "annotations" / "instances_val.json").is_file():
         return root
     coins, ids = _coin_instances()
     full_area = {i: int((ids == i).sum()) for i in range(1, int(ids.max()) + 1)}
+    splits = _coin_splits(coins, ids, train_crops, seed)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):  # val written last: its annotation file marks the set complete
+        _write_coco_split(root, split, splits[split], full_area)
+    return root
+
+
+def _coin_splits(
+    coins: np.ndarray, ids: np.ndarray, train_crops: int, seed: int
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """The (image, instance ids) pairs of each split: train, the top region's 4 flips and ``train_crops``
+    random 144x192 crops of it (each mirrored with probability 1/2); val, the bottom row and its mirror image."""
     rng = np.random.default_rng(seed)
     top, top_ids = coins[:_COIN_ROWS_SPLIT], ids[:_COIN_ROWS_SPLIT]
     bottom, bottom_ids = coins[_COIN_ROWS_SPLIT - 3 :], ids[_COIN_ROWS_SPLIT - 3 :]
@@ -92,36 +101,42 @@ def build_coins_detection(root: str | Path, train_crops: int = 12, seed: int = 0
         flip = rng.random() < 0.5
         crop, crop_ids = top[y : y + 144, x : x + 192], top_ids[y : y + 144, x : x + 192]
         splits["train"].append((crop[:, ::-1], crop_ids[:, ::-1]) if flip else (crop, crop_ids))
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val"):
-        (root / split).mkdir(exist_ok=True)
-        images, anns = [], []
-        for k, (img, inst) in enumerate(splits[split]):
-            name = f"coins_{split}_{k:03d}.png"
-            _save_gray_as_rgb(img, root / split / name)
-            images.append(dict(id=k + 1, file_name=name, height=int(img.shape[0]), width=int(img.shape[1])))
-            for i in np.unique(inst[inst > 0]):
-                m = np.asfortranarray((inst == i).astype(np.uint8))
-                rle = mask_utils.encode(m)
-                x0, y0, w, h = (float(v) for v in mask_utils.toBbox(rle))
-                rle["counts"] = rle["counts"].decode("ascii")
-                crowd = int(m.sum() < 0.6 * full_area[int(i)])  # cut by the edge: ignore, do not score
-                anns.append(
-                    dict(
-                        id=len(anns) + 1,
-                        image_id=k + 1,
-                        category_id=1,
-                        bbox=[x0, y0, w, h],
-                        area=float(m.sum()),
-                        iscrowd=crowd,
-                        segmentation=rle,
-                    )
-                )
-        data = dict(images=images, annotations=anns, categories=[dict(id=1, name="coin", supercategory="object")])
-        tmp = root / "annotations" / f".instances_{split}.json.tmp"
-        tmp.write_text(json.dumps(data))
-        tmp.replace(root / "annotations" / f"instances_{split}.json")  # val written last: marks the set complete
-    return root
+    return splits
+
+
+def _write_coco_split(
+    root: Path, split: str, pairs: list[tuple[np.ndarray, np.ndarray]], full_area: dict[int, int]
+) -> None:
+    """Write one split: its images to ``root/split/``, then the coin instances of each image to
+    ``root/annotations/instances_{split}.json`` (written beside it and renamed: never half-written)."""
+    (root / split).mkdir(exist_ok=True)
+    images, anns = [], []
+    for k, (img, inst) in enumerate(pairs):
+        name = f"coins_{split}_{k:03d}.png"
+        _save_gray_as_rgb(img, root / split / name)
+        images.append(dict(id=k + 1, file_name=name, height=int(img.shape[0]), width=int(img.shape[1])))
+        anns += _coin_annotations(inst, k + 1, len(anns) + 1, full_area)
+    data = dict(images=images, annotations=anns, categories=[dict(id=1, name="coin", supercategory="object")])
+    tmp = root / "annotations" / f".instances_{split}.json.tmp"
+    tmp.write_text(json.dumps(data))
+    tmp.replace(root / "annotations" / f"instances_{split}.json")
+
+
+def _coin_annotations(inst: np.ndarray, image_id: int, first_id: int, full_area: dict[int, int]) -> list[dict]:
+    """COCO annotations (ids from ``first_id``) of the coins in one image's instance ids: a mask (RLE), its
+    box and area, and ``iscrowd`` where a crop edge left under 60% of the coin (``full_area``: whole coins)."""
+    from pycocotools import mask as mask_utils
+
+    anns = []
+    for i in np.unique(inst[inst > 0]):
+        m = np.asfortranarray((inst == i).astype(np.uint8))
+        rle = mask_utils.encode(m)
+        x0, y0, w, h = (float(v) for v in mask_utils.toBbox(rle))
+        rle["counts"] = rle["counts"].decode("ascii")
+        crowd = int(m.sum() < 0.6 * full_area[int(i)])  # cut by the edge: ignore, do not score
+        anns.append(dict(id=first_id + len(anns), image_id=image_id, category_id=1, bbox=[x0, y0, w, h],
+                         area=float(m.sum()), iscrowd=crowd, segmentation=rle))  # fmt: skip
+    return anns
 
 
 def build_builtin_segmentation(root: str | Path) -> Path:

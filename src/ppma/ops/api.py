@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._checks import check_grid_attention, check_not_empty, check_same_dtype, check_tensor
+from .._checks import check_grid_attention, check_qkv, check_tensor
 from . import cpu, dense, flex, reference
 from ..masks.polyline import decay_dtype
 from .backends import TRITON_INSTALLED, Backend, Op, resolve, triton_interpret
@@ -133,17 +133,7 @@ def log_mask_attention(
     Returns:
         (B, heads, N, dv) in the dtype of q.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, ndim=4)
-    if not torch.is_autocast_enabled(q.device.type):
-        check_same_dtype("q", q, "k", k)
-        check_same_dtype("q", q, "v", v)
-    for name, t in (("q", q), ("v", v)):
-        check_not_empty(name, t)
-    if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"k, v: shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} (B, heads, N, d)"
-        )
+    check_qkv(q, k, v, ("B", "heads", "N"))
     if len(log_masks) == 0:
         raise ValueError("log_masks: expected at least one log-mask")
     N = q.shape[2]

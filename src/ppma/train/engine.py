@@ -743,15 +743,20 @@ def _classifier_spec(
     input_size: int | None,
     crop_pct: float | None,
     data_path: str | None = None,
+    *,
+    contents: dict[str, Any] | None = None,
 ) -> _ClassifierSpec:
     """Model, weights, classes and evaluation transform of a checkpoint: from its card (``ppma.checkpoint``),
-    else the model's timm defaults, said in ``assumed``."""
+    else the model's timm defaults, said in ``assumed``.
+
+    ``contents``: the dict already read from ``checkpoint`` (``read_checkpoint``); the file is then not read.
+    """
     from ..checkpoint import extract_state_dict, read_card, read_checkpoint
     from ..models.ppma import checkpoint_filter_fn
 
     if weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights: expected auto, ema or model, got {weights!r}")
-    ckpt = read_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint) if contents is None else contents
     card = read_card(ckpt)
     use_ema = isinstance(ckpt.get("model_ema"), dict) if weights == "auto" else weights == "ema"
     model_name = model_name or card["model_name"]
