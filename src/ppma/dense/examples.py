@@ -75,12 +75,14 @@ def build_coins_detection(root: str | Path, train_crops: int = 12, seed: int = 0
     root = Path(root)
     if (root / "annotations" / "instances_val.json").is_file():
         return root
+    from pycocotools import mask as mask_utils  # the RLE encoder: missing, fail before a file is written
+
     coins, ids = _coin_instances()
     full_area = {i: int((ids == i).sum()) for i in range(1, int(ids.max()) + 1)}
     splits = _coin_splits(coins, ids, train_crops, seed)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):  # val written last: its annotation file marks the set complete
-        _write_coco_split(root, split, splits[split], full_area)
+        _write_coco_split(root, split, splits[split], full_area, mask_utils)
     return root
 
 
@@ -105,7 +107,7 @@ def _coin_splits(
 
 
 def _write_coco_split(
-    root: Path, split: str, pairs: list[tuple[np.ndarray, np.ndarray]], full_area: dict[int, int]
+    root: Path, split: str, pairs: list[tuple[np.ndarray, np.ndarray]], full_area: dict[int, int], mask_utils
 ) -> None:
     """Write one split: its images to ``root/split/``, then the coin instances of each image to
     ``root/annotations/instances_{split}.json`` (written beside it and renamed: never half-written)."""
@@ -115,18 +117,19 @@ def _write_coco_split(
         name = f"coins_{split}_{k:03d}.png"
         _save_gray_as_rgb(img, root / split / name)
         images.append(dict(id=k + 1, file_name=name, height=int(img.shape[0]), width=int(img.shape[1])))
-        anns += _coin_annotations(inst, k + 1, len(anns) + 1, full_area)
+        anns += _coin_annotations(inst, k + 1, len(anns) + 1, full_area, mask_utils)
     data = dict(images=images, annotations=anns, categories=[dict(id=1, name="coin", supercategory="object")])
     tmp = root / "annotations" / f".instances_{split}.json.tmp"
     tmp.write_text(json.dumps(data))
     tmp.replace(root / "annotations" / f"instances_{split}.json")
 
 
-def _coin_annotations(inst: np.ndarray, image_id: int, first_id: int, full_area: dict[int, int]) -> list[dict]:
-    """COCO annotations (ids from ``first_id``) of the coins in one image's instance ids: a mask (RLE), its
-    box and area, and ``iscrowd`` where a crop edge left under 60% of the coin (``full_area``: whole coins)."""
-    from pycocotools import mask as mask_utils
-
+def _coin_annotations(
+    inst: np.ndarray, image_id: int, first_id: int, full_area: dict[int, int], mask_utils
+) -> list[dict]:
+    """COCO annotations (ids from ``first_id``) of the coins in one image's instance ids: a mask (RLE, by
+    ``pycocotools.mask``), its box and area, and ``iscrowd`` where a crop edge left under 60% of the coin
+    (``full_area``: whole coins)."""
     anns = []
     for i in np.unique(inst[inst > 0]):
         m = np.asfortranarray((inst == i).astype(np.uint8))
