@@ -41,6 +41,35 @@ def test_backends_lists_every_backend_with_reasons(capsys):
     assert "auto ->" in out
 
 
+@pytest.mark.parametrize("flags, auto, bf16, int8", [
+    ({"avx2", "fma"}, "fp32", "no: bf16 needs a CPU with bf16 units", "yes (x86 int8 kernels)"),
+    ({"avx2", "avx512_bf16", "amx_bf16", "amx_int8"}, "bf16", "yes", "int8_torchao"),
+])  # fmt: skip
+def test_backends_says_which_precisions_this_cpu_runs(capsys, monkeypatch, flags, auto, bf16, int8):
+    from ppma import cpu_units, inference
+
+    monkeypatch.setattr(cpu_units, "cpu_flags", lambda: frozenset(flags))
+    assert main(["backends", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"CPU units: {', '.join(sorted(flags - {'fma'}))}" in out
+    assert f"inference precision (--precision, ppma.for_inference): auto -> {auto}" in out
+    inference_part, training_part = out.split("inference precision")[1].split("training amp")
+
+    def rows(part):
+        return {line.split()[0]: line.split(None, 1)[1] for line in part.splitlines() if line.startswith("  ")}
+
+    lines, amp = rows(inference_part), rows(training_part)
+    assert lines["fp32"] == "yes" and lines["bf16"].startswith(bf16)
+    if int8 == "int8_torchao":  # needs the library on top of the units
+        assert lines["int8"] == ("yes (torchao int8 kernels)" if inference.has_int8_library() else
+                                 "no: int8 needs torchao (pip install 'ppma[int8]')")  # fmt: skip
+    else:
+        assert lines["int8"] == int8
+    assert "training amp (--amp): auto -> none" in out  # full precision on CPU unless asked
+    assert amp["bf16"] == "yes" if auto == "bf16" else amp["bf16"].startswith("no: bf16 on CPU needs bf16 units")
+    assert amp["fp16"].startswith("no: fp16 on CPU needs fp16 units")
+
+
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "ppma.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0

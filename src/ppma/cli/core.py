@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output file (never the input)")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("backends", help="which attention backends can run here, and why not")
+    p = sub.add_parser("backends", help="which attention backends and precisions can run here, and why not")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_backends)
 
@@ -67,3 +67,31 @@ def _backends(args: argparse.Namespace) -> None:
                     continue
                 ok, why = can_run(b, op, q, grad)
                 print(f"  {b.value:10s} {'yes' if ok else 'no: ' + why}")
+    _precisions(q.device)
+
+
+def _precisions(device) -> None:
+    """What ``--precision`` (eval, predict; ``for_inference``) and training's ``--amp`` can run on ``device``."""
+    from ..cpu_units import cpu_flags
+    from ..inference import PRECISIONS, int8_route, resolve_precision
+    from ..runtime import amp_dtype_for
+
+    if device.type == "cpu":
+        units = sorted(f for f in cpu_flags() or () if f.startswith(("amx", "avx512_bf16", "avx512_fp16", "avx512_vnni",
+                                                                      "avx_vnni", "avx2")))  # fmt: skip
+        print(f"CPU units: {', '.join(units) or 'none of avx2, avx512_bf16/fp16/vnni, amx'}")
+    print(f"inference precision (--precision, ppma.for_inference): auto -> {resolve_precision('auto', device)}")
+    for name in PRECISIONS[:-1]:
+        try:
+            resolve_precision(name, device)
+            how = f" ({int8_route()} int8 kernels)" if name == "int8" else ""
+            print(f"  {name:10s} yes{how}")
+        except ValueError as e:
+            print(f"  {name:10s} no: {str(e).removeprefix('precision: ')}")
+    print(f"training amp (--amp): auto -> {amp_dtype_for('auto', device) or 'none'}")
+    for name in ("bf16", "fp16"):
+        try:
+            amp_dtype_for(name, device)
+            print(f"  {name:10s} yes")
+        except ValueError as e:
+            print(f"  {name:10s} no: {str(e).removeprefix('amp: ')}")
