@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment, write_json  # noqa: E402
 
 import ppma  # noqa: E402, F401  (registers the models)
-from ppma.cpu_units import cpu_flags  # noqa: E402
+from ppma.cpu_units import listed_units  # noqa: E402
 from ppma.inference import for_inference, int8_route  # noqa: E402
 
 
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    units = sorted(f for f in cpu_flags() or () if f.startswith(("amx", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2")))
-    print(f"CPU: {environment(torch.device('cpu'))['device']}; matrix/vector units: {', '.join(units) or 'unknown'}")
+    units = ", ".join(listed_units()) or "unknown"
+    print(f"CPU: {environment(torch.device('cpu'))['device']}; matrix/vector units: {units}")
     torch.manual_seed(0)
     rows = build(args)
     x = torch.randn(args.batch, 3, args.size, args.size)

@@ -30,6 +30,12 @@ def cpu_flags() -> frozenset[str] | None:
     return None
 
 
+def listed_units() -> list[str]:
+    """This CPU's flags that decide a precision here (AVX2, bf16 / fp16 / int8 units), sorted, for reports."""
+    known = {"avx2", *BF16_UNITS, *FP16_UNITS, *INT8_UNITS}
+    return sorted(f for f in cpu_flags() or () if f in known)
+
+
 def bf16_units() -> str | None:
     """The bf16 unit this CPU has (``amx_bf16`` or ``avx512_bf16``), None without one."""
     flags = cpu_flags()

@@ -42,10 +42,9 @@ def load_classifier(
     from .checkpoint import extract_state_dict, read_checkpoint
     from .train.engine import _classifier_spec
 
-    raw = read_checkpoint(checkpoint)
-    if not isinstance(raw, dict) or not raw:
-        what = "an empty dict" if isinstance(raw, dict) else f"a {type(raw).__name__}"
-        raise ValueError(f"checkpoint: {checkpoint} holds {what}, not a model's weights")
+    raw = read_checkpoint(checkpoint)  # refuses anything but a dict
+    if not raw:
+        raise ValueError(f"checkpoint: {checkpoint} holds an empty dict, not a model's weights")
     extract_state_dict(raw)  # weights that are not tensors: one line here, not deep in the model build
     if not (model_name or raw.get("model_name") or getattr(raw.get("args"), "model", None)):
         raise ValueError(f"model: {checkpoint} does not name its model; pass --model (e.g. ppma_tiny)")

@@ -72,14 +72,12 @@ def _backends(args: argparse.Namespace) -> None:
 
 def _precisions(device) -> None:
     """What ``--precision`` (eval, predict; ``for_inference``) and training's ``--amp`` can run on ``device``."""
-    from ..cpu_units import cpu_flags
+    from ..cpu_units import listed_units
     from ..inference import PRECISIONS, int8_route, resolve_precision
     from ..runtime import amp_dtype_for
 
     if device.type == "cpu":
-        units = sorted(f for f in cpu_flags() or () if f.startswith(("amx", "avx512_bf16", "avx512_fp16", "avx512_vnni",
-                                                                      "avx_vnni", "avx2")))  # fmt: skip
-        print(f"CPU units: {', '.join(units) or 'none of avx2, avx512_bf16/fp16/vnni, amx'}")
+        print(f"CPU units: {', '.join(listed_units()) or 'none of avx2, avx512_bf16/fp16/vnni, amx'}")
     print(f"inference precision (--precision, ppma.for_inference): auto -> {resolve_precision('auto', device)}")
     for name in PRECISIONS[:-1]:
         try:
