@@ -59,6 +59,31 @@ def test_cpu_backend_in_slices_matches_reference_float64(monkeypatch, op, budget
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10, msg=lambda m: f"{op} {name}: {m}")
 
 
+@pytest.mark.parametrize("paths", ["both", "h2v", "v2h"])
+@pytest.mark.parametrize("op", ["full", "criss_cross"])
+def test_cpu_inference_in_place_matches_reference_float64(monkeypatch, op, paths):
+    """Without gradients the cpu backend reuses its score buffers in place: same outputs as the float64
+    reference and as the recorded (autograd) path, whole and in slices; the inputs are left untouched."""
+    from ppma.ops import cpu
+
+    fn = OPS[op]
+    budgets = [cpu.MAX_SCORE_BYTES, 4 * 8 * 2 * 7 * 35 if op == "full" else 8 * 5 * 7 * 12]
+    for shape in [*SHAPES, (2, 2, 5, 7, 8, 6)]:
+        inputs, _ = _case(*shape)
+        inputs = [t.detach() for t in inputs]
+        before = [t.clone() for t in inputs]
+        want = fn(*inputs, backend="reference", paths=paths)
+        recorded = fn(*[t.clone().requires_grad_() for t in inputs], backend="cpu", paths=paths)
+        for budget in budgets:
+            monkeypatch.setattr(cpu, "MAX_SCORE_BYTES", budget)
+            with torch.no_grad():
+                got = fn(*inputs, backend="cpu", paths=paths)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(got, recorded.detach(), rtol=1e-12, atol=1e-14)
+        for t, b in zip(inputs, before, strict=True):
+            assert torch.equal(t, b)
+
+
 @pytest.mark.parametrize("backend", ["dense", "cpu"])
 def test_float32_backends_match_float64_reference(backend):
     inputs, grad_out = _case(2, 2, 6, 11, 16, 16)

@@ -19,6 +19,11 @@ BENCHMARKS.md):
 
 Runs in float64 when given float64; half-precision inputs are upcast to float32 (autocast off), so
 log-decays, prefix sums and masks stay at least float32. Autograd does the backward.
+
+Inference (no input needs a gradient) computes the same numbers in place: the distances, scores and
+softmaxes overwrite one another instead of each taking a fresh score-sized buffer. Besides a pass, a
+fresh buffer above glibc's mmap threshold (32 MiB at most) costs a page fault per 4 KiB on first write,
+which at batch 8 or at 512x512 took as long as the arithmetic (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -33,15 +38,30 @@ from ._common import upcast
 MAX_SCORE_BYTES = 2**28
 
 
-def _line_distance(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _inference(*tensors: torch.Tensor) -> bool:
+    """True when no autograd graph is recorded through these tensors: buffers may then be reused in place."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _softmax(x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Softmax over the last dim; ``inplace`` overwrites ``x`` (contiguous, ours) with it."""
+    if inplace:  # out= the input: the kernel reads each element before writing it
+        return torch.ops.aten._softmax.out(x, -1, False, out=x)
+    return torch.softmax(x, dim=-1)
+
+
+def _line_distance(x: torch.Tensor, dtype: torch.dtype, inplace: bool = False) -> torch.Tensor:
     """``-line_log_mask(x)`` = |P[p] - P[q]| with ``P = cumsum(x)`` in ``dtype`` (at least float32), (..., n, n)."""
     # x contiguous first (it is small): a transposed x would give a transposed (n, n) table, copied on reshape
     cum = torch.cumsum(x.contiguous(), dim=-1, dtype=dtype)
-    return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).abs()
+    diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)
+    return diff.abs_() if inplace else diff.abs()
 
 
-def _masked_scores(dist: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale * q k^T - dist`` in one pass over the (.., n, n) output."""
+def _masked_scores(dist: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
+    """``scale * q k^T - dist`` in one pass over the (.., n, n) output; ``inplace`` writes it over ``dist``."""
+    if inplace:  # out-of-place baddbmm first copies dist into a fresh buffer
+        return dist.baddbmm_(q, k.transpose(1, 2), beta=-1, alpha=scale)
     return torch.baddbmm(dist, q, k.transpose(1, 2), beta=-1, alpha=scale)
 
 
@@ -53,15 +73,17 @@ def _score_bytes(dtype: torch.dtype) -> int:
 def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     B, heads, H, W, _ = q.shape
     bh, N = B * heads, H * W
+    inplace = _inference(q, k, v, log_alpha, log_beta)
     with upcast(q, k, v) as (q, k, v):
         q, k, v = (t.reshape(bh, N, -1) for t in (q, k, v))  # tokens row-major
-        row = _line_distance(log_alpha, q.dtype).reshape(bh, H, W, W)  # row i: [i, j, l]
-        col = _line_distance(log_beta.transpose(-1, -2), q.dtype).reshape(bh, W, H, H)  # column l: [l, i, k]
+        row = _line_distance(log_alpha, q.dtype, inplace).reshape(bh, H, W, W)  # row i: [i, j, l]
+        col = _line_distance(log_beta.transpose(-1, -2), q.dtype, inplace).reshape(bh, W, H, H)  # col l: [l, i, k]
         col_ikl = col.permute(0, 2, 3, 1).contiguous()  # [i, k, l]
         rows_per_block = max(1, MAX_SCORE_BYTES // (_score_bytes(q.dtype) * bh * W * N))
         if rows_per_block >= H:  # all at once: M written once, M^T read through strides
             dist = (row.unsqueeze(-2) + col_ikl.unsqueeze(-3)).reshape(bh, N, N)  # [(i, j), (k, l)]
-            return _softmaxes(q, k, v, _on_paths(dist, dist.transpose(1, 2), paths), scale).reshape(B, heads, H, W, -1)
+            dists = _on_paths(dist, dist.transpose(1, 2), paths)
+            return _softmaxes(q, k, v, dists, scale, inplace).reshape(B, heads, H, W, -1)
         # Blocks of query grid rows, each with its rows of M and of M^T (both built from the line tables):
         # M^T[(i,j),(k,l)] = M[(k,l),(i,j)] = row[k, l, j] + col[j, k, i]  (the line masks are symmetric)
         row_jkl = row.permute(0, 3, 1, 2).contiguous().unsqueeze(1)  # [., j, k, l]
@@ -71,7 +93,7 @@ def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> tor
             i1 = min(H, i0 + rows_per_block)
             dist = (row[:, i0:i1].unsqueeze(-2) + col_ikl[:, i0:i1].unsqueeze(-3)).reshape(bh, -1, N)
             dist_t = (row_jkl + col_ijk[:, i0:i1]).reshape(bh, -1, N)
-            outs.append(_softmaxes(q[:, i0 * W : i1 * W], k, v, _on_paths(dist, dist_t, paths), scale))
+            outs.append(_softmaxes(q[:, i0 * W : i1 * W], k, v, _on_paths(dist, dist_t, paths), scale, inplace))
         return torch.cat(outs, dim=1).reshape(B, heads, H, W, -1)
 
 
@@ -80,15 +102,27 @@ def _on_paths(dist, dist_t, paths: str) -> list:
     return {"both": [dist, dist_t], "h2v": [dist], "v2h": [dist_t]}[paths]
 
 
-def _softmaxes(q, k, v, dists, scale: float) -> torch.Tensor:
-    """``mean_i softmax(S - dist_i) @ v`` with ``S = scale * q k^T`` formed once (one or two distances)."""
+def _softmaxes(q, k, v, dists, scale: float, inplace: bool = False) -> torch.Tensor:
+    """``mean_i softmax(S - dist_i) @ v`` with ``S = scale * q k^T`` formed once (one or two distances).
+
+    ``inplace``: the same numbers with two score-sized buffers instead of seven: the last distance is
+    subtracted from S in place, the other into one fresh buffer, each softmax overwrites its input.
+    """
     scores = torch.bmm(q, k.transpose(1, 2))
+    if not inplace:
+        if scale != 1.0:
+            scores = scores * scale
+        if len(dists) == 1:
+            return torch.bmm(torch.softmax(scores - dists[0], dim=-1), v)
+        attn = torch.softmax(scores - dists[0], dim=-1) + torch.softmax(scores - dists[1], dim=-1)
+        return torch.bmm(attn, v) * 0.5
     if scale != 1.0:
-        scores = scores * scale
-    if len(dists) == 1:
-        return torch.bmm(torch.softmax(scores - dists[0], dim=-1), v)
-    attn = torch.softmax(scores - dists[0], dim=-1) + torch.softmax(scores - dists[1], dim=-1)
-    return torch.bmm(attn, v) * 0.5
+        scores.mul_(scale)
+    probs = [torch.sub(scores, d) for d in dists[:-1]] + [scores.sub_(dists[-1])]  # S read before overwritten
+    probs = [_softmax(p, inplace=True) for p in probs]
+    if len(probs) == 1:
+        return torch.bmm(probs[0], v)
+    return torch.bmm(probs[0].add_(probs[1]), v).mul_(0.5)
 
 
 def unmasked(q, k, v, scale: float) -> torch.Tensor:
@@ -96,7 +130,8 @@ def unmasked(q, k, v, scale: float) -> torch.Tensor:
     B, heads, H, W, _ = q.shape
     with upcast(q, k, v) as (q, k, v):
         q, k, v = (t.reshape(B * heads, H * W, -1) for t in (q, k, v))  # tokens row-major
-        attn = torch.softmax(torch.baddbmm(q.new_zeros(()), q, k.transpose(1, 2), beta=0, alpha=scale), dim=-1)
+        scores = torch.baddbmm(q.new_zeros(()), q, k.transpose(1, 2), beta=0, alpha=scale)
+        attn = _softmax(scores, inplace=_inference(q, k, v))
         return torch.bmm(attn, v).reshape(B, heads, H, W, -1)
 
 
@@ -123,12 +158,13 @@ def _criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both"
     def cols_to_rows(t):  # (B*heads*W, H, c) -> row sequences (B*heads*H, W, c)
         return t.reshape(B * heads, W, H, -1).transpose(1, 2).reshape(rows, W, -1)
 
+    inplace = _inference(q, k, v, log_alpha, log_beta)
     with upcast(q, k, v) as (q, k, v):
-        row_dist = _line_distance(log_alpha, q.dtype).reshape(rows, W, W)  # row i: [j, l]
-        col_dist = _line_distance(log_beta.transpose(-1, -2), q.dtype).reshape(cols, H, H)  # column j: [i, k]
+        row_dist = _line_distance(log_alpha, q.dtype, inplace).reshape(rows, W, W)  # row i: [j, l]
+        col_dist = _line_distance(log_beta.transpose(-1, -2), q.dtype, inplace).reshape(cols, H, H)  # column j: [i, k]
         q_rows, k_rows, v_rows = (t.reshape(rows, W, -1) for t in (q, k, v))
-        attn_w = torch.softmax(_masked_scores(row_dist, q_rows, k_rows, scale), dim=-1)
-        attn_h = torch.softmax(_masked_scores(col_dist, to_cols(q), to_cols(k), scale), dim=-1)
+        attn_w = _softmax(_masked_scores(row_dist, q_rows, k_rows, scale, inplace), inplace)
+        attn_h = _softmax(_masked_scores(col_dist, to_cols(q), to_cols(k), scale, inplace), inplace)
         if paths == "h2v":  # Aw (Ah v): the query's path leaves along its row
             cols_v = cols_to_rows(torch.bmm(attn_h, to_cols(v)))
             return torch.bmm(attn_w, cols_v).reshape(B, heads, H, W, dv)
