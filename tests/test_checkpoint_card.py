@@ -203,3 +203,32 @@ def test_dense_sets_ignore_hidden_files_and_scale_16_bit_images(tmp_path):
     rgb = np.asarray(load_rgb(pairs[0][0]))
     want = np.rint(deep.astype(np.float64) * 255 / 65535)
     assert rgb.shape == (6, 7, 3) and np.array_equal(rgb[..., 0], want) and np.array_equal(rgb[..., 2], want)
+
+
+def test_timm_pretrained_from_our_file_takes_its_transform_and_says_when_the_head_is_dropped(tmp_path):
+    """timm.create_model(..., pretrained_cfg_overlay=dict(file=ours)): resolve_data_config gave the registry's
+    ImageNet transform and a forgotten num_classes left a random classifier, both without a word."""
+    import warnings
+
+    import pytest
+    from timm.data import resolve_data_config
+
+    config = digits_config(input_size=40, crop_pct=0.9, interpolation="bicubic", mean=(0.4, 0.45, 0.5),
+                           std=(0.3, 0.25, 0.2))  # fmt: skip
+    classes = [f"c{i}" for i in torch.randperm(7).tolist()]
+    ckpt = _training_checkpoint(tmp_path / "best.pth", config, classes)
+    local = dict(file=str(tmp_path / "best.pth"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right class count: no warning
+        model = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=local, num_classes=7)
+    assert resolve_data_config(model=model) == dict(input_size=(3, 40, 40), interpolation="bicubic",
+                                                    mean=(0.4, 0.45, 0.5), std=(0.3, 0.25, 0.2), crop_pct=0.9,
+                                                    crop_mode="center")  # fmt: skip
+    assert model.pretrained_cfg["label_names"] == classes
+    assert torch.equal(model.state_dict()["head.fc.weight"], ckpt["model"]["head.fc.weight"])
+
+    with pytest.warns(UserWarning, match="7-class classifier, the model 10 classes.*num_classes=7"):
+        model = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=local)  # nano's 10
+    assert model.num_classes == 10 and "label_names" not in model.pretrained_cfg
+    key = "stages.2.blocks.0.attn.q_proj.weight"
+    assert torch.equal(model.state_dict()[key], ckpt["model"][key])
