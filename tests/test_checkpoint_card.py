@@ -232,3 +232,27 @@ def test_timm_pretrained_from_our_file_takes_its_transform_and_says_when_the_hea
     assert model.num_classes == 10 and "label_names" not in model.pretrained_cfg
     key = "stages.2.blocks.0.attn.q_proj.weight"
     assert torch.equal(model.state_dict()[key], ckpt["model"][key])
+
+
+def test_predict_takes_folders_as_their_images(tmp_path, capsys):
+    """A folder used to be 'not a readable image (Is a directory)'; now it stands for its images, sorted."""
+    _training_checkpoint(tmp_path / "c.pth", digits_config(), DIGITS_CLASSES)
+    photos = tmp_path / "photos"
+    paths = [photos / "b.png", photos / "a" / "z.jpg", photos / "a.png", photos / ".thumbs" / "t.png"]
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.randint(0, 255, (30, 26, 3), dtype=np.uint8)).save(p)
+    (photos / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    want = predict_images(tmp_path / "c.pth", [paths[2], paths[0], paths[1]], device="cpu", topk=3)
+    got = predict_images(tmp_path / "c.pth", [photos, tmp_path / "empty"], device="cpu", topk=3)
+    assert got[:3] == want  # a.png, b.png, a/z.jpg: a folder's files, then its sub-folders; no hidden folder
+    assert got[3]["file"] == str(tmp_path / "empty") and "a folder without images" in got[3]["error"]
+    assert got.notes == [f"{photos}: skipped 2 non-image files: 1 hidden, 1 .txt"]
+
+    assert main(["predict", str(photos), "--checkpoint", str(tmp_path / "c.pth"), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == [r["file"] for r in want]
+    assert err.strip() == f"ppma predict: note: {got.notes[0]}"
+    assert main(["predict", str(tmp_path / "empty"), "--checkpoint", str(tmp_path / "c.pth"), "--device", "cpu"]) == 2
+    assert "a folder without images" in capsys.readouterr().err

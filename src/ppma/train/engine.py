@@ -793,9 +793,11 @@ def _numbers(values: Any) -> str:
 
 
 class Predictions(list):
-    """``predict_images``' records (a list), with ``assumed``: what the checkpoint did not say ('' if nothing)."""
+    """``predict_images``' records (a list), with ``assumed``: what the checkpoint did not say ('' if nothing),
+    and ``notes``: the non-image files skipped in each folder given."""
 
     assumed: str = ""
+    notes: list[str] = []
 
     @property
     def unreadable(self) -> list[dict[str, Any]]:
@@ -815,6 +817,10 @@ def predict_images(
 ) -> Predictions:
     """The ``topk`` classes and probabilities of each image file, with the checkpoint's evaluation transform.
 
+    A folder in ``images`` stands for the images at any depth below it (``ppma.images.image_files``:
+    sorted, hidden files left out, other files counted in ``.notes``); a folder without images gets an
+    ``error`` record, as an unreadable image does.
+
     Class names: the checkpoint's own (ours), ImageNet's for a 1000-class published file (the list timm
     ships), else ``class_<i>``. An image that cannot be read (``ppma.images.load_rgb``: missing, damaged,
     too large, unknown value range) does not stop the others: its record holds ``error`` instead of
@@ -824,13 +830,22 @@ def predict_images(
         One dict per image, in order: ``file`` and ``top``, a list of (class name, probability), most
         likely first, or ``file`` and ``error``. ``.assumed`` says what the checkpoint did not store.
     """
-    from ..images import ImageReadError, load_rgb
+    from ..images import IMAGE_EXTENSIONS, ImageReadError, describe_skipped_files, image_files, load_rgb
     from ..inference import for_inference, resolve_precision
 
     if topk < 1:
         raise ValueError(f"topk: expected at least 1, got {topk}")
     if not images:
         raise ValueError("images: none given")
+    files, notes = [], []
+    for path in images:
+        if not Path(path).is_dir():
+            files.append(path)
+            continue
+        found, skipped = image_files(path)
+        files.extend(found or [path])  # an empty folder: an error record below
+        if skipped:
+            notes.append(f"{path}: {describe_skipped_files(skipped)}")
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     spec = _classifier_spec(checkpoint, model_name, weights, input_size, crop_pct)
@@ -850,8 +865,12 @@ def predict_images(
     if precision != "fp32":
         model = for_inference(model, precision)
     records = Predictions()
-    records.assumed = "; ".join(assumed)
-    for path in images:
+    records.assumed, records.notes = "; ".join(assumed), notes
+    for path in files:
+        if Path(path).is_dir():
+            error = f"{path}: a folder without images ({' '.join(IMAGE_EXTENSIONS)})"
+            records.append(dict(file=str(path), error=error))
+            continue
         try:
             image = load_rgb(path)
         except ImageReadError as e:
