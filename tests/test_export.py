@@ -67,6 +67,23 @@ def test_timm_format_loads_back_with_timm_alone(tmp_path, capsys):
     assert json.loads(meta["transform"])["crop_pct"] == 0.9 and meta["weights"] == "ema"
 
 
+def test_timm_export_files_get_the_umask_mode(tmp_path):
+    """model.safetensors came out 0600 (safetensors' own mode) beside a 0644 config.json: unreadable to a
+    server running as another user."""
+    import stat
+
+    from ppma.export import export_timm
+
+    _our_checkpoint(tmp_path / "best.pth")
+    old = os.umask(0o027)
+    try:
+        out = export_timm(tmp_path / "best.pth", tmp_path / "hub")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()]}
+    assert modes == {"hub": 0o750, "config.json": 0o640, "model.safetensors": 0o640}
+
+
 def test_export_reads_the_checkpoint_once(tmp_path, checkpoint_reads):
     """The model card (name, classes, transform) and the weights come from one read of the file."""
     ckpt = tmp_path / "best.pth"
