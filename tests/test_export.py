@@ -181,6 +181,18 @@ def test_torch_export_with_a_dynamic_batch_matches_eager():
         export_program(model, torch.randn(1, 3, 60, 64), dynamic_size=True)
 
 
+def test_torch_export_from_one_small_image_traces_the_dynamic_dimensions_above_one():
+    """export_program(model, one image) with its default dynamic batch failed deep in torch.export
+    ('Constraints violated (batch)'), as did a 32-pixel side with dynamic_size ('Guard failed')."""
+    from ppma.export import export_program
+
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **TWO_STAGES).eval()
+    program = export_program(model, torch.randn(1, 3, 32, 64), dynamic_size=True)
+    x = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-5)
+
+
 def test_published_file_exports_to_timm_format(published, tmp_path):
     """A released-format file (no classes, no transform): the model's timm defaults, the EMA weights."""
     from ppma.export import export_timm
