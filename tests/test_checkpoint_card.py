@@ -256,3 +256,20 @@ def test_predict_takes_folders_as_their_images(tmp_path, capsys):
     assert err.strip() == f"ppma predict: note: {got.notes[0]}"
     assert main(["predict", str(tmp_path / "empty"), "--checkpoint", str(tmp_path / "c.pth"), "--device", "cpu"]) == 2
     assert "a folder without images" in capsys.readouterr().err
+
+
+def test_eval_names_the_non_image_files_it_left_out(tmp_path, capsys):
+    """eval counted only readable images and said nothing of the other files in the class folders."""
+    from imagefolder import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", classes=3, train=1, val=3)
+    classes = ["class0", "class1", "class2"]
+    _training_checkpoint(tmp_path / "c.pth", digits_config(), classes)
+    (root / "val" / "class1" / "notes.txt").write_text("not an image")
+    (root / "val" / "class2" / "x.csv").write_text("1,2")
+    (root / "val" / "class2" / "y.csv").write_text("3,4")
+    m = evaluate_checkpoint(tmp_path / "c.pth", str(root), workers=0, batch_size=4, device="cpu")
+    assert m["images"] == 9 and m["not_images"] == "val: skipped 3 non-image files: 2 .csv, 1 .txt"
+    assert main(["eval", "--checkpoint", str(tmp_path / "c.pth"), "--data-path", str(root), "--workers", "0",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert "on 9 images" in (out := capsys.readouterr().out) and "(val: skipped 3 non-image files" in out

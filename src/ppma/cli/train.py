@@ -97,6 +97,7 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"{what} on {m['images']} images: "
           f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
           + (f"  ({m['skipped']} unreadable images skipped)" if m["skipped"] else "")
+          + (f"  ({m['not_images']})" if m["not_images"] else "")
           + (f"  [{m['assumed']}]" if m["assumed"] else ""))  # fmt: skip
 
 

@@ -671,6 +671,8 @@ def evaluate_checkpoint(
         model_name: timm name; None: read from the checkpoint.
         weights: ``"auto"`` (the EMA where the file has one), ``"ema"`` or ``"model"``.
         input_size, crop_pct: override the evaluation transform.
+
+    ``metrics["not_images"]``: the non-image files left out of ``data_path``'s class folders ('' if none).
         precision: ``fp32``, ``bf16``, ``int8`` or ``auto`` (``ppma.for_inference``); other than fp32,
             the converted model runs without autocast.
     """
@@ -700,7 +702,8 @@ def evaluate_checkpoint(
         cleanup_distributed(d)
     metrics.update(model=spec.model_name, weights=spec.weights_label, classes=spec.num_classes,
                    input_size=spec.config.input_size, crop_pct=spec.config.crop_pct,
-                   interpolation=spec.config.interpolation, assumed=spec.assumed, precision=precision)  # fmt: skip
+                   interpolation=spec.config.interpolation, assumed=spec.assumed, precision=precision,
+                   not_images=describe_folders(dataset).removeprefix("; "))  # fmt: skip
     return metrics
 
 
