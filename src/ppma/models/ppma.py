@@ -370,7 +370,15 @@ class PPMA(nn.Module):
         cfg = cfg if isinstance(cfg, dict) else {}
         if use_ema is None:  # "hf": the published weights through timm's hub loading
             use_ema = "auto" if cfg.get("custom_load") == "hf" else False
-        contents = read_checkpoint(path)
+        try:
+            contents = read_checkpoint(path)
+        except ValueError as e:
+            if cfg.get("custom_load") != "hf":
+                raise
+            # A damaged or interrupted download stays in the cache and fails every later load the same way.
+            raise ValueError(f"{e}; a damaged download in the Hugging Face cache? fetch it again: huggingface_hub."
+                             f"hf_hub_download({cfg.get('hf_hub_id')!r}, {cfg.get('hf_hub_filename')!r}, "
+                             "force_download=True)") from e  # fmt: skip
         other_classes = load_into(self, path, use_ema=use_ema, contents=contents)
         if other_classes is not None:
             warnings.warn(f"pretrained: {path} has a {other_classes}-class classifier, the model {self.num_classes} "
