@@ -232,6 +232,10 @@ def test_timm_pretrained_from_our_file_takes_its_transform_and_says_when_the_hea
     assert model.num_classes == 10 and "label_names" not in model.pretrained_cfg
     key = "stages.2.blocks.0.attn.q_proj.weight"
     assert torch.equal(model.state_dict()[key], ckpt["model"][key])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a backbone has no use for the classifier: nothing to warn about
+        backbone = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=local, features_only=True)
+    assert resolve_data_config(model=backbone)["input_size"] == (3, 40, 40)
 
 
 def test_predict_takes_folders_as_their_images(tmp_path, capsys):

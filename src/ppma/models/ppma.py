@@ -380,7 +380,7 @@ class PPMA(nn.Module):
                              f"hf_hub_download({cfg.get('hf_hub_id')!r}, {cfg.get('hf_hub_filename')!r}, "
                              "force_download=True)") from e  # fmt: skip
         other_classes = load_into(self, path, use_ema=use_ema, contents=contents)
-        if other_classes is not None:
+        if other_classes is not None and self.norms is None:  # a dense backbone (norms) never uses head.fc
             warnings.warn(f"pretrained: {path} has a {other_classes}-class classifier, the model {self.num_classes} "
                           "classes: head.fc keeps its initial weights (fine-tuning); pass "
                           f"num_classes={other_classes} to use the trained classifier", stacklevel=2)  # fmt: skip
