@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_output_path
+from .checkpoint import _umask
 
 __all__ = ["EXPORT_BACKEND", "load_classifier", "export_timm", "export_onnx", "export_program", "run_onnx"]
 
@@ -111,14 +112,14 @@ def export_timm(
         model_config = dict(label_names=list(imagenet.label_names()),
                             label_descriptions=imagenet.label_descriptions(as_dict=True))  # fmt: skip
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is for sharing
     try:
         save_config_for_hf(model, str(tmp / "config.json"), model_config=model_config,
                            model_args=info["model_kwargs"], data_config=data_config)  # fmt: skip
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata=_safetensors_metadata(info))
+        (tmp / "model.safetensors").chmod(0o666 & ~umask)  # safetensors writes 0600, unreadable to others
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         os.replace(tmp, out_dir)

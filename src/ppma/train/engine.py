@@ -783,7 +783,8 @@ def _classifier_spec(
                    f"{transform['input_size']} px, crop {transform['crop_pct']:.3f}, {transform['interpolation']}, "
                    f"mean {_numbers(transform['mean'])}, std {_numbers(transform['std'])}")  # fmt: skip
         base.setdefault("data_path", data_path)
-    overrides = {k: v for k, v in (("input_size", input_size), ("crop_pct", crop_pct)) if v}
+    # "is not None": a 0 given is refused by TrainConfig, not silently replaced by the checkpoint's value
+    overrides = {k: v for k, v in (("input_size", input_size), ("crop_pct", crop_pct)) if v is not None}
     transform = {**transform, "mean": tuple(transform["mean"]), "std": tuple(transform["std"]), **overrides}
     config = TrainConfig(**{**base, **transform})
     label = "ema" if use_ema else ckpt["weights"] if ckpt.get("weights") in ("ema", "model") else "model"
