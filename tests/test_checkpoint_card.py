@@ -203,3 +203,77 @@ def test_dense_sets_ignore_hidden_files_and_scale_16_bit_images(tmp_path):
     rgb = np.asarray(load_rgb(pairs[0][0]))
     want = np.rint(deep.astype(np.float64) * 255 / 65535)
     assert rgb.shape == (6, 7, 3) and np.array_equal(rgb[..., 0], want) and np.array_equal(rgb[..., 2], want)
+
+
+def test_timm_pretrained_from_our_file_takes_its_transform_and_says_when_the_head_is_dropped(tmp_path):
+    """timm.create_model(..., pretrained_cfg_overlay=dict(file=ours)): resolve_data_config gave the registry's
+    ImageNet transform and a forgotten num_classes left a random classifier, both without a word."""
+    import warnings
+
+    import pytest
+    from timm.data import resolve_data_config
+
+    config = digits_config(input_size=40, crop_pct=0.9, interpolation="bicubic", mean=(0.4, 0.45, 0.5),
+                           std=(0.3, 0.25, 0.2))  # fmt: skip
+    classes = [f"c{i}" for i in torch.randperm(7).tolist()]
+    ckpt = _training_checkpoint(tmp_path / "best.pth", config, classes)
+    local = dict(file=str(tmp_path / "best.pth"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right class count: no warning
+        model = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=local, num_classes=7)
+    assert resolve_data_config(model=model) == dict(input_size=(3, 40, 40), interpolation="bicubic",
+                                                    mean=(0.4, 0.45, 0.5), std=(0.3, 0.25, 0.2), crop_pct=0.9,
+                                                    crop_mode="center")  # fmt: skip
+    assert model.pretrained_cfg["label_names"] == classes
+    assert torch.equal(model.state_dict()["head.fc.weight"], ckpt["model"]["head.fc.weight"])
+
+    with pytest.warns(UserWarning, match="7-class classifier, the model 10 classes.*num_classes=7"):
+        model = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=local)  # nano's 10
+    assert model.num_classes == 10 and "label_names" not in model.pretrained_cfg
+    key = "stages.2.blocks.0.attn.q_proj.weight"
+    assert torch.equal(model.state_dict()[key], ckpt["model"][key])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a backbone has no use for the classifier: nothing to warn about
+        backbone = timm.create_model("ppma_nano", pretrained=True, pretrained_cfg_overlay=local, features_only=True)
+    assert resolve_data_config(model=backbone)["input_size"] == (3, 40, 40)
+
+
+def test_predict_takes_folders_as_their_images(tmp_path, capsys):
+    """A folder used to be 'not a readable image (Is a directory)'; now it stands for its images, sorted."""
+    _training_checkpoint(tmp_path / "c.pth", digits_config(), DIGITS_CLASSES)
+    photos = tmp_path / "photos"
+    paths = [photos / "b.png", photos / "a" / "z.jpg", photos / "a.png", photos / ".thumbs" / "t.png"]
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.randint(0, 255, (30, 26, 3), dtype=np.uint8)).save(p)
+    (photos / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    want = predict_images(tmp_path / "c.pth", [paths[2], paths[0], paths[1]], device="cpu", topk=3)
+    got = predict_images(tmp_path / "c.pth", [photos, tmp_path / "empty"], device="cpu", topk=3)
+    assert got[:3] == want  # a.png, b.png, a/z.jpg: a folder's files, then its sub-folders; no hidden folder
+    assert got[3]["file"] == str(tmp_path / "empty") and "a folder without images" in got[3]["error"]
+    assert got.notes == [f"{photos}: skipped 2 non-image files: 1 hidden, 1 .txt"]
+
+    assert main(["predict", str(photos), "--checkpoint", str(tmp_path / "c.pth"), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == [r["file"] for r in want]
+    assert err.strip() == f"ppma predict: note: {got.notes[0]}"
+    assert main(["predict", str(tmp_path / "empty"), "--checkpoint", str(tmp_path / "c.pth"), "--device", "cpu"]) == 2
+    assert "a folder without images" in capsys.readouterr().err
+
+
+def test_eval_names_the_non_image_files_it_left_out(tmp_path, capsys):
+    """eval counted only readable images and said nothing of the other files in the class folders."""
+    from imagefolder import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", classes=3, train=1, val=3)
+    classes = ["class0", "class1", "class2"]
+    _training_checkpoint(tmp_path / "c.pth", digits_config(), classes)
+    (root / "val" / "class1" / "notes.txt").write_text("not an image")
+    (root / "val" / "class2" / "x.csv").write_text("1,2")
+    (root / "val" / "class2" / "y.csv").write_text("3,4")
+    m = evaluate_checkpoint(tmp_path / "c.pth", str(root), workers=0, batch_size=4, device="cpu")
+    assert m["images"] == 9 and m["not_images"] == "val: skipped 3 non-image files: 2 .csv, 1 .txt"
+    assert main(["eval", "--checkpoint", str(tmp_path / "c.pth"), "--data-path", str(root), "--workers", "0",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert "on 9 images" in (out := capsys.readouterr().out) and "(val: skipped 3 non-image files" in out

@@ -67,6 +67,23 @@ def test_timm_format_loads_back_with_timm_alone(tmp_path, capsys):
     assert json.loads(meta["transform"])["crop_pct"] == 0.9 and meta["weights"] == "ema"
 
 
+def test_timm_export_files_get_the_umask_mode(tmp_path):
+    """model.safetensors came out 0600 (safetensors' own mode) beside a 0644 config.json: unreadable to a
+    server running as another user."""
+    import stat
+
+    from ppma.export import export_timm
+
+    _our_checkpoint(tmp_path / "best.pth")
+    old = os.umask(0o027)
+    try:
+        out = export_timm(tmp_path / "best.pth", tmp_path / "hub")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()]}
+    assert modes == {"hub": 0o750, "config.json": 0o640, "model.safetensors": 0o640}
+
+
 def test_export_reads_the_checkpoint_once(tmp_path, checkpoint_reads):
     """The model card (name, classes, transform) and the weights come from one read of the file."""
     ckpt = tmp_path / "best.pth"
@@ -162,6 +179,18 @@ def test_torch_export_with_a_dynamic_batch_matches_eager():
             torch.testing.assert_close(program.module()(x), reference(x.double()).float(), rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="multiples of 32"):
         export_program(model, torch.randn(1, 3, 60, 64), dynamic_size=True)
+
+
+def test_torch_export_from_one_small_image_traces_the_dynamic_dimensions_above_one():
+    """export_program(model, one image) with its default dynamic batch failed deep in torch.export
+    ('Constraints violated (batch)'), as did a 32-pixel side with dynamic_size ('Guard failed')."""
+    from ppma.export import export_program
+
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **TWO_STAGES).eval()
+    program = export_program(model, torch.randn(1, 3, 32, 64), dynamic_size=True)
+    x = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-5)
 
 
 def test_published_file_exports_to_timm_format(published, tmp_path):

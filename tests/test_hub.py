@@ -145,3 +145,21 @@ def test_commands_take_published_names(hf_cache, tmp_path, capsys):
 
     assert main(["predict", str(image), "--pretrained"]) == 2
     assert "--pretrained needs --model" in capsys.readouterr().err
+
+
+def test_damaged_cached_file_says_how_to_fetch_it_again(hf_cache):
+    """An interrupted download stays in the cache: the error said the file was unreadable, not what to do."""
+    def damaged(path):
+        path.parent.mkdir(parents=True)
+        data = bytearray(torch.randint(0, 256, (4096,), dtype=torch.uint8).tolist())
+        path.write_bytes(b"PK\x03\x04" + bytes(data))  # the start of a zip, cut off
+
+    _put_in_cache(hf_cache, TINY_FILE, damaged)
+    with pytest.raises(ValueError, match=r"cannot read .*best\.pth.*fetch it again: huggingface_hub\.hf_hub_download"
+                                         r"\('ZhongchenZhao/PPMA', '.*PPMA_T_202502251000/best\.pth', "
+                                         r"force_download=True\)"):  # fmt: skip
+        timm.create_model("ppma_tiny.in1k", pretrained=True, **SHORT)
+    local = dict(file=str(next(hf_cache.rglob("best.pth"))))
+    with pytest.raises(ValueError) as info:  # a local file: no word about the cache
+        timm.create_model("ppma_tiny", pretrained=True, pretrained_cfg_overlay=local, **SHORT)
+    assert "fetch it again" not in str(info.value)

@@ -1,7 +1,8 @@
 """ppma.inference: precisions refused with one line, BatchNorm folding exact, bf16 and int8 close to float32.
 
-Accuracy is checked on the published micro fixture's trained weights (tests/fixtures) and on a narrow model at 1024x1024. Models are run eagerly here (``compile=False``):
-what torch.compile changes is checked once, on the smallest model, against the same tolerance.
+Accuracy is checked on the published micro fixture's trained weights (tests/fixtures) and on a narrow
+model at 1024x1024. Models are run eagerly here (``compile=False``): what
+torch.compile changes is checked once, on the smallest model, against the same tolerance.
 """
 
 from __future__ import annotations
@@ -183,6 +184,21 @@ def test_fp32_for_inference_matches_the_model_and_leaves_it_unchanged():
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the caller's model is untouched
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_backbone_stage_maps_come_out_float32(precision, bf16_cpu):
+    """A features_only backbone returns a list: each map is float32, like a classifier's logits."""
+    backbone = timm.create_model("ppma_nano", features_only=True).eval()
+    _randomise_batchnorms(backbone)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        want = backbone(x)
+        got = for_inference(backbone, precision)(x)
+    assert isinstance(got, list) and len(got) == len(want) == 4
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32 and g.shape == w.shape
+        assert _relative_error(g, w) < (BF16_RTOL if precision == "bf16" else 1e-5)
+
+
 # ---- bf16 and int8 on the published weights --------------------------------------------------------
 
 
@@ -278,7 +294,8 @@ def test_x86_int8_linear_matches_its_float_linear():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("PPMA_SLOW_TESTS") != "1", reason="inductor compiles C++ for minutes on 2 cores: set PPMA_SLOW_TESTS=1")
+@pytest.mark.skipif(os.environ.get("PPMA_SLOW_TESTS") != "1",
+                    reason="inductor compiles C++ for minutes on 2 cores: set PPMA_SLOW_TESTS=1")
 def test_bf16_compiled_matches_float32(micro, bf16_cpu):
     model, ckpt = micro
     x = ckpt["inputs"][0].float()

@@ -184,7 +184,7 @@ def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool | str = False) 
 
 def load_into(
     model: nn.Module, path: str | os.PathLike, use_ema: bool | str = False, *, contents: dict[str, Any] | None = None
-) -> None:
+) -> int | None:
     """Load a checkpoint into a PPMA model, strictly.
 
     Published and our key names both work. Tolerated, with the model's own initial values kept:
@@ -194,6 +194,8 @@ def load_into(
 
     ``contents``: the dict already read from ``path`` (``read_checkpoint``), so a caller that read the
     card first does not read the file again; ``path`` then only names it in messages.
+
+    Returns the file's class count when the model kept its own classifier for another count, else None.
     """
     ckpt = read_checkpoint(path) if contents is None else contents
     state = checkpoint_filter_fn(extract_state_dict(ckpt, use_ema), model)
@@ -208,7 +210,9 @@ def load_into(
         k for k in missing
         if (k.startswith("norms.") and not source_has_norms) or (k.startswith("head.") and not source_has_head)
     }  # fmt: skip
+    other_classes = None
     if wrong_shape and all(s.startswith("head.fc.") for s in wrong_shape):
+        other_classes = int(state["head.fc.weight"].shape[0]) if "head.fc.weight" in state else None
         tolerated |= {k for k in own if k.startswith("head.fc.")}  # another class count: keep our new classifier
         state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
         wrong_shape = []
@@ -220,6 +224,7 @@ def load_into(
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         raise ValueError("\n".join(lines))
     model.load_state_dict(state, strict=False)
+    return other_classes
 
 
 def _umask() -> int:

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_output_path
+from .checkpoint import _umask
 
 __all__ = ["EXPORT_BACKEND", "load_classifier", "export_timm", "export_onnx", "export_program", "run_onnx"]
 
@@ -111,14 +112,14 @@ def export_timm(
         model_config = dict(label_names=list(imagenet.label_names()),
                             label_descriptions=imagenet.label_descriptions(as_dict=True))  # fmt: skip
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is for sharing
     try:
         save_config_for_hf(model, str(tmp / "config.json"), model_config=model_config,
                            model_args=info["model_kwargs"], data_config=data_config)  # fmt: skip
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata=_safetensors_metadata(info))
+        (tmp / "model.safetensors").chmod(0o666 & ~umask)  # safetensors writes 0600, unreadable to others
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         os.replace(tmp, out_dir)
@@ -168,9 +169,26 @@ def _check_size(size: tuple[int, int], dynamic_size: bool) -> None:
                          f"{_MAX_SIDE}, got {h}x{w}")  # fmt: skip
 
 
+def _traced_shape(shape: tuple[int, ...], dynamic_batch: bool, dynamic_size: bool) -> tuple[int, ...]:
+    """The input shape to trace: torch.export specialises a dynamic dimension traced at 1, so a dynamic
+    batch is traced at two or more images and a dynamic side at two or more 32-pixel blocks."""
+    b, c, h, w = shape
+    if dynamic_batch:
+        b = max(b, 2)
+    if dynamic_size:
+        h, w = max(h, 2 * _STRIDE), max(w, 2 * _STRIDE)
+    return b, c, h, w
+
+
 def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = True, dynamic_size: bool = False):
-    """``torch.export.export`` of a PPMA model (switched to the exportable backend) on ``example``."""
+    """``torch.export.export`` of a PPMA model (switched to the exportable backend) on ``example``.
+
+    A dynamic dimension of ``example`` at 1 (one image; a side of 32 pixels) is traced on a random input of
+    2 (64 pixels) instead. With ``dynamic_size`` the program takes sides of 64 pixels and more."""
     _check_size(tuple(example.shape[-2:]), dynamic_size)
+    traced = _traced_shape(tuple(example.shape), dynamic_batch, dynamic_size)
+    if traced != tuple(example.shape):
+        example = torch.randn(traced, dtype=example.dtype, device=example.device)
     if hasattr(model, "set_backend"):
         model.set_backend(EXPORT_BACKEND)
     return torch.export.export(model.eval(), (example,), dynamic_shapes=_dynamic_shapes(dynamic_batch, dynamic_size))
@@ -206,10 +224,8 @@ def export_onnx(
     size = (size, size) if isinstance(size, int) else tuple(size)
     _check_size(size, dynamic_size)
     model.set_backend(EXPORT_BACKEND)
-    batch = 2 if dynamic_batch else 1  # torch.export specialises a dynamic dimension traced at 1
-    # The same for sizes: a side of one 32-pixel block would be fixed at 32; trace dynamic sides at two or more.
-    traced = tuple(max(s, 2 * _STRIDE) for s in size) if dynamic_size else size
-    example = torch.randn(batch, model.in_chans, *traced)
+    example = torch.randn(_traced_shape((1, model.in_chans, *size), dynamic_batch, dynamic_size))
+    batch = example.shape[0]
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         program = torch.onnx.export(model, (example,), dynamo=True, input_names=["x"], output_names=["logits"],

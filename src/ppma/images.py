@@ -24,8 +24,9 @@ from PIL import Image
 
 from .errors import PPMAError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "ImageReadError", "class_folders", "index_image_folder",
-           "is_hidden", "is_image_file", "load_rgb"]  # fmt: skip
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "ImageReadError", "class_folders", "describe_skipped_files",
+           "image_files",
+           "index_image_folder", "is_hidden", "is_image_file", "load_rgb"]  # fmt: skip
 
 # torchvision's ImageFolder extensions, and GIF (its first frame), which PIL reads as well.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -62,10 +63,32 @@ class ImageFolderIndex:
 
     def describe_skipped(self) -> str:
         """'skipped 3 files: 2 .txt, 1 hidden' or ''."""
-        if not self.skipped:
-            return ""
-        parts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
-        return f"skipped {sum(self.skipped.values())} non-image files: {parts}"
+        return describe_skipped_files(self.skipped)
+
+
+def describe_skipped_files(skipped: Counter) -> str:
+    """'skipped 3 non-image files: 2 .txt, 1 hidden' or '' (``skipped``: kind -> count)."""
+    if not skipped:
+        return ""
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+    return f"skipped {sum(skipped.values())} non-image files: {parts}"
+
+
+def image_files(folder: str | Path) -> tuple[list[str], Counter]:
+    """The images at any depth below ``folder`` (a sorted walk, hidden files and folders left out), and
+    the other files counted by extension (or "hidden")."""
+    files: list[str] = []
+    skipped: Counter = Counter()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        hidden_dirs = [d for d in dirnames if is_hidden(d)]
+        skipped["hidden"] += len(hidden_dirs)
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))  # os.walk descends into what is left
+        for file in sorted(filenames):
+            if is_image_file(file):
+                files.append(os.path.join(dirpath, file))
+            else:
+                skipped["hidden" if is_hidden(file) else (Path(file).suffix.lower() or "no extension")] += 1
+    return files, Counter({k: v for k, v in skipped.items() if v})
 
 
 def index_image_folder(split: str | Path) -> ImageFolderIndex:
@@ -75,16 +98,9 @@ def index_image_folder(split: str | Path) -> ImageFolderIndex:
     samples: list[tuple[str, int]] = []
     skipped: Counter = Counter()
     for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(split / name, followlinks=True):
-            hidden_dirs = [d for d in dirnames if is_hidden(d)]
-            skipped["hidden"] += len(hidden_dirs)
-            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))  # os.walk descends into what is left
-            for file in sorted(filenames):
-                if is_image_file(file):
-                    samples.append((os.path.join(dirpath, file), label))
-                else:
-                    skipped["hidden" if is_hidden(file) else (Path(file).suffix.lower() or "no extension")] += 1
-    skipped = Counter({k: v for k, v in skipped.items() if v})
+        files, other = image_files(split / name)
+        samples.extend((file, label) for file in files)
+        skipped.update(other)
     return ImageFolderIndex(classes, samples, skipped)
 
 

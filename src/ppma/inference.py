@@ -163,8 +163,19 @@ class InferenceModel(nn.Module):
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x.to(self.dtype))
-        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+        return _to_float32(self.model(x.to(self.dtype)))
+
+
+def _to_float32(out):
+    """Floating tensors in ``out`` as float32, also inside the list / tuple / dict a ``features_only``
+    backbone returns (a bf16 backbone handed its stage maps out in bfloat16)."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float32(o) for o in out)
+    if isinstance(out, dict):
+        return type(out)((k, _to_float32(v)) for k, v in out.items())
+    return out
 
 
 def _to_bf16(model: nn.Module) -> nn.Module:

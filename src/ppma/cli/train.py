@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("predict", help="top-k classes of image files with a checkpoint (ours or a published .pth)")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders (their images at any depth, sorted)")
     _add_classifier_flags(p)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
@@ -97,6 +97,7 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"{what} on {m['images']} images: "
           f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
           + (f"  ({m['skipped']} unreadable images skipped)" if m["skipped"] else "")
+          + (f"  ({m['not_images']})" if m["not_images"] else "")
           + (f"  [{m['assumed']}]" if m["assumed"] else ""))  # fmt: skip
 
 
@@ -113,8 +114,8 @@ def _predict(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")  # before the model runs, not after
     records = predict_images(_checkpoint(args), args.images, args.model, args.weights, args.topk, args.device,
                              args.input_size, args.crop_pct, args.precision)  # fmt: skip
-    if records.assumed:
-        print(f"ppma predict: note: {records.assumed}", file=sys.stderr)
+    for note in ([records.assumed] if records.assumed else []) + records.notes:
+        print(f"ppma predict: note: {note}", file=sys.stderr)
     for r in records:
         if "error" in r:
             print(f"ppma predict: skipped {r['error']}", file=sys.stderr)

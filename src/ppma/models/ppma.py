@@ -10,6 +10,7 @@ Registered in timm: ppma_nano (CI and the digits job), ppma_tiny, ppma_small, pp
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from .._checks import check_tensor
-from ..checkpoint import load_into
+from ..checkpoint import load_into, read_card, read_checkpoint
 from ..decay import DecayLinear
 from ..hub import is_hub_failure, weights_unavailable
 from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
@@ -357,11 +358,39 @@ class PPMA(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def load_pretrained(self, path: str) -> None:
-        """timm's custom-load hook: load a published ``.pth`` or one of ours (see ``ppma.checkpoint``)."""
+        """timm's custom-load hook: load a published ``.pth`` or one of ours (see ``ppma.checkpoint``).
+
+        A file with a model card (ours) also sets ``pretrained_cfg``'s evaluation transform and label
+        names, so ``timm.data.resolve_data_config(model=model)`` sees the images as the model was
+        trained to (not the registry's 224 px ImageNet defaults). A classifier left at its initial
+        values (the file has another class count) is said in a warning.
+        """
         use_ema = self.checkpoint_ema
+        cfg = getattr(self, "pretrained_cfg", None)
+        cfg = cfg if isinstance(cfg, dict) else {}
         if use_ema is None:  # "hf": the published weights through timm's hub loading
-            use_ema = "auto" if getattr(self, "pretrained_cfg", {}).get("custom_load") == "hf" else False
-        load_into(self, path, use_ema=use_ema)
+            use_ema = "auto" if cfg.get("custom_load") == "hf" else False
+        try:
+            contents = read_checkpoint(path)
+        except ValueError as e:
+            if cfg.get("custom_load") != "hf":
+                raise
+            # A damaged or interrupted download stays in the cache and fails every later load the same way.
+            raise ValueError(f"{e}; a damaged download in the Hugging Face cache? fetch it again: huggingface_hub."
+                             f"hf_hub_download({cfg.get('hf_hub_id')!r}, {cfg.get('hf_hub_filename')!r}, "
+                             "force_download=True)") from e  # fmt: skip
+        other_classes = load_into(self, path, use_ema=use_ema, contents=contents)
+        if other_classes is not None and self.norms is None:  # a dense backbone (norms) never uses head.fc
+            warnings.warn(f"pretrained: {path} has a {other_classes}-class classifier, the model {self.num_classes} "
+                          "classes: head.fc keeps its initial weights (fine-tuning); pass "
+                          f"num_classes={other_classes} to use the trained classifier", stacklevel=2)  # fmt: skip
+        card = read_card(contents)
+        t = card["transform"]
+        if t:
+            cfg.update(input_size=(self.in_chans, t["input_size"], t["input_size"]), crop_pct=t["crop_pct"],
+                       interpolation=t["interpolation"], mean=tuple(t["mean"]), std=tuple(t["std"]))  # fmt: skip
+        if card["classes"] and len(card["classes"]) == self.num_classes:
+            cfg["label_names"] = list(card["classes"])
 
 
 # ---- registry -----------------------------------------------------------------------------------------

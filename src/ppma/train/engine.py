@@ -671,6 +671,8 @@ def evaluate_checkpoint(
         model_name: timm name; None: read from the checkpoint.
         weights: ``"auto"`` (the EMA where the file has one), ``"ema"`` or ``"model"``.
         input_size, crop_pct: override the evaluation transform.
+
+    ``metrics["not_images"]``: the non-image files left out of ``data_path``'s class folders ('' if none).
         precision: ``fp32``, ``bf16``, ``int8`` or ``auto`` (``ppma.for_inference``); other than fp32,
             the converted model runs without autocast.
     """
@@ -700,7 +702,8 @@ def evaluate_checkpoint(
         cleanup_distributed(d)
     metrics.update(model=spec.model_name, weights=spec.weights_label, classes=spec.num_classes,
                    input_size=spec.config.input_size, crop_pct=spec.config.crop_pct,
-                   interpolation=spec.config.interpolation, assumed=spec.assumed, precision=precision)  # fmt: skip
+                   interpolation=spec.config.interpolation, assumed=spec.assumed, precision=precision,
+                   not_images=describe_folders(dataset).removeprefix("; "))  # fmt: skip
     return metrics
 
 
@@ -780,7 +783,8 @@ def _classifier_spec(
                    f"{transform['input_size']} px, crop {transform['crop_pct']:.3f}, {transform['interpolation']}, "
                    f"mean {_numbers(transform['mean'])}, std {_numbers(transform['std'])}")  # fmt: skip
         base.setdefault("data_path", data_path)
-    overrides = {k: v for k, v in (("input_size", input_size), ("crop_pct", crop_pct)) if v}
+    # "is not None": a 0 given is refused by TrainConfig, not silently replaced by the checkpoint's value
+    overrides = {k: v for k, v in (("input_size", input_size), ("crop_pct", crop_pct)) if v is not None}
     transform = {**transform, "mean": tuple(transform["mean"]), "std": tuple(transform["std"]), **overrides}
     config = TrainConfig(**{**base, **transform})
     label = "ema" if use_ema else ckpt["weights"] if ckpt.get("weights") in ("ema", "model") else "model"
@@ -793,9 +797,11 @@ def _numbers(values: Any) -> str:
 
 
 class Predictions(list):
-    """``predict_images``' records (a list), with ``assumed``: what the checkpoint did not say ('' if nothing)."""
+    """``predict_images``' records (a list), with ``assumed``: what the checkpoint did not say ('' if nothing),
+    and ``notes``: the non-image files skipped in each folder given."""
 
     assumed: str = ""
+    notes: list[str] = []
 
     @property
     def unreadable(self) -> list[dict[str, Any]]:
@@ -815,6 +821,10 @@ def predict_images(
 ) -> Predictions:
     """The ``topk`` classes and probabilities of each image file, with the checkpoint's evaluation transform.
 
+    A folder in ``images`` stands for the images at any depth below it (``ppma.images.image_files``:
+    sorted, hidden files left out, other files counted in ``.notes``); a folder without images gets an
+    ``error`` record, as an unreadable image does.
+
     Class names: the checkpoint's own (ours), ImageNet's for a 1000-class published file (the list timm
     ships), else ``class_<i>``. An image that cannot be read (``ppma.images.load_rgb``: missing, damaged,
     too large, unknown value range) does not stop the others: its record holds ``error`` instead of
@@ -824,13 +834,22 @@ def predict_images(
         One dict per image, in order: ``file`` and ``top``, a list of (class name, probability), most
         likely first, or ``file`` and ``error``. ``.assumed`` says what the checkpoint did not store.
     """
-    from ..images import ImageReadError, load_rgb
+    from ..images import IMAGE_EXTENSIONS, ImageReadError, describe_skipped_files, image_files, load_rgb
     from ..inference import for_inference, resolve_precision
 
     if topk < 1:
         raise ValueError(f"topk: expected at least 1, got {topk}")
     if not images:
         raise ValueError("images: none given")
+    files, notes = [], []
+    for path in images:
+        if not Path(path).is_dir():
+            files.append(path)
+            continue
+        found, skipped = image_files(path)
+        files.extend(found or [path])  # an empty folder: an error record below
+        if skipped:
+            notes.append(f"{path}: {describe_skipped_files(skipped)}")
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     spec = _classifier_spec(checkpoint, model_name, weights, input_size, crop_pct)
@@ -850,8 +869,12 @@ def predict_images(
     if precision != "fp32":
         model = for_inference(model, precision)
     records = Predictions()
-    records.assumed = "; ".join(assumed)
-    for path in images:
+    records.assumed, records.notes = "; ".join(assumed), notes
+    for path in files:
+        if Path(path).is_dir():
+            error = f"{path}: a folder without images ({' '.join(IMAGE_EXTENSIONS)})"
+            records.append(dict(file=str(path), error=error))
+            continue
         try:
             image = load_rgb(path)
         except ImageReadError as e:
