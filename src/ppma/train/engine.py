@@ -671,10 +671,10 @@ def evaluate_checkpoint(
         model_name: timm name; None: read from the checkpoint.
         weights: ``"auto"`` (the EMA where the file has one), ``"ema"`` or ``"model"``.
         input_size, crop_pct: override the evaluation transform.
-
-    ``metrics["not_images"]``: the non-image files left out of ``data_path``'s class folders ('' if none).
         precision: ``fp32``, ``bf16``, ``int8`` or ``auto`` (``ppma.for_inference``); other than fp32,
             the converted model runs without autocast.
+
+    ``metrics["not_images"]``: the non-image files left out of ``data_path``'s class folders ('' if none).
     """
     from ..inference import for_inference, resolve_precision
 
