@@ -455,6 +455,8 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
         changes = changed_settings(ckpt.get("config"), config.to_dict(), _NOT_RESULTS)
         state.scheduler.step_update(num_updates=state.step)
     log = RunLog(folder.path, d.is_main, tensorboard=config.tensorboard)
+    if resume_path is not None:  # the log is the checkpoint's history, whichever folder it continues in
+        log.restart(state.history)
     if changes:  # allowed (a longer schedule, a smaller batch for a smaller GPU), but never silently
         log.print(f"resume: settings changed from the saved run: {', '.join(changes)}; "
                   f"the result will differ from an unbroken run")  # fmt: skip
