@@ -183,6 +183,9 @@ def test_bad_checkpoints_and_resume_are_one_line_errors(folder_run, tmp_path, ca
     err = _error(capsys, ["train", "--resume", str(out), "--model", "ppma_tiny", "--output-dir", str(tmp_path / "x"),
                           "--epochs", "3"])  # more epochs: a finished run is refused before its model is read
     assert "resume:" in err and "ppma_tiny" in err
+    err = _error(capsys, ["train", "--resume", str(out), "--model-kwargs", '{"mask": "rmt"}', "--output-dir",
+                          str(tmp_path / "y"), "--epochs", "3"])  # same model name, other layers: the keys are named
+    assert "does not fit this model" in err and "Unexpected key(s) in state_dict" in err and ".decay." in err
     assert "nothing to resume" in _error(capsys, ["train", "--resume", "--output-dir", str(tmp_path / "none")])
     assert "nothing to resume" in _error(capsys, ["train", "--resume", str(tmp_path / "none.pth")])
     err = _error(capsys, ["train", "--data-path", str(root), "--model", "ppma_nano", "--output-dir", str(out)])

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import model_card
-from ..errors import PPMAError
+from ..errors import PPMAError, one_line
 from ..runtime import (
     DistInfo,
     ResumableSampler,
@@ -85,7 +85,7 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         try:
             load_into(model, config.initial_checkpoint)
         except ValueError as e:
-            raise PPMAError(_one_line(str(e))) from e
+            raise PPMAError(one_line(str(e))) from e
     return model
 
 
@@ -163,10 +163,6 @@ def min_train_batch(model: nn.Module, input_size: int, in_chans: int = 3) -> int
         for h in hooks:
             h.remove()
     return 2 if any(singles) else 1
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.strip().splitlines())
 
 
 # ---- the loops --------------------------------------------------------------------------------------------
@@ -733,7 +729,7 @@ class _ClassifierSpec:
             load_into(model, self.checkpoint, use_ema=self.use_ema, contents=contents)
         except ValueError as e:
             raise PPMAError(
-                f"checkpoint: {self.checkpoint} does not fit {self.model_name}: {_one_line(str(e))[:300]}"
+                f"checkpoint: {self.checkpoint} does not fit {self.model_name}: {one_line(str(e))[:300]}"
             ) from e
         return model.eval()
 
