@@ -22,7 +22,9 @@ __all__ = ["RunState", "new_epoch_stats"]
 
 def new_epoch_stats() -> dict[str, Any]:
     """Zeroed running sums of an epoch."""
-    return {"loss_sum": 0.0, "images": 0, "time": 0.0, "skipped": [], "skipped_steps": 0, "unused_images": 0}
+    # samples: training indices this process has consumed (the resume point, whatever the batch size was)
+    return {"loss_sum": 0.0, "images": 0, "time": 0.0, "skipped": [], "skipped_steps": 0, "unused_images": 0,
+            "samples": 0}
 
 
 @dataclass
@@ -74,4 +76,6 @@ class RunState:
         self.best_top1, self.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
         self.history = list(ckpt["history"])
         self.epoch_stats = {**new_epoch_stats(), **ckpt["epoch_stats"]}  # files of earlier versions lack counters
+        if "samples" not in ckpt["epoch_stats"]:  # an earlier file: its steps were all of its own batch size
+            self.epoch_stats["samples"] = self.step_in_epoch * (ckpt.get("config") or {}).get("batch_size", 0)
         return ckpt
