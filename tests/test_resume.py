@@ -57,3 +57,60 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     got = (random.random(), np.random.rand(3), torch.rand(3), np.random.randn())
     assert got[0] == expected[0] and np.array_equal(got[1], expected[1]) and torch.equal(got[2], expected[2])
     assert got[3] == expected[3]
+
+
+def _state(config, updates_per_epoch: int):
+    """A RunState of a small linear model with ``config``'s optimizer and schedule (no EMA)."""
+    from ppma.train.engine import _build_scheduler, build_optimizer, resolve_lr
+    from ppma.train.state import RunState
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
+    optimizer = build_optimizer(model, config, resolve_lr(config, config.batch_size))
+    return RunState(model, optimizer, _build_scheduler(optimizer, config, updates_per_epoch), torch.amp.GradScaler(
+        "cpu", enabled=False))  # fmt: skip
+
+
+def test_resume_with_another_schedule_or_optimizer_setting_follows_the_new_one(tmp_path):
+    """The saved scheduler and optimizer settings must not override the flags a resume gives (they did:
+    ``--epochs 4`` on a 2-epoch run kept the 2-epoch cosine, lr at min_lr for epochs 3 and 4)."""
+    from ppma.checkpoint import atomic_save
+    from ppma.train import digits_config
+
+    old = digits_config(epochs=2, lr=2e-3, weight_decay=0.05)
+    state = _state(old, updates_per_epoch=10)
+    for step in range(1, 21):  # two epochs of updates with random gradients
+        for p in state.model.parameters():
+            p.grad = torch.randn_like(p)
+        state.optimizer.step()
+        state.step = step
+        state.scheduler.step_update(num_updates=step)
+    state.epoch = 2
+    meta = {"model_name": "m", "classes": list("abcd"), "config": old.to_dict(), "num_classes": 4}
+    atomic_save(state.checkpoint(meta, rng=[]), tmp_path / "last.pth")
+
+    new = old.replace(epochs=4, lr=3e-3, weight_decay=0.01, min_lr=1e-6)
+    resumed = _state(new, updates_per_epoch=10)
+    resumed.load(tmp_path / "last.pth", expect=meta)
+    resumed.scheduler.step_update(num_updates=resumed.step)
+    fresh = _state(new, updates_per_epoch=10)  # the new schedule, at the same step
+    fresh.scheduler.step_update(num_updates=20)
+    lr = fresh.optimizer.param_groups[0]["lr"]
+    assert lr > 1e-3  # mid-cosine of 4 epochs, not the old end's min_lr
+    for got, want in zip(resumed.optimizer.param_groups, fresh.optimizer.param_groups, strict=True):
+        assert got["lr"] == pytest.approx(want["lr"], rel=1e-12) and got["weight_decay"] == want["weight_decay"]
+    for name, moments in state.optimizer.state_dict()["state"].items():  # the moments are the saved run's
+        assert torch.equal(resumed.optimizer.state_dict()["state"][name]["exp_avg"], moments["exp_avg"])
+
+
+def test_resumed_with_another_batch_size_the_epoch_goes_on_where_it_stopped(tmp_path):
+    """The sampler skips the images the epoch consumed (it skipped steps x the new batch size: 4 of 8 here,
+    so 4 images were trained twice in that epoch)."""
+    root = make_image_folder(tmp_path / "data", classes=3, train=8, val=2, size=(32, 32))
+    config = TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, lr=1e-3,
+                         warmup_epochs=0, workers=0, plot=False, output_dir=str(tmp_path / "r"))  # fmt: skip
+    cut = run(config.replace(save_every_steps=2, stop_after_steps=3))  # saved at step 2: 8 of 24 images done
+    assert cut["stopped"]
+    resumed = run(config.replace(batch_size=2, resume=""))
+    assert resumed["steps"] == 2 + 16 // 2
+    assert resumed["history"][0]["train_images"] == 24  # every training image once

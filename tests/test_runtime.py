@@ -6,6 +6,7 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -366,6 +367,9 @@ def test_resume_into_another_folder_continues_there_and_refuses_a_finished_run(s
     assert main(["train", "--resume", str(run), "--output-dir", str(tmp_path / "new"), "--epochs", "2"]) == 0
     assert f"checkpoints in {tmp_path / 'new'}" in capsys.readouterr().out
     assert read_checkpoint(tmp_path / "new" / "last.pth")["progress"]["epoch"] == 2
+    logged = [json.loads(line) for line in (tmp_path / "new" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1, 2]  # the run's whole log, not only the epochs trained here
+    assert logged[0] == json.loads((run / "log.jsonl").read_text())
     best = read_checkpoint(tmp_path / "new" / "best.pth")  # carried over, or the better epoch 2's
     assert best["epoch"] in (1, 2) and read_checkpoint(run / "last.pth")["progress"]["epoch"] == 1  # source untouched
 

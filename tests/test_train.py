@@ -121,6 +121,14 @@ def test_config_files_load_and_digits_file_matches_the_builtin_recipe():
     assert tiny == TrainConfig(model="ppma_tiny", drop_path=0.1, batch_size=tiny.batch_size, workers=tiny.workers)
 
 
+def test_config_file_numbers_are_typed_as_the_fields(tmp_path):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: a float field takes it as the number; ints for floats too."""
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 1e-3\nmin_lr: 0\nscale: [0.5, 1]\n")
+    c = TrainConfig(**load_config_file(f))
+    assert (c.lr, c.min_lr, c.scale) == (0.001, 0.0, (0.5, 1.0)) and isinstance(c.min_lr, float)
+
+
 def test_options_layer_recipe_then_file_then_flags(tmp_path):
     from ppma.cli import build_parser
     from ppma.cli.train import config_from_args
@@ -175,6 +183,9 @@ def test_bad_checkpoints_and_resume_are_one_line_errors(folder_run, tmp_path, ca
     err = _error(capsys, ["train", "--resume", str(out), "--model", "ppma_tiny", "--output-dir", str(tmp_path / "x"),
                           "--epochs", "3"])  # more epochs: a finished run is refused before its model is read
     assert "resume:" in err and "ppma_tiny" in err
+    err = _error(capsys, ["train", "--resume", str(out), "--model-kwargs", '{"mask": "rmt"}', "--output-dir",
+                          str(tmp_path / "y"), "--epochs", "3"])  # same model name, other layers: the keys are named
+    assert "does not fit this model" in err and "Unexpected key(s) in state_dict" in err and ".decay." in err
     assert "nothing to resume" in _error(capsys, ["train", "--resume", "--output-dir", str(tmp_path / "none")])
     assert "nothing to resume" in _error(capsys, ["train", "--resume", str(tmp_path / "none.pth")])
     err = _error(capsys, ["train", "--data-path", str(root), "--model", "ppma_nano", "--output-dir", str(out)])
@@ -269,7 +280,7 @@ def test_ranks_skip_an_update_together_when_one_rank_has_no_usable_image():
     before = [p.detach().clone() for p in model.parameters()]
 
     def moved():
-        return any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+        return any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
     dist_info = OtherRankEmptyOnFirstStep(world_size=2)
 

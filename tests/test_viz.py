@@ -247,6 +247,7 @@ def test_figures_from_python_on_the_bundled_photograph(nano):
         (["mask", "{missing}"], "image: no file"),
         (["attention", "{img}", "--query", "70,10"], "query: (70, 10) is outside the 70x50 image"),
         (["mask", "{img}", "--model", "resnet50"], "model: unknown name 'resnet50'"),
+        (["mask", "{img}", "--matrix", "9x9"], "matrix: a 9x9 window does not fit"),  # no x.png either
     ],
 )  # fmt: skip
 def test_bad_input_is_a_one_line_error(cli, tmp_path, image_file, capsys, args, message):

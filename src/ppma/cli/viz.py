@@ -134,11 +134,13 @@ def _mask(args: argparse.Namespace) -> None:
     cap = _capture(args)
     fig = render.mask_figure(cap, args.query, args.stage, args.block, args.head, log_mask_fn=polyline_mask,
                              dpi=args.dpi)  # fmt: skip
-    print(render.save(fig, out))
-    if args.matrix is not None:
+    matrix = None
+    if args.matrix is not None:  # drawn before anything is saved: a window that does not fit writes no file
         head = 0 if args.head is None else args.head
-        fig = render.mask_matrix_figure(cap, args.query, args.stage, args.block, head, args.matrix, dpi=args.dpi)
-        print(render.save(fig, out.with_name(f"{out.stem}_matrix{out.suffix}")))
+        matrix = render.mask_matrix_figure(cap, args.query, args.stage, args.block, head, args.matrix, dpi=args.dpi)
+    print(render.save(fig, out))
+    if matrix is not None:
+        print(render.save(matrix, out.with_name(f"{out.stem}_matrix{out.suffix}")))
 
 
 def _attention(args: argparse.Namespace) -> None:

@@ -64,6 +64,16 @@ class RunLog:
                     self.tb.add_scalar(key, value, record[step_key])
             self.tb.flush()
 
+    def restart(self, records: list[dict[str, Any]]) -> None:
+        """Make ``log.jsonl`` hold exactly ``records`` (a resumed run's history), written atomically: a run
+        resumed into a new folder logs its earlier epochs too, and a kill between the checkpoint and the
+        log line leaves no gap (nor a doubled line)."""
+        if self.active and self.folder is not None:
+            from ..checkpoint import _atomic_write
+
+            text = "".join(json.dumps(r) + "\n" for r in records)
+            _atomic_write(self.folder / "log.jsonl", lambda tmp: Path(tmp).write_text(text))
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

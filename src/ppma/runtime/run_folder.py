@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_save, read_checkpoint
-from ..errors import PPMAError
+from ..errors import PPMAError, one_line
 from .distributed import DistInfo, unwrap
 
 __all__ = [
@@ -181,7 +181,8 @@ def restore_training(
         if optimizer is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError) as e:  # shapes or keys differ: another architecture
-        raise PPMAError(f"resume: {path} does not fit this model: {str(e).splitlines()[0]}") from e
+        # torch's first line only names the model class; the keys follow on the next lines
+        raise PPMAError(f"resume: {path} does not fit this model: {one_line(str(e))[:300]}") from e
     if scheduler is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and "scaler" in ckpt:

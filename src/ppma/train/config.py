@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..runtime.config import option, resume_option
+from ..runtime.config import check_field_types, option, resume_option
 
 __all__ = ["DIGITS_RECIPE", "TrainConfig", "canonical_data_name", "dataset_config", "digits_config", "layered_config",
            "load_config_file", "recipe_for"]
@@ -96,8 +96,7 @@ class TrainConfig:
     tensorboard: bool = option(False, "also log to TensorBoard (needs the tensorboard package)")
 
     def __post_init__(self) -> None:
-        for name in ("mean", "std", "scale", "ratio"):  # YAML gives lists
-            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        check_field_types(self)  # YAML gives lists for tuples, may give strings for numbers
         if self.data is not None:  # one spelling per dataset ("CIFAR-10" -> "cifar10"): runs compare by it
             self.data = canonical_data_name(self.data)
         self.validate()

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import model_card
-from ..errors import PPMAError
+from ..errors import PPMAError, one_line
 from ..runtime import (
     DistInfo,
     ResumableSampler,
@@ -85,7 +85,7 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         try:
             load_into(model, config.initial_checkpoint)
         except ValueError as e:
-            raise PPMAError(_one_line(str(e))) from e
+            raise PPMAError(one_line(str(e))) from e
     return model
 
 
@@ -163,10 +163,6 @@ def min_train_batch(model: nn.Module, input_size: int, in_chans: int = 3) -> int
         for h in hooks:
             h.remove()
     return 2 if any(singles) else 1
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.strip().splitlines())
 
 
 # ---- the loops --------------------------------------------------------------------------------------------
@@ -455,6 +451,8 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
         changes = changed_settings(ckpt.get("config"), config.to_dict(), _NOT_RESULTS)
         state.scheduler.step_update(num_updates=state.step)
     log = RunLog(folder.path, d.is_main, tensorboard=config.tensorboard)
+    if resume_path is not None:  # the log is the checkpoint's history, whichever folder it continues in
+        log.restart(state.history)
     if changes:  # allowed (a longer schedule, a smaller batch for a smaller GPU), but never silently
         log.print(f"resume: settings changed from the saved run: {', '.join(changes)}; "
                   f"the result will differ from an unbroken run")  # fmt: skip
@@ -532,6 +530,7 @@ def _train_epoch(r: _Run) -> bool:
     config, state = r.config, r.state
 
     def on_step() -> bool:
+        state.epoch_stats["samples"] += config.batch_size
         if config.stop_after_steps is not None and state.step >= config.stop_after_steps:
             r.stopped = True
             return True
@@ -543,7 +542,9 @@ def _train_epoch(r: _Run) -> bool:
             raise r.folder.stopped(signum, f"epoch {state.epoch + 1}, step {state.step}")
         return False
 
-    r.train_sampler.set_epoch(state.epoch, skip=state.step_in_epoch * config.batch_size)
+    # Skip what the epoch has consumed, not steps x batch size: a run resumed with another --batch-size would
+    # train some images twice (or never) in this epoch.
+    r.train_sampler.set_epoch(state.epoch, skip=state.epoch_stats["samples"])
     bar = progress_bar(r.train_loader, len(r.train_loader), f"epoch {state.epoch + 1}/{config.epochs}",
                        config.progress, r.d.rank)  # fmt: skip
     if train_one_epoch(r.train_model, r.train_loader, state, r.loss_fn, r.mixup, r.d.device, r.amp_dtype,
@@ -734,7 +735,7 @@ class _ClassifierSpec:
             load_into(model, self.checkpoint, use_ema=self.use_ema, contents=contents)
         except ValueError as e:
             raise PPMAError(
-                f"checkpoint: {self.checkpoint} does not fit {self.model_name}: {_one_line(str(e))[:300]}"
+                f"checkpoint: {self.checkpoint} does not fit {self.model_name}: {one_line(str(e))[:300]}"
             ) from e
         return model.eval()
 

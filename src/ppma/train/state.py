@@ -22,7 +22,9 @@ __all__ = ["RunState", "new_epoch_stats"]
 
 def new_epoch_stats() -> dict[str, Any]:
     """Zeroed running sums of an epoch."""
-    return {"loss_sum": 0.0, "images": 0, "time": 0.0, "skipped": [], "skipped_steps": 0, "unused_images": 0}
+    # samples: training indices this process has consumed (the resume point, whatever the batch size was)
+    return {"loss_sum": 0.0, "images": 0, "time": 0.0, "skipped": [], "skipped_steps": 0, "unused_images": 0,
+            "samples": 0}
 
 
 @dataclass
@@ -61,10 +63,19 @@ class RunState:
         """
         ckpt = read_training_checkpoint(path)
         expect = {"task": "classify", "model_name": expect["model_name"], "num_classes": expect["num_classes"]}
-        progress = restore_training(ckpt, path, expect, self.model, self.optimizer, self.scheduler,
+        # The schedule and optimizer settings are this run's, not the saved ones: timm's scheduler and torch's
+        # optimizer load their settings with their state, so a resume with another --epochs, --lr, --min-lr,
+        # --weight-decay would run the saved schedule (lr stuck at min_lr past the old end). The scheduler is a
+        # function of the step (the caller steps it to ``self.step``); the optimizer keeps its moments.
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        progress = restore_training(ckpt, path, expect, self.model, self.optimizer, None,
                                     self.ema.module if self.ema is not None else None, self.scaler)  # fmt: skip
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)
         self.epoch, self.step, self.step_in_epoch = progress["epoch"], progress["step"], progress["step_in_epoch"]
         self.best_top1, self.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
         self.history = list(ckpt["history"])
         self.epoch_stats = {**new_epoch_stats(), **ckpt["epoch_stats"]}  # files of earlier versions lack counters
+        if "samples" not in ckpt["epoch_stats"]:  # an earlier file: its steps were all of its own batch size
+            self.epoch_stats["samples"] = self.step_in_epoch * (ckpt.get("config") or {}).get("batch_size", 0)
         return ckpt
