@@ -35,8 +35,6 @@ PATHS = ("both", "h2v", "v2h")
 # ---- limits, each written once ----------------------------------------------------------------------
 TRITON_MAX_WIDTH = 256  # ops/triton/full.py keeps a whole (padded) grid row in one tile
 TRITON_MAX_LINE = 4096  # ops/triton/criss_cross.py: rows (W) and columns (H) at most this long
-CPU_FULL_MAX_TOKENS = 224  # auto on CPU, inference: full attention above this many tokens goes to dense,
-CPU_DENSE_MASK_MAX_BYTES = 2**30  # unless its stored (B, heads, N, N) float32 mask would pass this
 # auto on CUDA: decomposed attention whose stored 1D masks (dense) would pass this goes to triton (O(N d) memory)
 CUDA_DENSE_LINE_MASKS_MAX_BYTES = 2**30
 
@@ -158,12 +156,6 @@ def can_run(
 # ---- auto ------------------------------------------------------------------------------------------------
 
 
-def _full_mask_bytes(q: torch.Tensor) -> int:
-    """Bytes of the float32 (B, heads, N, N) mask that ``dense`` stores for full attention."""
-    B, heads, H, W = q.shape[:4]
-    return 4 * B * heads * (H * W) ** 2
-
-
 def _line_mask_bytes(q: torch.Tensor) -> int:
     """Bytes of the float32 row and column masks that ``dense`` stores for decomposed attention."""
     B, heads, H, W = q.shape[:4]
@@ -176,9 +168,9 @@ def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool, paths: str = "both
     ``PPMA_BACKEND`` wins where it can run the op. Log-mask and unmasked attention go to ``dense``
     (SDPA). On CUDA, full attention goes to triton, else flex, where they can run; decomposed
     attention whose stored line masks would pass ``CUDA_DENSE_LINE_MASKS_MAX_BYTES`` to triton; the
-    rest to dense. On CPU (measured, BENCHMARKS.md) ``cpu``, except full-attention inference above
-    ``CPU_FULL_MAX_TOKENS`` tokens whose stored mask fits ``CPU_DENSE_MASK_MAX_BYTES`` (SDPA's
-    fused softmax wins the forward from N ~ 250).
+    rest to dense. On CPU ``cpu`` for both masked ops, with or without a backward: its inference path
+    (cache-sized slices, no stored mask) beats SDPA with a stored mask at every size measured
+    (BENCHMARKS.md).
     """
     override = env_backend()
     if override is not None and why_not(override, op, q, needs_grad, paths) is None:
@@ -197,10 +189,6 @@ def choose_backend(op: Op, q: torch.Tensor, needs_grad: bool, paths: str = "both
         if why_not(Backend.TRITON, op, q, needs_grad, paths) is None:
             return Backend.TRITON
     if q.device.type == "cpu":
-        # dense stores every head's N x N mask at once; cpu runs within a fixed budget (ops/cpu.py).
-        large = q.shape[2] * q.shape[3] > CPU_FULL_MAX_TOKENS
-        if op == "full" and not needs_grad and large and _full_mask_bytes(q) <= CPU_DENSE_MASK_MAX_BYTES:
-            return Backend.DENSE
         return Backend.CPU
     return Backend.DENSE
 

@@ -20,10 +20,11 @@ BENCHMARKS.md):
 Runs in float64 when given float64; half-precision inputs are upcast to float32 (autocast off), so
 log-decays, prefix sums and masks stay at least float32. Autograd does the backward.
 
-Inference (no input needs a gradient) computes the same numbers in place: the distances, scores and
-softmaxes overwrite one another instead of each taking a fresh score-sized buffer. Besides a pass, a
-fresh buffer above glibc's mmap threshold (32 MiB at most) costs a page fault per 4 KiB on first write,
-which at batch 8 or at 512x512 took as long as the arithmetic (BENCHMARKS.md).
+Inference (no input needs a gradient) computes the same numbers in place and in cache-sized slices
+(``INFERENCE_SCORE_BYTES``): the distances, scores and softmaxes overwrite one another instead of
+each taking a fresh score-sized buffer, and a slice's passes find it in cache. A fresh buffer costs
+a pass and, above glibc's mmap threshold (32 MiB at most), a page fault per 4 KiB on first write. So
+full attention needs no stored N x N mask at any size, and beats SDPA with one (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ from ._common import upcast
 # attention, (batch, head) pairs for decomposed), so a 2048x2048 input fits a laptop; PPMA at 224 and
 # small batches stays far below it and runs in one piece.
 MAX_SCORE_BYTES = 2**28
+# Inference (nothing kept for a backward) runs slices of about this size instead, so that the scores, the
+# distances and the softmaxes of a slice stay in the CPU's caches between their passes: measured 1.2-2x
+# faster per op than one piece from 24x24 tokens or batch 8 up, and no slower below (BENCHMARKS.md).
+INFERENCE_SCORE_BYTES = 2**21
+
+
+def _score_budget(inplace: bool) -> int:
+    return min(MAX_SCORE_BYTES, INFERENCE_SCORE_BYTES) if inplace else MAX_SCORE_BYTES
 
 
 def _inference(*tensors: torch.Tensor) -> bool:
@@ -79,7 +88,7 @@ def full(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> tor
         row = _line_distance(log_alpha, q.dtype, inplace).reshape(bh, H, W, W)  # row i: [i, j, l]
         col = _line_distance(log_beta.transpose(-1, -2), q.dtype, inplace).reshape(bh, W, H, H)  # col l: [l, i, k]
         col_ikl = col.permute(0, 2, 3, 1).contiguous()  # [i, k, l]
-        rows_per_block = max(1, MAX_SCORE_BYTES // (_score_bytes(q.dtype) * bh * W * N))
+        rows_per_block = max(1, _score_budget(inplace) // (_score_bytes(q.dtype) * bh * W * N))
         if rows_per_block >= H:  # all at once: M written once, M^T read through strides
             dist = (row.unsqueeze(-2) + col_ikl.unsqueeze(-3)).reshape(bh, N, N)  # [(i, j), (k, l)]
             dists = _on_paths(dist, dist.transpose(1, 2), paths)
@@ -137,17 +146,18 @@ def unmasked(q, k, v, scale: float) -> torch.Tensor:
 
 def criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
     B, heads, H, W, _ = q.shape
+    inplace = _inference(q, k, v, log_alpha, log_beta)
     per_head = _score_bytes(q.dtype) * H * W * (H + W)  # row and column scores of one (batch, head)
-    step = max(1, MAX_SCORE_BYTES // per_head)
+    step = max(1, _score_budget(inplace) // per_head)
     if step >= B * heads:
-        return _criss_cross(q, k, v, log_alpha, log_beta, scale, paths)
+        return _criss_cross(q, k, v, log_alpha, log_beta, scale, paths, inplace)
     # (batch, head) pairs are independent: a slice of them at a time, as a batch of one-head grids
     parts = [t.flatten(0, 1).unsqueeze(1) for t in (q, k, v, log_alpha, log_beta)]
-    outs = [_criss_cross(*(t[i : i + step] for t in parts), scale, paths) for i in range(0, B * heads, step)]
+    outs = [_criss_cross(*(t[i : i + step] for t in parts), scale, paths, inplace) for i in range(0, B * heads, step)]
     return torch.cat(outs).reshape(B, heads, H, W, -1)
 
 
-def _criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both") -> torch.Tensor:
+def _criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str, inplace: bool) -> torch.Tensor:
     B, heads, H, W, _ = q.shape
     dv = v.shape[-1]
     rows, cols = B * heads * H, B * heads * W
@@ -158,7 +168,6 @@ def _criss_cross(q, k, v, log_alpha, log_beta, scale: float, paths: str = "both"
     def cols_to_rows(t):  # (B*heads*W, H, c) -> row sequences (B*heads*H, W, c)
         return t.reshape(B * heads, W, H, -1).transpose(1, 2).reshape(rows, W, -1)
 
-    inplace = _inference(q, k, v, log_alpha, log_beta)
     with upcast(q, k, v) as (q, k, v):
         row_dist = _line_distance(log_alpha, q.dtype, inplace).reshape(rows, W, W)  # row i: [j, l]
         col_dist = _line_distance(log_beta.transpose(-1, -2), q.dtype, inplace).reshape(cols, H, H)  # column j: [i, k]
