@@ -28,8 +28,8 @@ import torch.nn as nn
 
 from .models.published import checkpoint_filter_fn
 
-__all__ = ["TRANSFORM_KEYS", "atomic_save", "card_metadata", "convert", "extract_state_dict", "load_into",
-           "model_card", "read_card", "read_checkpoint"]  # fmt: skip
+__all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_save", "card_metadata", "convert", "extract_state_dict",
+           "load_into", "model_card", "read_card", "read_checkpoint"]  # fmt: skip
 
 # Where the weights sit in the files we know: ours and the published training scripts' ('models' in
 # some periodic backups), and the dense-task checkpoints ('state_dict' with 'backbone.*' keys).
@@ -47,27 +47,38 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+class CheckpointReadError(ValueError):
+    """``read_checkpoint`` could not read ``path`` (empty, truncated, unsafe, not a dict of weights): one line.
+
+    A ``ValueError``; ``.path`` lets a caller that knows where the file came from (``ppma.hub``: the
+    Hugging Face cache) say what to do about it."""
+
+    def __init__(self, message: str, path: str | os.PathLike) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The dict stored in ``path`` (``.pth`` / ``.pt``); for ``.safetensors`` ``{"model": tensors}`` plus
     the model card of its metadata (``read_card`` keys), where it has one.
 
-    Raises a one-line ``ValueError`` for an empty, truncated or unsafe file, or one that holds something
-    other than a dict (a list, a bare tensor).
+    Raises a one-line ``CheckpointReadError`` (a ``ValueError``) for an empty, truncated or unsafe file, or
+    one that holds something other than a dict (a list, a bare tensor).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {path}")
     if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint: {path} is empty (0 bytes)")
+        raise CheckpointReadError(f"checkpoint: {path} is empty (0 bytes)", path)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, truncated, or not a torch checkpoint
-        raise ValueError(f"checkpoint: cannot read {path} safely ({_first_line(e)})") from e
+        raise CheckpointReadError(f"checkpoint: cannot read {path} safely ({_first_line(e)})", path) from e
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint: {path} holds a {type(ckpt).__name__}, not a dict of weights")
+        raise CheckpointReadError(f"checkpoint: {path} holds a {type(ckpt).__name__}, not a dict of weights", path)
     return ckpt
 
 
@@ -79,14 +90,15 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (a safe_open handle, not a dict)
     except Exception as e:  # SafetensorError: truncated header or data, not a safetensors file
-        raise ValueError(f"checkpoint: cannot read {path} as safetensors ({_first_line(e)})") from e
+        raise CheckpointReadError(f"checkpoint: cannot read {path} as safetensors ({_first_line(e)})", path) from e
     card: dict[str, Any] = {}
     for key in ("model_name", "weights", *_CARD_JSON_KEYS):
         if key in metadata:
             try:
                 card[key] = json.loads(metadata[key]) if key in _CARD_JSON_KEYS else metadata[key]
             except json.JSONDecodeError:
-                raise ValueError(f"checkpoint: {path}: metadata {key!r} is not JSON: {metadata[key][:60]!r}") from None
+                raise CheckpointReadError(f"checkpoint: {path}: metadata {key!r} is not JSON: {metadata[key][:60]!r}",
+                                          path) from None
     return {"model": state, **card}
 
 

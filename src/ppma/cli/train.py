@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from .options import add_dataclass_flags, given_flags
@@ -58,13 +60,15 @@ def _add_classifier_flags(p: argparse.ArgumentParser) -> None:
                         "it has bf16 units); a precision the machine cannot run is refused")  # fmt: skip
 
 
-def _checkpoint(args: argparse.Namespace) -> str:
-    from .export import checkpoint_from_args
+@contextlib.contextmanager
+def _checkpoint(args: argparse.Namespace) -> Iterator[str]:
+    """The checkpoint eval / predict read within (a damaged published file says how to fetch it again)."""
+    from .export import reading_checkpoint
 
-    checkpoint = checkpoint_from_args(args)
-    if not checkpoint:
-        raise ValueError("give --checkpoint FILE, or --model NAME --pretrained (e.g. --model ppma_tiny.in1k)")
-    return checkpoint
+    with reading_checkpoint(args) as checkpoint:
+        if not checkpoint:
+            raise ValueError("give --checkpoint FILE, or --model NAME --pretrained (e.g. --model ppma_tiny.in1k)")
+        yield checkpoint
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
@@ -91,8 +95,9 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    m = evaluate_checkpoint(_checkpoint(args), args.data_path, args.model, args.weights, args.batch_size, args.workers,
-                            args.device, args.input_size, args.crop_pct, args.amp, args.precision)  # fmt: skip
+    with _checkpoint(args) as checkpoint:
+        m = evaluate_checkpoint(checkpoint, args.data_path, args.model, args.weights, args.batch_size, args.workers,
+                                args.device, args.input_size, args.crop_pct, args.amp, args.precision)  # fmt: skip
     what = f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f}, {m['precision']})"
     print(f"{what} on {m['images']} images: "
           f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
@@ -112,8 +117,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json, "--json")  # before the model runs, not after
-    records = predict_images(_checkpoint(args), args.images, args.model, args.weights, args.topk, args.device,
-                             args.input_size, args.crop_pct, args.precision)  # fmt: skip
+    with _checkpoint(args) as checkpoint:
+        records = predict_images(checkpoint, args.images, args.model, args.weights, args.topk, args.device,
+                                 args.input_size, args.crop_pct, args.precision)  # fmt: skip
     for note in ([records.assumed] if records.assumed else []) + records.notes:
         print(f"ppma predict: note: {note}", file=sys.stderr)
     for r in records:
