@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,36 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, truncated, or not a torch checkpoint
-        raise CheckpointReadError(f"checkpoint: cannot read {path} safely ({_first_line(e)})", path) from e
+        raise CheckpointReadError(_unreadable(path, e), path) from e
     if not isinstance(ckpt, dict):
         raise CheckpointReadError(f"checkpoint: {path} holds a {type(ckpt).__name__}, not a dict of weights", path)
     return ckpt
+
+
+# How a torch file starts: a zip archive (torch.save since 1.6), or the legacy format's pickled magic number.
+_ZIP_START = b"PK\x03\x04"
+_LEGACY_MAGIC = b"l\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _unreadable(path: Path, e: BaseException) -> str:
+    """One line on why torch.load(weights_only=True) failed on ``path``: not a PyTorch checkpoint, truncated
+    or damaged, or holding objects that are refused. Never torch's advice to retry with
+    ``weights_only=False``, which would run code from the file (unsafe advice for a downloaded file)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not (head.startswith(_ZIP_START) or _LEGACY_MAGIC in head):
+        return (f"checkpoint: cannot read {path}: not a PyTorch checkpoint (neither a zip archive nor torch's "
+                f"legacy format; it starts with {head[:12]!r})")  # fmt: skip
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"checkpoint: cannot read {path} safely: it holds {refused.group(1)}, which is not a tensor, number "
+                "or container of them (loading it could run code from the file; refused)")  # fmt: skip
+    detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    reason = lines[0].split(". ")[0].rstrip(".") if lines else ""  # torch's first sentence, not its boilerplate
+    reason = f"{type(e).__name__}: {reason}" if reason else type(e).__name__
+    return f"checkpoint: cannot read {path}: truncated or damaged ({reason[:200]})"
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
