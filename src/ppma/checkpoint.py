@@ -29,8 +29,8 @@ import torch.nn as nn
 
 from .models.published import checkpoint_filter_fn
 
-__all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_save", "card_metadata", "convert", "extract_state_dict",
-           "load_into", "model_card", "read_card", "read_checkpoint"]  # fmt: skip
+__all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_save", "atomic_write_text", "card_metadata", "convert",
+           "extract_state_dict", "load_into", "model_card", "read_card", "read_checkpoint"]  # fmt: skip
 
 # Where the weights sit in the files we know: ours and the published training scripts' ('models' in
 # some periodic backups), and the dense-task checkpoints ('state_dict' with 'backbone.*' keys).
@@ -292,6 +292,12 @@ def _atomic_write(path: Path, write: Any) -> None:
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: the old file survives a crash."""
     _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` written to ``path`` as ``atomic_save`` writes a checkpoint: a reader (or a crash) sees the old
+    file or the whole new one, never half of it (``ppma predict --json``)."""
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = False, force: bool = False) -> int:

@@ -110,8 +110,8 @@ def _predict(args: argparse.Namespace) -> int:
     """Prints the readable images' classes; each unreadable one is a line on stderr and the exit status is 1."""
     import json
     import sys
-    from pathlib import Path
 
+    from ..checkpoint import atomic_write_text
     from ..train import predict_images
     from .options import check_output_file
 
@@ -128,5 +128,5 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             print(r["file"] + ": " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in r["top"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1))
+        atomic_write_text(args.json, json.dumps(records, indent=1))  # a temporary file beside it, then renamed
     return 1 if records.unreadable else 0
