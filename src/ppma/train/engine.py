@@ -308,6 +308,22 @@ def resumed_options(resume: str | None, output_dir: str | None) -> dict[str, Any
     return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps", "output_dir")}
 
 
+def finished_resume(config: TrainConfig) -> str | None:
+    """One line when ``config`` resumes a run in its own folder that has already trained ``config.epochs``
+    epochs or more: nothing to do (``ppma train`` prints it and writes nothing; it printed "resumed at epoch
+    N+1" and stopped). None otherwise; a finished run resumed into another folder is ``run``'s error."""
+    path = resume_checkpoint(config.resume, config.output_dir)
+    if path is None:
+        return None
+    if config.output_dir is not None and Path(config.output_dir).resolve() != path.parent.resolve():
+        return None
+    done = read_training_checkpoint(path)["progress"]["epoch"]
+    if done < config.epochs:
+        return None
+    return (f"resume: {path} already finished its {done} epochs, nothing to train (nothing written); to train "
+            f"more, give a larger --epochs: ppma train --resume {path.parent} --epochs M, M > {done}")  # fmt: skip
+
+
 @dataclasses.dataclass
 class _Run:
     """What the set-up of a run builds, for its loop and its epoch ends."""
