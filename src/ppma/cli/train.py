@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_classifier_flags(p)
     p.add_argument("--data-path", help="class folders, or an ImageNet root with val/ (default: the digits val split)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, help="data-loading processes (default: 4, at most the CPUs available)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"))
     p.set_defaults(func=_eval)

@@ -48,8 +48,8 @@ from ..runtime import (
     unwrap,
 )
 from .config import TrainConfig
-from .data import (build_datasets, build_eval_dataset, build_transform, describe_data, describe_folders,
-                   describe_skipped, make_loader)
+from .data import (build_datasets, build_eval_dataset, build_transform, default_workers, describe_data,
+                   describe_folders, describe_skipped, make_loader)
 from .report import plot_curves, progress_bar
 from .state import RunState, new_epoch_stats
 
@@ -668,7 +668,7 @@ def evaluate_checkpoint(
     model_name: str | None = None,
     weights: str = "auto",
     batch_size: int = 128,
-    workers: int = 4,
+    workers: int | None = None,
     device: str = "auto",
     input_size: int | None = None,
     crop_pct: float | None = None,
@@ -687,6 +687,7 @@ def evaluate_checkpoint(
         data_path: a folder of class folders, or an ImageNet root with ``val/``; None: the digits val split.
         model_name: timm name; None: read from the checkpoint.
         weights: ``"auto"`` (the EMA where the file has one), ``"ema"`` or ``"model"``.
+        workers: data-loading processes; None: 4, at most the CPUs available (``default_workers``).
         input_size, crop_pct: override the evaluation transform.
         precision: ``fp32``, ``bf16``, ``int8`` or ``auto`` (``ppma.for_inference``); other than fp32,
             the converted model runs without autocast.
@@ -712,6 +713,7 @@ def evaluate_checkpoint(
         amp_dtype = amp_dtype_for(amp, d.device)
         if precision != "fp32":
             model, amp_dtype = for_inference(model, precision), None
+        workers = default_workers() if workers is None else workers
         loader = make_loader(dataset, ShardSampler(len(dataset), d.world_size, d.rank), batch_size, workers,
                              drop_last=False, pin_memory=d.device.type == "cuda")  # fmt: skip
         metrics = evaluate(model, loader, d.device, amp_dtype, d, progress=None)
