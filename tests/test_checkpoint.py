@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 import timm
@@ -122,6 +123,37 @@ def test_unsafe_pickles_are_refused(tmp_path):
     torch.save({"model": {}, "payload": _Evil()}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="cannot read"):
         read_checkpoint(tmp_path / "evil.pth")
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _cut(path, save, keep: int):
+    save(path)
+    return _write(path, path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: _write(p, b"<html>\n"), r"x\.pth: not a PyTorch checkpoint \(neither a zip archive nor torch's legacy "
+                                       r"format; it starts with b'<html>\\n'\)$"),
+    (lambda p: _write(p, b'{"model": 1}'), r"x\.pth: not a PyTorch checkpoint"),
+    (lambda p: _cut(p, lambda q: torch.save({"w": torch.zeros(9)}, q), 100),
+     r"x\.pth: truncated or damaged \(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding "
+     r"central directory\)$"),
+    (lambda p: _cut(p, lambda q: torch.save({"w": torch.zeros(9)}, q, _use_new_zipfile_serialization=False), 40),
+     r"x\.pth: truncated or damaged \(EOFError\)$"),
+    (lambda p: torch.save({"model": {}, "payload": _Evil()}, p), r"x\.pth safely: it holds print, which is not a tensor"),
+], ids=["html", "json", "cut-zip", "cut-legacy", "unsafe"])  # fmt: skip
+def test_unreadable_file_says_what_it_is_not_and_never_to_load_unsafely(tmp_path, make, says):
+    """torch's message told to retry with weights_only=False: code from a downloaded file would run."""
+    make(tmp_path / "x.pth")
+    with pytest.raises(ValueError) as info:
+        read_checkpoint(tmp_path / "x.pth")
+    message = str(info.value)
+    assert message.startswith(f"checkpoint: cannot read {tmp_path / 'x.pth'}") and re.search(says, message), message
+    assert "\n" not in message and "weights_only" not in message and "trust" not in message and "\x1b" not in message
 
 
 def test_missing_file_is_named(tmp_path):

@@ -80,3 +80,52 @@ def test_console_script_runs():
 def test_bad_size_is_rejected_by_the_parser(size):
     with pytest.raises(SystemExit):
         main(["info", "ppma_nano", "--size", size])
+
+
+@pytest.mark.parametrize("argv, typo", [
+    (["train", "--epoch", "3"], "--epoch"),
+    (["eval", "--check", "x.pth"], "--check"),
+    (["detect", "train", "--outp", "o"], "--outp"),
+    (["viz", "mask", "--siz", "64"], "--siz"),
+])  # fmt: skip
+def test_abbreviated_flags_are_an_error(argv, typo, capsys):
+    """argparse read `ppma train --epoch 3` as `--epochs 3`: a typo went unnoticed."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"unrecognized arguments: {typo}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cpus, flag, want", [(1, [], 1), (2, [], 2), (16, [], 4), (1, ["--workers", "3"], 3),
+                                              (16, ["--workers", "0"], 0)])  # fmt: skip
+def test_eval_default_workers_are_capped_at_the_available_cpus(cpus, flag, want, monkeypatch, capsys):
+    """ppma eval's default --workers 4 made torch warn (many lines) on a machine with fewer CPUs; a given
+    value is kept."""
+    from conftest import PUBLISHED_MICRO
+
+    from ppma.train import data, engine
+
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    used = []
+
+    def make_loader(dataset, sampler, batch_size, workers, *args, **kwargs):
+        used.append(workers)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(engine, "make_loader", make_loader)
+    assert main(["eval", "--checkpoint", str(PUBLISHED_MICRO), "--model", "ppma_micro_fixture", "--device", "cpu",
+                 *flag]) == 2  # fmt: skip
+    assert "stop here" in capsys.readouterr().err and used == [want]
+    assert data.default_workers() == min(4, cpus) and data.available_cpus() == cpus
+
+
+def test_available_cpus_falls_back_to_the_cpu_count(monkeypatch):
+    import os
+
+    from ppma.train import data
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert data.available_cpus() == 3 and data.default_workers() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert data.available_cpus() == 1

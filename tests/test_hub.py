@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 import timm
@@ -163,3 +164,34 @@ def test_damaged_cached_file_says_how_to_fetch_it_again(hf_cache):
     with pytest.raises(ValueError) as info:  # a local file: no word about the cache
         timm.create_model("ppma_tiny", pretrained=True, pretrained_cfg_overlay=local, **SHORT)
     assert "fetch it again" not in str(info.value)
+
+
+def _damaged(path):
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 16)  # the start of a zip, cut off
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "export", "viz", "backbone"])
+def test_commands_say_how_to_fetch_a_damaged_cached_file_again(hf_cache, tmp_path, capsys, command):
+    """--model ppma_tiny.in1k --pretrained read the cached file without the hint timm loading gives."""
+    import numpy as np
+    from PIL import Image
+
+    from ppma.cli import main
+    from ppma.dense.backbone import create_backbone
+
+    _put_in_cache(hf_cache, TINY_FILE, _damaged)
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    hint = (r"cannot read .*best\.pth.*; a damaged download in the Hugging Face cache\? fetch it again: "
+            r"huggingface_hub\.hf_hub_download\('ZhongchenZhao/PPMA', '.*PPMA_T_202502251000/best\.pth', "
+            r"force_download=True\)")  # fmt: skip
+    if command == "backbone":  # ppma detect|segment train --pretrained ppma_tiny.in1k
+        with pytest.raises(ValueError, match=hint):
+            create_backbone("ppma_tiny", "ppma_tiny.in1k")
+        return
+    args = {"predict": ["predict", str(image)], "eval": ["eval", "--workers", "0"],
+            "export": ["export", str(tmp_path / "out")], "viz": ["viz", "attention", str(image)]}[command]  # fmt: skip
+    assert main([*args, "--model", "ppma_tiny.in1k", "--pretrained"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.search(hint, err), err

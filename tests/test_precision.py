@@ -199,6 +199,24 @@ def test_backbone_stage_maps_come_out_float32(precision, bf16_cpu):
         assert _relative_error(g, w) < (BF16_RTOL if precision == "bf16" else 1e-5)
 
 
+def test_wrapper_hands_out_the_networks_timm_attributes():
+    """Code written for a timm model works on for_inference's wrapper: feature_info of a features_only
+    backbone, the data config of a classifier, num_classes / num_features; read-only."""
+    backbone = timm.create_model("ppma_nano", features_only=True).eval()
+    fast = for_inference(backbone, "fp32")
+    assert fast.feature_info.channels() == backbone.feature_info.channels()
+    assert fast.feature_info.reduction() == backbone.feature_info.reduction()
+    assert not hasattr(fast, "num_classes") and not hasattr(backbone, "num_classes")  # as the network
+    model = timm.create_model("ppma_nano", num_classes=7).eval()
+    fast = for_inference(model, "fp32")
+    assert timm.data.resolve_data_config(model=fast) == timm.data.resolve_data_config(model=model)
+    assert fast.pretrained_cfg == model.pretrained_cfg and fast.default_cfg == model.default_cfg
+    assert (fast.num_classes, fast.num_features) == (7, model.num_features)
+    with pytest.raises(AttributeError):
+        fast.num_classes = 3
+    assert fast.precision == "fp32" and isinstance(fast.model, nn.Module)  # its own attributes unchanged
+
+
 # ---- bf16 and int8 on the published weights --------------------------------------------------------
 
 

@@ -114,3 +114,23 @@ def test_resumed_with_another_batch_size_the_epoch_goes_on_where_it_stopped(tmp_
     resumed = run(config.replace(batch_size=2, resume=""))
     assert resumed["steps"] == 2 + 16 // 2
     assert resumed["history"][0]["train_images"] == 24  # every training image once
+
+
+def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, capsys):
+    """ppma train --resume RUN on a run that trained all its epochs printed "resumed at epoch 2 ..." and did
+    nothing (rewriting config.yaml, the log, the curves); now one line on how to train more, exit 0."""
+    from ppma.cli import main
+
+    root = make_image_folder(tmp_path / "data", classes=2, train=4, val=2, size=(32, 32))
+    out = tmp_path / "run"
+    run(TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, workers=0,
+                    output_dir=str(out)))  # fmt: skip
+    capsys.readouterr()
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in out.iterdir()}
+    for argv in (["--resume", str(out)], ["--resume", "auto", "--output-dir", str(out)]):
+        assert main(["train", *argv]) == 0
+        printed = capsys.readouterr()
+        assert printed.err == "" and printed.out.count("\n") == 1, printed
+        assert printed.out.startswith(f"ppma train: resume: {out / 'last.pth'} already finished its 1 epochs, ")
+        assert f"give a larger --epochs: ppma train --resume {out} --epochs M, M > 1" in printed.out
+        assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in out.iterdir()} == before

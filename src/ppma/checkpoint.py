@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ import torch.nn as nn
 
 from .models.published import checkpoint_filter_fn
 
-__all__ = ["TRANSFORM_KEYS", "atomic_save", "card_metadata", "convert", "extract_state_dict", "load_into",
-           "model_card", "read_card", "read_checkpoint"]  # fmt: skip
+__all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_save", "atomic_write_text", "card_metadata", "convert",
+           "extract_state_dict", "load_into", "model_card", "read_card", "read_checkpoint"]  # fmt: skip
 
 # Where the weights sit in the files we know: ours and the published training scripts' ('models' in
 # some periodic backups), and the dense-task checkpoints ('state_dict' with 'backbone.*' keys).
@@ -47,28 +48,65 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+class CheckpointReadError(ValueError):
+    """``read_checkpoint`` could not read ``path`` (empty, truncated, unsafe, not a dict of weights): one line.
+
+    A ``ValueError``; ``.path`` lets a caller that knows where the file came from (``ppma.hub``: the
+    Hugging Face cache) say what to do about it."""
+
+    def __init__(self, message: str, path: str | os.PathLike) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The dict stored in ``path`` (``.pth`` / ``.pt``); for ``.safetensors`` ``{"model": tensors}`` plus
     the model card of its metadata (``read_card`` keys), where it has one.
 
-    Raises a one-line ``ValueError`` for an empty, truncated or unsafe file, or one that holds something
-    other than a dict (a list, a bare tensor).
+    Raises a one-line ``CheckpointReadError`` (a ``ValueError``) for an empty, truncated or unsafe file, or
+    one that holds something other than a dict (a list, a bare tensor).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {path}")
     if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint: {path} is empty (0 bytes)")
+        raise CheckpointReadError(f"checkpoint: {path} is empty (0 bytes)", path)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, truncated, or not a torch checkpoint
-        raise ValueError(f"checkpoint: cannot read {path} safely ({_first_line(e)})") from e
+        raise CheckpointReadError(_unreadable(path, e), path) from e
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint: {path} holds a {type(ckpt).__name__}, not a dict of weights")
+        raise CheckpointReadError(f"checkpoint: {path} holds a {type(ckpt).__name__}, not a dict of weights", path)
     return ckpt
+
+
+# How a torch file starts: a zip archive (torch.save since 1.6), or the legacy format's pickled magic number.
+_ZIP_START = b"PK\x03\x04"
+_LEGACY_MAGIC = b"l\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _unreadable(path: Path, e: BaseException) -> str:
+    """One line on why torch.load(weights_only=True) failed on ``path``: not a PyTorch checkpoint, truncated
+    or damaged, or holding objects that are refused. Never torch's advice to retry with
+    ``weights_only=False``, which would run code from the file (unsafe advice for a downloaded file)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not (head.startswith(_ZIP_START) or _LEGACY_MAGIC in head):
+        return (f"checkpoint: cannot read {path}: not a PyTorch checkpoint (neither a zip archive nor torch's "
+                f"legacy format; it starts with {head[:12]!r})")  # fmt: skip
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"checkpoint: cannot read {path} safely: it holds {refused.group(1)}, which is not a tensor, number "
+                "or container of them (loading it could run code from the file; refused)")  # fmt: skip
+    detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    reason = lines[0].split(". ")[0].rstrip(".") if lines else ""  # torch's first sentence, not its boilerplate
+    reason = f"{type(e).__name__}: {reason}" if reason else type(e).__name__
+    return f"checkpoint: cannot read {path}: truncated or damaged ({reason[:200]})"
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
@@ -79,14 +117,15 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (a safe_open handle, not a dict)
     except Exception as e:  # SafetensorError: truncated header or data, not a safetensors file
-        raise ValueError(f"checkpoint: cannot read {path} as safetensors ({_first_line(e)})") from e
+        raise CheckpointReadError(f"checkpoint: cannot read {path} as safetensors ({_first_line(e)})", path) from e
     card: dict[str, Any] = {}
     for key in ("model_name", "weights", *_CARD_JSON_KEYS):
         if key in metadata:
             try:
                 card[key] = json.loads(metadata[key]) if key in _CARD_JSON_KEYS else metadata[key]
             except json.JSONDecodeError:
-                raise ValueError(f"checkpoint: {path}: metadata {key!r} is not JSON: {metadata[key][:60]!r}") from None
+                raise CheckpointReadError(f"checkpoint: {path}: metadata {key!r} is not JSON: {metadata[key][:60]!r}",
+                                          path) from None
     return {"model": state, **card}
 
 
@@ -253,6 +292,12 @@ def _atomic_write(path: Path, write: Any) -> None:
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: the old file survives a crash."""
     _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` written to ``path`` as ``atomic_save`` writes a checkpoint: a reader (or a crash) sees the old
+    file or the whole new one, never half of it (``ppma predict --json``)."""
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = False, force: bool = False) -> int:

@@ -150,10 +150,28 @@ class _CastRotary(nn.Module):
         return sin.to(self.dtype), cos.to(self.dtype)
 
 
+# What code written for a timm model reads off it (``model.feature_info.channels()`` on a features_only
+# backbone, ``timm.data.resolve_data_config(model=...)`` reading ``pretrained_cfg``): InferenceModel hands
+# out the wrapped network's, read-only.
+MODEL_ATTRIBUTES = ("feature_info", "pretrained_cfg", "default_cfg", "num_classes", "num_features")
+
+
+def _model_attribute(name: str) -> property:
+    def get(self):
+        # An AttributeError here (the network has no such attribute) falls through to nn.Module's
+        # __getattr__, which raises the usual "'InferenceModel' object has no attribute ...", so
+        # hasattr(fast, name) is what hasattr(fast.model, name) is.
+        return getattr(self.model, name)
+
+    return property(get, doc=f"The wrapped network's ``{name}`` (read-only).")
+
+
 class InferenceModel(nn.Module):
     """A model run at one precision: takes float32 images, returns float32 outputs.
 
     ``model`` is the converted network (its weights in ``dtype``); ``precision`` names what it runs.
+    ``feature_info``, ``pretrained_cfg``, ``default_cfg``, ``num_classes`` and ``num_features`` are the
+    network's (read-only), so timm code that reads them works on the wrapper too.
     """
 
     def __init__(self, model: nn.Module, precision: str, dtype: torch.dtype) -> None:
@@ -165,6 +183,10 @@ class InferenceModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _to_float32(self.model(x.to(self.dtype)))
 
+
+for _name in MODEL_ATTRIBUTES:
+    setattr(InferenceModel, _name, _model_attribute(_name))
+del _name
 
 def _to_float32(out):
     """Floating tensors in ``out`` as float32, also inside the list / tuple / dict a ``features_only``

@@ -36,8 +36,17 @@ from ..runtime.run_folder import RunStopped
 COMMAND_MODULES = ["core", "train", "viz", "dense", "ablate", "export"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags (argparse read ``ppma train --epoch 3`` as ``--epochs 3``): a typo is an error.
+    Sub-command parsers are of the class of their parent (``add_subparsers``), so every level is one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ppma", description="Polyline Path Masked Attention: models, training, tools")
+    parser = _Parser(prog="ppma", description="Polyline Path Masked Attention: models, training, tools")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -1,12 +1,15 @@
 """``ppma export``: a checkpoint as timm's hub format (a folder) or an ONNX graph (``.onnx``).
 
 Also the ``--pretrained`` handling that predict / eval / viz share (``add_pretrained_flag``,
-``checkpoint_from_args``): ``--model ppma_tiny.in1k --pretrained`` stands for the published file.
+``checkpoint_from_args``, ``reading_checkpoint``): ``--model ppma_tiny.in1k --pretrained`` stands for the
+published file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 from .options import size as _size
 
@@ -33,6 +36,21 @@ def checkpoint_from_args(args: argparse.Namespace) -> str | None:
     return str(pretrained_file(args.model))
 
 
+@contextlib.contextmanager
+def reading_checkpoint(args: argparse.Namespace) -> Iterator[str | None]:
+    """``checkpoint_from_args(args)``, for a block that reads it: a published file (``--pretrained``) that
+    cannot be read (a damaged download in the Hugging Face cache) says how to fetch it again."""
+    checkpoint = checkpoint_from_args(args)
+    if not getattr(args, "pretrained", False):
+        yield checkpoint
+        return
+    from ..hub import hub_source, reading_hub_file
+
+    _, hub_id, filename = hub_source(args.model)
+    with reading_hub_file(checkpoint, hub_id, filename):
+        yield checkpoint
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -56,9 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    with reading_checkpoint(args) as checkpoint:
+        _export_file(args, checkpoint)
+
+
+def _export_file(args: argparse.Namespace, checkpoint: str | None) -> None:
     from ..export import export_onnx, export_timm
 
-    checkpoint = checkpoint_from_args(args)
     if not checkpoint:
         raise ValueError("export: give --checkpoint FILE, or --model NAME --pretrained")
     fmt = args.format or ("onnx" if str(args.out).lower().endswith(".onnx") else "timm")

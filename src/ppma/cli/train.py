@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from .options import add_dataclass_flags, given_flags
@@ -28,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_classifier_flags(p)
     p.add_argument("--data-path", help="class folders, or an ImageNet root with val/ (default: the digits val split)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, help="data-loading processes (default: 4, at most the CPUs available)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"))
     p.set_defaults(func=_eval)
@@ -58,13 +60,15 @@ def _add_classifier_flags(p: argparse.ArgumentParser) -> None:
                         "it has bf16 units); a precision the machine cannot run is refused")  # fmt: skip
 
 
-def _checkpoint(args: argparse.Namespace) -> str:
-    from .export import checkpoint_from_args
+@contextlib.contextmanager
+def _checkpoint(args: argparse.Namespace) -> Iterator[str]:
+    """The checkpoint eval / predict read within (a damaged published file says how to fetch it again)."""
+    from .export import reading_checkpoint
 
-    checkpoint = checkpoint_from_args(args)
-    if not checkpoint:
-        raise ValueError("give --checkpoint FILE, or --model NAME --pretrained (e.g. --model ppma_tiny.in1k)")
-    return checkpoint
+    with reading_checkpoint(args) as checkpoint:
+        if not checkpoint:
+            raise ValueError("give --checkpoint FILE, or --model NAME --pretrained (e.g. --model ppma_tiny.in1k)")
+        yield checkpoint
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
@@ -76,11 +80,19 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
 
 
 def _train(args: argparse.Namespace) -> None:
+    import os
+
     from ..train import run
-    from ..train.engine import resumed_options
+    from ..train.engine import finished_resume, resumed_options
 
     base = resumed_options(getattr(args, "resume", None), getattr(args, "output_dir", None))
-    summary = run(config_from_args(args, base))
+    config = config_from_args(args, base)
+    finished = finished_resume(config)
+    if finished:  # a run that trained all its epochs: one line, exit 0, no file touched
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"ppma train: {finished}")
+        return
+    summary = run(config)
     if summary["best_top1"] is not None:
         print(f"best top-1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']}), final top-1 "
               f"{summary['final_top1']:.2f}; checkpoints in {summary['output_dir']}")  # fmt: skip
@@ -91,8 +103,9 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    m = evaluate_checkpoint(_checkpoint(args), args.data_path, args.model, args.weights, args.batch_size, args.workers,
-                            args.device, args.input_size, args.crop_pct, args.amp, args.precision)  # fmt: skip
+    with _checkpoint(args) as checkpoint:
+        m = evaluate_checkpoint(checkpoint, args.data_path, args.model, args.weights, args.batch_size, args.workers,
+                                args.device, args.input_size, args.crop_pct, args.amp, args.precision)  # fmt: skip
     what = f"{m['model']} ({m['weights']} weights, {m['input_size']}px, crop {m['crop_pct']:.3f}, {m['precision']})"
     print(f"{what} on {m['images']} images: "
           f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  loss {m['loss']:.4f}  {m['images_per_s']:.0f} img/s"
@@ -105,15 +118,16 @@ def _predict(args: argparse.Namespace) -> int:
     """Prints the readable images' classes; each unreadable one is a line on stderr and the exit status is 1."""
     import json
     import sys
-    from pathlib import Path
 
+    from ..checkpoint import atomic_write_text
     from ..train import predict_images
     from .options import check_output_file
 
     if args.json:
         check_output_file(args.json, "--json")  # before the model runs, not after
-    records = predict_images(_checkpoint(args), args.images, args.model, args.weights, args.topk, args.device,
-                             args.input_size, args.crop_pct, args.precision)  # fmt: skip
+    with _checkpoint(args) as checkpoint:
+        records = predict_images(checkpoint, args.images, args.model, args.weights, args.topk, args.device,
+                                 args.input_size, args.crop_pct, args.precision)  # fmt: skip
     for note in ([records.assumed] if records.assumed else []) + records.notes:
         print(f"ppma predict: note: {note}", file=sys.stderr)
     for r in records:
@@ -122,5 +136,5 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             print(r["file"] + ": " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in r["top"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1))
+        atomic_write_text(args.json, json.dumps(records, indent=1))  # a temporary file beside it, then renamed
     return 1 if records.unreadable else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .export import add_pretrained_flag, checkpoint_from_args
+from .export import add_pretrained_flag, reading_checkpoint
 from .options import size
 
 
@@ -96,11 +96,16 @@ def _output_path(args: argparse.Namespace, default_suffix: str) -> Path:
 
 
 def _capture(args: argparse.Namespace):
+    with reading_checkpoint(args) as checkpoint:
+        return _capture_with(args, checkpoint)
+
+
+def _capture_with(args: argparse.Namespace, checkpoint: str | None):
     import sys
 
     from ..viz import run
 
-    checkpoint, contents = checkpoint_from_args(args), None
+    contents = None
     if checkpoint is not None and Path(checkpoint).is_file():
         from ..checkpoint import read_card, read_checkpoint
 

@@ -8,6 +8,7 @@ published, through ``ppma.checkpoint.load_into``) and gradient checkpointing cho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -95,18 +96,21 @@ def create_backbone(
     kwargs = dict(features_only=True, out_indices=(0, 1, 2, 3), backend=backend)
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
+    reading = contextlib.nullcontext()
     if pretrained and not os.path.exists(pretrained) and str(pretrained).split(".")[0] in timm.list_models("ppma_*"):
         # a published name (ppma_tiny.in1k): the classification weights from the Hugging Face cache
-        from ..hub import hub_source, pretrained_file
+        from ..hub import hub_source, pretrained_file, reading_hub_file
 
-        arch = hub_source(str(pretrained))[0]
+        arch, hub_id, filename = hub_source(str(pretrained))
         if arch != name:
             raise ValueError(f"pretrained: {pretrained} holds {arch} weights, but the backbone is {name}")
         pretrained = pretrained_file(str(pretrained))
+        reading = reading_hub_file(pretrained, hub_id, filename)  # a damaged download: how to fetch it again
     if pretrained:
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"pretrained: no checkpoint file at {pretrained}")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
-    backbone = timm.create_model(name, **kwargs)
+    with reading:
+        backbone = timm.create_model(name, **kwargs)
     set_stage_checkpointing(backbone, grad_checkpointing)
     return backbone

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -23,7 +24,7 @@ from timm.models._features import feature_take_indices
 from .._checks import check_tensor
 from ..checkpoint import load_into, read_card, read_checkpoint
 from ..decay import DecayLinear
-from ..hub import is_hub_failure, weights_unavailable
+from ..hub import is_hub_failure, reading_hub_file, weights_unavailable
 from ..layers import ConvFFN, DWConv, FlatRotary, LayerScale, Mode, PolylineAttention
 from ..masks import RMT_STAGE_DECAYS, RMT_VARIANT_DECAYS, get_mask
 from ..ops import Backend
@@ -370,15 +371,9 @@ class PPMA(nn.Module):
         cfg = cfg if isinstance(cfg, dict) else {}
         if use_ema is None:  # "hf": the published weights through timm's hub loading
             use_ema = "auto" if cfg.get("custom_load") == "hf" else False
-        try:
+        from_hub = cfg.get("custom_load") == "hf"  # a file in the Hugging Face cache: say how to fetch it again
+        with reading_hub_file(path, cfg.get("hf_hub_id"), cfg.get("hf_hub_filename")) if from_hub else nullcontext():
             contents = read_checkpoint(path)
-        except ValueError as e:
-            if cfg.get("custom_load") != "hf":
-                raise
-            # A damaged or interrupted download stays in the cache and fails every later load the same way.
-            raise ValueError(f"{e}; a damaged download in the Hugging Face cache? fetch it again: huggingface_hub."
-                             f"hf_hub_download({cfg.get('hf_hub_id')!r}, {cfg.get('hf_hub_filename')!r}, "
-                             "force_download=True)") from e  # fmt: skip
         other_classes = load_into(self, path, use_ema=use_ema, contents=contents)
         if other_classes is not None and self.norms is None:  # a dense backbone (norms) never uses head.fc
             warnings.warn(f"pretrained: {path} has a {other_classes}-class classifier, the model {self.num_classes} "

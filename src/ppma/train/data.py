@@ -10,6 +10,7 @@ batch so the training loop can report it at the end of the epoch.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ __all__ = [
     "check_image_folder",
     "describe_folders",
     "index_image_splits",
+    "available_cpus",
+    "default_workers",
     "make_loader",
     "seeded_item",
 ]
@@ -261,6 +264,19 @@ def collate(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
 
 
 # ---- samplers -------------------------------------------------------------------------------------------
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_workers(most: int = 4) -> int:
+    """Data-loading processes when none are given: ``most``, at most the CPUs available (more made torch
+    print a multi-line warning about too many worker processes on a small machine). ``ppma eval``."""
+    return min(most, available_cpus())
 
 
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, drop_last: bool,

@@ -48,8 +48,8 @@ from ..runtime import (
     unwrap,
 )
 from .config import TrainConfig
-from .data import (build_datasets, build_eval_dataset, build_transform, describe_data, describe_folders,
-                   describe_skipped, make_loader)
+from .data import (build_datasets, build_eval_dataset, build_transform, default_workers, describe_data,
+                   describe_folders, describe_skipped, make_loader)
 from .report import plot_curves, progress_bar
 from .state import RunState, new_epoch_stats
 
@@ -306,6 +306,22 @@ def resumed_options(resume: str | None, output_dir: str | None) -> dict[str, Any
         return None
     saved = read_training_checkpoint(path).get("config") or {}
     return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps", "output_dir")}
+
+
+def finished_resume(config: TrainConfig) -> str | None:
+    """One line when ``config`` resumes a run in its own folder that has already trained ``config.epochs``
+    epochs or more: nothing to do (``ppma train`` prints it and writes nothing; it printed "resumed at epoch
+    N+1" and stopped). None otherwise; a finished run resumed into another folder is ``run``'s error."""
+    path = resume_checkpoint(config.resume, config.output_dir)
+    if path is None:
+        return None
+    if config.output_dir is not None and Path(config.output_dir).resolve() != path.parent.resolve():
+        return None
+    done = read_training_checkpoint(path)["progress"]["epoch"]
+    if done < config.epochs:
+        return None
+    return (f"resume: {path} already finished its {done} epochs, nothing to train (nothing written); to train "
+            f"more, give a larger --epochs: ppma train --resume {path.parent} --epochs M, M > {done}")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -652,7 +668,7 @@ def evaluate_checkpoint(
     model_name: str | None = None,
     weights: str = "auto",
     batch_size: int = 128,
-    workers: int = 4,
+    workers: int | None = None,
     device: str = "auto",
     input_size: int | None = None,
     crop_pct: float | None = None,
@@ -671,6 +687,7 @@ def evaluate_checkpoint(
         data_path: a folder of class folders, or an ImageNet root with ``val/``; None: the digits val split.
         model_name: timm name; None: read from the checkpoint.
         weights: ``"auto"`` (the EMA where the file has one), ``"ema"`` or ``"model"``.
+        workers: data-loading processes; None: 4, at most the CPUs available (``default_workers``).
         input_size, crop_pct: override the evaluation transform.
         precision: ``fp32``, ``bf16``, ``int8`` or ``auto`` (``ppma.for_inference``); other than fp32,
             the converted model runs without autocast.
@@ -696,6 +713,7 @@ def evaluate_checkpoint(
         amp_dtype = amp_dtype_for(amp, d.device)
         if precision != "fp32":
             model, amp_dtype = for_inference(model, precision), None
+        workers = default_workers() if workers is None else workers
         loader = make_loader(dataset, ShardSampler(len(dataset), d.world_size, d.rank), batch_size, workers,
                              drop_last=False, pin_memory=d.device.type == "cuda")  # fmt: skip
         metrics = evaluate(model, loader, d.device, amp_dtype, d, progress=None)
