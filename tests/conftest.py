@@ -59,6 +59,23 @@ def checkpoint_reads(monkeypatch) -> list[Path]:
     return reads
 
 
+@pytest.fixture
+def atomic_renames(monkeypatch) -> list[tuple[str, str, bytes]]:
+    """The renames ``ppma.checkpoint``'s atomic writers (``atomic_write_text``, ``atomic_save``) make during a
+    test, one ``(temporary file, destination, the bytes it held)`` each: a file written through them was
+    complete beside its destination before it took its name."""
+    renames, real = [], os.replace
+
+    def replace(src, dst):
+        renames.append((str(src), str(dst), Path(src).read_bytes()))
+        real(src, dst)
+
+    import ppma.checkpoint
+
+    monkeypatch.setattr(ppma.checkpoint.os, "replace", replace)
+    return renames
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     """A new seed per test, reported in the failure output so a failure can be replayed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,27 @@ def test_segment_train_resume_eval_predict(tmp_path, capsys):
     )
     for suffix in ("labels", "color", "overlay"):
         assert (tmp_path / "pred" / f"0_{suffix}.png").is_file()
+
+
+def test_segment_eval_json_is_written_atomically(tmp_path, capsys, atomic_renames):
+    """--json of the dense commands went through Path.write_text: a reader or a crash could see half a file.
+    Now a temporary file beside it, renamed over the old one (ppma.checkpoint.atomic_write_text)."""
+    make_ade(tmp_path / "ade", 2, size=(36, 44))
+    (tmp_path / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    out = tmp_path / "run"
+    assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--backbone", "ppma_nano", "--crop-size", "32",
+                 "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1", "--warmup-iters", "1",
+                 "--workers", "0", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    scores = tmp_path / "scores" / "s.json"
+    scores.parent.mkdir()
+    scores.write_text("old scores")
+    atomic_renames.clear()  # the run folder's checkpoint and config
+    assert main(["segment", "eval", str(out / "last.pth"), "--json", str(scores)]) == 0
+    capsys.readouterr()
+    ((src, dst, held),) = atomic_renames
+    assert dst == str(scores) and Path(src).parent == scores.parent and held == scores.read_bytes()
+    assert 0 <= json.loads(scores.read_text())["mIoU"] <= 1
+    assert [p.name for p in scores.parent.iterdir()] == ["s.json"]  # no temporary file left
 
 
 def test_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):

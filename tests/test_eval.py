@@ -107,34 +107,23 @@ def test_eval_and_predict_read_the_checkpoint_once(command, checkpoint_reads, tm
     assert checkpoint_reads.count(PUBLISHED_MICRO) == 1, checkpoint_reads
 
 
-def test_predict_json_is_written_atomically(tmp_path, capsys, monkeypatch):
+def test_predict_json_is_written_atomically(tmp_path, capsys, atomic_renames):
     """--json went through Path.write_text: a reader or a crash could see half a file. Now a temporary file
     beside it, renamed over the old one (ppma.checkpoint.atomic_write_text)."""
     import json
-    import os
 
     import numpy as np
     from conftest import PUBLISHED_MICRO
     from PIL import Image
 
-    import ppma.checkpoint
-
     Image.fromarray(np.random.randint(0, 255, (40, 36, 3), dtype=np.uint8)).save(tmp_path / "0.png")
     out = tmp_path / "p.json"
     out.write_text("old predictions")
-    renames = []
-    real_replace = os.replace
-
-    def replace(src, dst):
-        renames.append((str(src), str(dst), Path(src).read_text()))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(ppma.checkpoint.os, "replace", replace)
     assert main(["predict", str(tmp_path / "0.png"), "--checkpoint", str(PUBLISHED_MICRO), "--model",
                  "ppma_micro_fixture", "--json", str(out)]) == 0  # fmt: skip
     capsys.readouterr()
-    ((src, dst, text),) = renames
-    assert dst == str(out) and Path(src).parent == tmp_path and text == out.read_text()
+    ((src, dst, held),) = atomic_renames
+    assert dst == str(out) and Path(src).parent == tmp_path and held == out.read_bytes()
     assert json.loads(out.read_text())[0]["file"] == str(tmp_path / "0.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png", "p.json"]  # no temporary file left
 

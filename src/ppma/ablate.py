@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import statistics
 import time
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import atomic_write_text
 from .errors import PPMAError
 from .masks import MASKS, get_mask
 
@@ -118,9 +118,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> st
 
 def _write_json(path: Path, value: Any) -> None:
     """Write atomically: a file that exists is complete (``result.json`` marks a finished run)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=1))
 
 
 # ---- the table ------------------------------------------------------------------------------------------
@@ -510,7 +508,7 @@ def ablate(
     first_seed = {m: next(c for mm, _, c, *_ in jobs if mm == m) for m in masks}
     _measure(table, first_seed, throughput_batch, throughput_repeats, log)
     md = table.markdown()
-    (out / "ablation.md").write_text(md)
+    atomic_write_text(out / "ablation.md", md)
     _write_json(out / "ablation.json", table.to_json())
     log(md)
     log(f"wrote {out / 'ablation.md'} and {out / 'ablation.json'}")

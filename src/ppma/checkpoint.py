@@ -296,7 +296,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """``text`` written to ``path`` as ``atomic_save`` writes a checkpoint: a reader (or a crash) sees the old
-    file or the whole new one, never half of it (``ppma predict --json``)."""
+    file or the whole new one, never half of it. Every JSON or text result the package writes goes through it
+    (``--json`` files, a run's config and restarted log, the ablation table, the example data sets' JSON)."""
     _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 

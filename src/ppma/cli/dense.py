@@ -69,9 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write_json(path: str | None, scores: dict[str, Any]) -> None:
+    """``--json``: written beside itself and renamed (``atomic_write_text``), never seen half-written."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(scores, indent=1))
+        from ..checkpoint import atomic_write_text
+
+        atomic_write_text(path, json.dumps(scores, indent=1))
 
 
 def _detect_train(args: argparse.Namespace) -> None:

@@ -29,6 +29,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
+from ..checkpoint import atomic_write_text
 from ..runtime import (
     DistInfo,
     autocast,
@@ -491,5 +492,5 @@ def predict_detection(
                 scores=scores.tolist(),
             )
         )
-    (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
+    atomic_write_text(out_dir / "predictions.json", json.dumps(records, indent=1))
     return records

@@ -119,9 +119,9 @@ def _write_coco_split(
         images.append(dict(id=k + 1, file_name=name, height=int(img.shape[0]), width=int(img.shape[1])))
         anns += _coin_annotations(inst, k + 1, len(anns) + 1, full_area, mask_utils)
     data = dict(images=images, annotations=anns, categories=[dict(id=1, name="coin", supercategory="object")])
-    tmp = root / "annotations" / f".instances_{split}.json.tmp"
-    tmp.write_text(json.dumps(data))
-    tmp.replace(root / "annotations" / f"instances_{split}.json")
+    from ..checkpoint import atomic_write_text
+
+    atomic_write_text(root / "annotations" / f"instances_{split}.json", json.dumps(data))
 
 
 def _coin_annotations(
@@ -181,5 +181,7 @@ def build_builtin_segmentation(root: str | Path) -> Path:
         for k, (img, lab) in enumerate(items):
             _save_gray_as_rgb(img, root / "images" / split / f"{split}_{k:03d}.png")
             Image.fromarray(np.ascontiguousarray(lab)).save(root / "annotations" / split / f"{split}_{k:03d}.png")
-    (root / "classes.json").write_text(json.dumps(SEGMENTATION_CLASSES))  # last: marks the set complete
+    from ..checkpoint import atomic_write_text
+
+    atomic_write_text(root / "classes.json", json.dumps(SEGMENTATION_CLASSES))  # last: marks the set complete
     return root

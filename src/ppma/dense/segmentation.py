@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import atomic_write_text, read_checkpoint
 from ..runtime import (
     DistInfo,
     autocast,
@@ -601,5 +601,5 @@ def predict_segmentation(
             dict(file=str(path), fractions={names[k]: round(float(c), 4) for k, c in enumerate(counts) if c})
         )
     legend = {n: list(c) for n, c in zip(names, palette(len(names)), strict=True)}
-    (out_dir / "legend.json").write_text(json.dumps(legend, indent=1))
+    atomic_write_text(out_dir / "legend.json", json.dumps(legend, indent=1))
     return records

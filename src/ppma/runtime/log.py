@@ -69,10 +69,9 @@ class RunLog:
         resumed into a new folder logs its earlier epochs too, and a kill between the checkpoint and the
         log line leaves no gap (nor a doubled line)."""
         if self.active and self.folder is not None:
-            from ..checkpoint import _atomic_write
+            from ..checkpoint import atomic_write_text
 
-            text = "".join(json.dumps(r) + "\n" for r in records)
-            _atomic_write(self.folder / "log.jsonl", lambda tmp: Path(tmp).write_text(text))
+            atomic_write_text(self.folder / "log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
     def close(self) -> None:
         if self.tb is not None:

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_save, read_checkpoint
+from ..checkpoint import atomic_save, atomic_write_text, read_checkpoint
 from ..errors import PPMAError, one_line
 from .distributed import DistInfo, unwrap
 
@@ -312,6 +312,6 @@ class RunFolder:
                 raise PPMAError(f"checkpoint: cannot write {self.path / name} ({why}); {kept}") from e
 
     def write_text(self, name: str, text: str) -> None:
-        """A small file beside the checkpoints (rank 0): the effective config."""
+        """A small file beside the checkpoints (rank 0): the effective config, written atomically."""
         if self.info.is_main:
-            (self.path / name).write_text(text)
+            atomic_write_text(self.path / name, text)
