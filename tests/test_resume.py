@@ -116,21 +116,51 @@ def test_resumed_with_another_batch_size_the_epoch_goes_on_where_it_stopped(tmp_
     assert resumed["history"][0]["train_images"] == 24  # every training image once
 
 
+def _finished_run(tmp_path) -> tuple[TrainConfig, dict]:
+    """A 1-epoch run that has trained all its epochs: its config and its summary."""
+    root = make_image_folder(tmp_path / "data", classes=2, train=4, val=2, size=(32, 32))
+    config = TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, workers=0,
+                         output_dir=str(tmp_path / "run"))  # fmt: skip
+    return config, run(config)
+
+
+def _files(folder) -> dict[str, tuple[bytes, int]]:
+    """Every file in ``folder`` (and below): its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def _says_finished(printed, out) -> None:
+    assert printed.err == "" and printed.out.count("\n") == 1, printed
+    assert printed.out.startswith(f"ppma train: resume: {out / 'last.pth'} already finished its 1 epochs, ")
+    assert f"give a larger --epochs: ppma train --resume {out} --epochs M, M > 1" in printed.out
+
+
 def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, capsys):
     """ppma train --resume RUN on a run that trained all its epochs printed "resumed at epoch 2 ..." and did
     nothing (rewriting config.yaml, the log, the curves); now one line on how to train more, exit 0."""
     from ppma.cli import main
 
-    root = make_image_folder(tmp_path / "data", classes=2, train=4, val=2, size=(32, 32))
+    config, _ = _finished_run(tmp_path)
     out = tmp_path / "run"
-    run(TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, workers=0,
-                    output_dir=str(out)))  # fmt: skip
     capsys.readouterr()
-    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in out.iterdir()}
+    before = _files(out)
     for argv in (["--resume", str(out)], ["--resume", "auto", "--output-dir", str(out)]):
         assert main(["train", *argv]) == 0
-        printed = capsys.readouterr()
-        assert printed.err == "" and printed.out.count("\n") == 1, printed
-        assert printed.out.startswith(f"ppma train: resume: {out / 'last.pth'} already finished its 1 epochs, ")
-        assert f"give a larger --epochs: ppma train --resume {out} --epochs M, M > 1" in printed.out
-        assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in out.iterdir()} == before
+        _says_finished(capsys.readouterr(), out)
+        assert _files(out) == before
+
+
+def test_the_api_resuming_a_finished_run_writes_nothing_and_returns_its_summary(tmp_path, capsys):
+    """ppma.train.run(config) resuming a run that trained all its epochs rewrote config.yaml, the log and the
+    curves (only the CLI checked); it now says so in the same line, writes nothing and returns the summary."""
+    config, summary = _finished_run(tmp_path)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    before = _files(out)
+    again = run(config.replace(resume=""))
+    _says_finished(capsys.readouterr(), out)
+    assert _files(out) == before
+    assert summary["already_finished"] is None and again["already_finished"].startswith("resume: ")
+    assert {k: v for k, v in again.items() if k != "already_finished"} == {
+        k: v for k, v in summary.items() if k != "already_finished"}  # fmt: skip

@@ -80,19 +80,13 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
 
 
 def _train(args: argparse.Namespace) -> None:
-    import os
-
     from ..train import run
-    from ..train.engine import finished_resume, resumed_options
+    from ..train.engine import resumed_options
 
     base = resumed_options(getattr(args, "resume", None), getattr(args, "output_dir", None))
-    config = config_from_args(args, base)
-    finished = finished_resume(config)
-    if finished:  # a run that trained all its epochs: one line, exit 0, no file touched
-        if os.environ.get("RANK", "0") == "0":  # once under torchrun
-            print(f"ppma train: {finished}")
+    summary = run(config_from_args(args, base))
+    if summary["already_finished"]:  # run printed its one line and touched no file; exit 0
         return
-    summary = run(config)
     if summary["best_top1"] is not None:
         print(f"best top-1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']}), final top-1 "
               f"{summary['final_top1']:.2f}; checkpoints in {summary['output_dir']}")  # fmt: skip

@@ -308,20 +308,27 @@ def resumed_options(resume: str | None, output_dir: str | None) -> dict[str, Any
     return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps", "output_dir")}
 
 
-def finished_resume(config: TrainConfig) -> str | None:
-    """One line when ``config`` resumes a run in its own folder that has already trained ``config.epochs``
-    epochs or more: nothing to do (``ppma train`` prints it and writes nothing; it printed "resumed at epoch
-    N+1" and stopped). None otherwise; a finished run resumed into another folder is ``run``'s error."""
+def _finished_resume(config: TrainConfig) -> dict[str, Any] | None:
+    """``run``'s summary of the saved run, with ``already_finished`` the line saying so, when ``config``
+    resumes a run in its own folder that has already trained ``config.epochs`` epochs or more: nothing to do,
+    nothing written (it rewrote config.yaml, the log and the curves, and ``ppma train`` printed "resumed at
+    epoch N+1"). None otherwise; a finished run resumed into another folder is ``_set_up``'s error."""
     path = resume_checkpoint(config.resume, config.output_dir)
     if path is None:
         return None
     if config.output_dir is not None and Path(config.output_dir).resolve() != path.parent.resolve():
         return None
-    done = read_training_checkpoint(path)["progress"]["epoch"]
+    ckpt = read_training_checkpoint(path)
+    progress = ckpt["progress"]
+    done = progress["epoch"]
     if done < config.epochs:
         return None
-    return (f"resume: {path} already finished its {done} epochs, nothing to train (nothing written); to train "
+    line = (f"resume: {path} already finished its {done} epochs, nothing to train (nothing written); to train "
             f"more, give a larger --epochs: ppma train --resume {path.parent} --epochs M, M > {done}")  # fmt: skip
+    out = Path(config.output_dir) if config.output_dir is not None else path.parent  # as _output_dir names it
+    history = list(ckpt.get("history") or [])
+    return _summary(history, ckpt.get("best_top1"), ckpt.get("best_epoch", 0), config.ema, ckpt.get("resolved") or {},
+                    done, progress["step"], out, stopped=False, already_finished=line)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -362,13 +369,25 @@ def run(config: TrainConfig) -> dict[str, Any]:
     effective config), ``last.pth`` (every epoch, and every ``save_every_steps``), ``best.pth`` (best
     top-1: the EMA's when the EMA is on), ``log.jsonl`` (one line per epoch), ``curves.png``.
 
+    A ``config.resume`` of a run (in its own folder) that has already trained ``config.epochs`` epochs
+    prints one line (``ppma train: resume: RUN/last.pth already finished its N epochs, ...``, rank 0), writes
+    nothing, builds nothing, and returns the saved run's summary: the same keys, from its checkpoint
+    (history, best, last epoch; ``params``, ``lr``, ``total_batch`` as that run resolved them), with
+    ``already_finished`` that line (None for every run that trains). ``ppma train`` is this call.
+
     Returns:
         dict with ``best_top1``, ``best_epoch``, ``final_top1``, ``final_top5``, ``final_loss`` (of the
         weights the best checkpoint is chosen by: EMA when on), ``final_top1_model``, ``final_top1_ema``,
         ``train_images_per_s``, ``eval_images_per_s``, ``params``, ``epochs``, ``steps``, ``lr``,
-        ``total_batch``, ``output_dir``, ``best_checkpoint``, ``last_checkpoint``, ``stopped``, ``skipped_images``.
+        ``total_batch``, ``output_dir``, ``best_checkpoint``, ``last_checkpoint``, ``stopped``, ``skipped_images``,
+        ``history`` (the log lines), ``already_finished``.
     """
     config.validate()
+    finished = _finished_resume(config)
+    if finished is not None:  # before any process group, folder lock or file
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"ppma train: {finished['already_finished']}", flush=True)
+        return finished
     dist_info = setup_distributed(config.device)
     r = None
     try:
@@ -632,30 +651,47 @@ def _finish(r: _Run) -> dict[str, Any]:
         plot_curves(state.history, out / "curves.png")
     r.log.close()
     r.d.barrier()
-    last = state.history[-1] if state.history else {}
-    key = "ema_" if state.ema is not None else ""
-    res = r.meta["resolved"]
+    return _summary(state.history, state.best_top1, state.best_epoch, state.ema is not None, r.meta["resolved"],
+                    state.epoch, state.step, out, r.stopped)  # fmt: skip
+
+
+def _summary(
+    history: list[dict[str, Any]],
+    best_top1: float | None,
+    best_epoch: int,
+    ema: bool,
+    res: dict[str, Any],
+    epochs: int,
+    steps: int,
+    out: Path,
+    stopped: bool,
+    already_finished: str | None = None,
+) -> dict[str, Any]:
+    """The dict ``run`` returns (its docstring)."""
+    last = history[-1] if history else {}
+    key = "ema_" if ema else ""
     return {
-        "best_top1": state.best_top1 if state.history else None,
-        "best_epoch": state.best_epoch,
+        "best_top1": best_top1 if history else None,
+        "best_epoch": best_epoch,
         "final_top1": last.get(key + "top1"),
         "final_top5": last.get(key + "top5"),
         "final_loss": last.get(key + "loss"),
         "final_top1_model": last.get("top1"),
         "final_top1_ema": last.get("ema_top1"),
-        "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in state.history])) if last else None,
-        "eval_images_per_s": float(np.mean([h["eval_images_per_s"] for h in state.history])) if last else None,
-        "params": res["params"],
-        "epochs": state.epoch,
-        "steps": state.step,
-        "lr": res["lr"],
-        "total_batch": res["total_batch"],
+        "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if last else None,
+        "eval_images_per_s": float(np.mean([h["eval_images_per_s"] for h in history])) if last else None,
+        "params": res.get("params"),
+        "epochs": epochs,
+        "steps": steps,
+        "lr": res.get("lr"),
+        "total_batch": res.get("total_batch"),
         "output_dir": str(out),
         "best_checkpoint": str(out / "best.pth"),
         "last_checkpoint": str(out / "last.pth"),
-        "stopped": r.stopped,
-        "skipped_images": sum(h["skipped_images"] for h in state.history),
-        "history": state.history,
+        "stopped": stopped,
+        "skipped_images": sum(h["skipped_images"] for h in history),
+        "history": history,
+        "already_finished": already_finished,
     }
 
 
