@@ -164,3 +164,26 @@ def test_the_api_resuming_a_finished_run_writes_nothing_and_returns_its_summary(
     assert summary["already_finished"] is None and again["already_finished"].startswith("resume: ")
     assert {k: v for k, v in again.items() if k != "already_finished"} == {
         k: v for k, v in summary.items() if k != "already_finished"}  # fmt: skip
+
+
+def test_a_run_resumed_into_another_folder_starts_with_its_best_checkpoint(tmp_path):
+    """The old folder's best.pth is copied whole, with the umask's mode like every checkpoint (the copy was
+    mkstemp's 0600, unreadable to the others who can read last.pth); an existing best.pth is kept."""
+    import os
+
+    from ppma.train.engine import _carry_best
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    best = os.urandom(4096)
+    (old / "best.pth").write_bytes(best)
+    (old / "last.pth").write_bytes(os.urandom(64))
+    _carry_best(old / "last.pth", new)
+    assert (new / "best.pth").read_bytes() == best
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (new / "best.pth").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in new.iterdir()] == ["best.pth"]  # no temporary file left
+    (old / "best.pth").write_bytes(os.urandom(16))
+    _carry_best(old / "last.pth", new)  # the new folder's own best.pth wins
+    assert (new / "best.pth").read_bytes() == best

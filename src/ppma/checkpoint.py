@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ import torch.nn as nn
 
 from .models.published import checkpoint_filter_fn
 
-__all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_save", "atomic_write_text", "card_metadata", "convert",
-           "extract_state_dict", "load_into", "model_card", "read_card", "read_checkpoint"]  # fmt: skip
+__all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_copy", "atomic_save", "atomic_write_text",
+           "card_metadata", "convert", "extract_state_dict", "load_into", "model_card", "read_card",
+           "read_checkpoint"]  # fmt: skip
 
 # Where the weights sit in the files we know: ours and the published training scripts' ('models' in
 # some periodic backups), and the dense-task checkpoints ('state_dict' with 'backbone.*' keys).
@@ -299,6 +301,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     file or the whole new one, never half of it. Every JSON or text result the package writes goes through it
     (``--json`` files, a run's config and restarted log, the ablation table, the example data sets' JSON)."""
     _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``src`` copied to ``dst`` as ``atomic_save`` writes a checkpoint (whole or not at all, the umask's mode)."""
+    _atomic_write(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = False, force: bool = False) -> int:

@@ -433,22 +433,15 @@ def _set_up(config: TrainConfig, d: DistInfo) -> _Run:
 
 
 def _carry_best(resume_path: Path, out: Path) -> None:
-    """A run resumed into another folder starts there with its ``best.pth`` (copied atomically), so that the
-    new folder holds the run's best weights even if no later epoch beats them."""
-    import shutil
-    import tempfile
+    """A run resumed into another folder starts there with its ``best.pth`` (copied atomically, with the
+    umask's mode like every checkpoint), so that the new folder holds the run's best weights even if no
+    later epoch beats them."""
+    from ..checkpoint import atomic_copy
 
     best = resume_path.parent / "best.pth"
     if resume_path.name != "last.pth" or not best.is_file() or (out / "best.pth").exists():
         return
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".best.pth.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(best, tmp)
-        os.replace(tmp, out / "best.pth")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_copy(best, out / "best.pth")
 
 
 def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path: Path | None) -> _Run:
