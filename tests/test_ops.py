@@ -84,6 +84,24 @@ def test_cpu_inference_in_place_matches_reference_float64(monkeypatch, op, paths
             assert torch.equal(t, b)
 
 
+@pytest.mark.parametrize("op", ["full", "criss_cross"])
+def test_cpu_inference_path_compiles_as_one_graph(op):
+    """The in-place inference ops (``baddbmm_``, softmax written over its input) trace with fullgraph=True under
+    torch.compile (for_inference(..., compile=True)) and give eager's output."""
+    import torch._dynamo
+
+    inputs = [t.detach().float() for t in _case(2, 2, 5, 7, 8, 6)[0]]
+
+    def fn(*a):
+        return OPS[op](*a, backend="cpu", check_values=False)
+
+    with torch.no_grad():
+        want = fn(*inputs)
+        torch._dynamo.reset()
+        got = torch.compile(fn, backend="aot_eager", fullgraph=True)(*inputs)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", ["dense", "cpu"])
 def test_float32_backends_match_float64_reference(backend):
     inputs, grad_out = _case(2, 2, 6, 11, 16, 16)
