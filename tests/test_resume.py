@@ -103,15 +103,18 @@ def test_resume_with_another_schedule_or_optimizer_setting_follows_the_new_one(t
         assert torch.equal(resumed.optimizer.state_dict()["state"][name]["exp_avg"], moments["exp_avg"])
 
 
-def test_resumed_with_another_batch_size_the_epoch_goes_on_where_it_stopped(tmp_path):
+def test_resumed_with_another_batch_size_the_epoch_goes_on_where_it_stopped(tmp_path, checkpoint_reads):
     """The sampler skips the images the epoch consumed (it skipped steps x the new batch size: 4 of 8 here,
-    so 4 images were trained twice in that epoch)."""
+    so 4 images were trained twice in that epoch). The resumed checkpoint is read once (finished-run check
+    and set-up share it)."""
     root = make_image_folder(tmp_path / "data", classes=3, train=8, val=2, size=(32, 32))
     config = TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, lr=1e-3,
                          warmup_epochs=0, workers=0, plot=False, output_dir=str(tmp_path / "r"))  # fmt: skip
     cut = run(config.replace(save_every_steps=2, stop_after_steps=3))  # saved at step 2: 8 of 24 images done
     assert cut["stopped"]
+    checkpoint_reads.clear()
     resumed = run(config.replace(batch_size=2, resume=""))
+    assert checkpoint_reads.count((tmp_path / "r" / "last.pth").resolve()) == 1
     assert resumed["steps"] == 2 + 16 // 2
     assert resumed["history"][0]["train_images"] == 24  # every training image once
 

@@ -308,17 +308,16 @@ def resumed_options(resume: str | None, output_dir: str | None) -> dict[str, Any
     return {k: v for k, v in saved.items() if k not in ("resume", "stop_after_steps", "output_dir")}
 
 
-def _finished_resume(config: TrainConfig) -> dict[str, Any] | None:
-    """``run``'s summary of the saved run, with ``already_finished`` the line saying so, when ``config``
-    resumes a run in its own folder that has already trained ``config.epochs`` epochs or more: nothing to do,
-    nothing written (it rewrote config.yaml, the log and the curves, and ``ppma train`` printed "resumed at
-    epoch N+1"). None otherwise; a finished run resumed into another folder is ``_set_up``'s error."""
-    path = resume_checkpoint(config.resume, config.output_dir)
+def _finished_resume(config: TrainConfig, path: Path | None, ckpt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``run``'s summary of the saved run (``ckpt``, read from ``path``), with ``already_finished`` the line
+    saying so, when ``config`` resumes a run in its own folder that has already trained ``config.epochs`` epochs
+    or more: nothing to do, nothing written (it rewrote config.yaml, the log and the curves, and ``ppma train``
+    printed "resumed at epoch N+1"). None otherwise; a finished run resumed into another folder is
+    ``_set_up``'s error."""
     if path is None:
         return None
     if config.output_dir is not None and Path(config.output_dir).resolve() != path.parent.resolve():
         return None
-    ckpt = read_training_checkpoint(path)
     progress = ckpt["progress"]
     done = progress["epoch"]
     if done < config.epochs:
@@ -383,7 +382,10 @@ def run(config: TrainConfig) -> dict[str, Any]:
         ``history`` (the log lines), ``already_finished``.
     """
     config.validate()
-    finished = _finished_resume(config)
+    # The checkpoint to resume is read once here, for the finished-run check and the set-up.
+    resume_path = resume_checkpoint(config.resume, config.output_dir)
+    saved = read_training_checkpoint(resume_path) if resume_path is not None else None
+    finished = _finished_resume(config, resume_path, saved)
     if finished is not None:  # before any process group, folder lock or file
         if os.environ.get("RANK", "0") == "0":  # once under torchrun
             print(f"ppma train: {finished['already_finished']}", flush=True)
@@ -391,7 +393,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
     dist_info = setup_distributed(config.device)
     r = None
     try:
-        r = _set_up(config, dist_info)
+        r = _set_up(config, dist_info, resume_path, saved)
+        del saved  # restored into the model and optimizer: not kept for the whole run
         while r.state.epoch < config.epochs and not r.stopped:
             if _train_epoch(r):
                 break
@@ -408,14 +411,13 @@ _NOT_RESULTS = ("output_dir", "resume", "stop_after_steps", "progress", "plot", 
                 "workers")  # fmt: skip  (workers: augmentation is seeded per image, whatever the process)
 
 
-def _set_up(config: TrainConfig, d: DistInfo) -> _Run:
-    """Folder, data, model, optimizer, schedule, EMA, loss; the resumed state and random states (the folder
-    is given back if any of it fails)."""
-    resume_path = resume_checkpoint(config.resume, config.output_dir)
+def _set_up(config: TrainConfig, d: DistInfo, resume_path: Path | None, saved: dict[str, Any] | None) -> _Run:
+    """Folder, data, model, optimizer, schedule, EMA, loss; the resumed state (``saved``, read from
+    ``resume_path``) and random states (the folder is given back if any of it fails)."""
     out = _output_dir(config, resume_path, d)
     elsewhere = resume_path is not None and out.resolve() != resume_path.parent.resolve()
     if elsewhere:  # continuing a run in a new folder: nothing to continue would leave that folder empty
-        done = read_training_checkpoint(resume_path)["progress"]["epoch"]
+        done = saved["progress"]["epoch"]
         if done >= config.epochs:
             raise PPMAError(f"resume: {resume_path} has finished its {done} epochs, nothing to train into {out}; "
                             f"give --epochs above {done} to train on")  # fmt: skip
@@ -426,7 +428,7 @@ def _set_up(config: TrainConfig, d: DistInfo) -> _Run:
     try:
         if elsewhere and d.is_main:
             _carry_best(resume_path, folder.path)
-        return _build_run(config, d, folder, resume_path)
+        return _build_run(config, d, folder, resume_path, saved)
     except BaseException:
         folder.close()
         raise
@@ -444,7 +446,9 @@ def _carry_best(resume_path: Path, out: Path) -> None:
     atomic_copy(best, out / "best.pth")
 
 
-def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path: Path | None) -> _Run:
+def _build_run(
+    config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path: Path | None, saved: dict[str, Any] | None
+) -> _Run:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     if config.deterministic:
@@ -474,7 +478,7 @@ def _build_run(config: TrainConfig, d: DistInfo, folder: RunFolder, resume_path:
     rng_states = None
     changes: list[str] = []
     if resume_path is not None:
-        ckpt = state.load(resume_path, expect=meta)
+        ckpt = state.load(resume_path, expect=meta, contents=saved)
         rng_states = ckpt["rng"]
         changes = changed_settings(ckpt.get("config"), config.to_dict(), _NOT_RESULTS)
         state.scheduler.step_update(num_updates=state.step)

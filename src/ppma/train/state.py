@@ -55,13 +55,14 @@ class RunState:
             best_top1=self.best_top1, best_epoch=self.best_epoch, history=self.history, epoch_stats=self.epoch_stats,
         )  # fmt: skip
 
-    def load(self, path: str | Path, expect: dict[str, Any]) -> dict[str, Any]:
+    def load(self, path: str | Path, expect: dict[str, Any], contents: dict[str, Any] | None = None) -> dict[str, Any]:
         """Restore from ``path``; returns the checkpoint dict (its ``rng`` list is for the caller to apply).
 
         ``expect`` holds (at least) ``model_name`` and ``num_classes`` of this run: a checkpoint of another
-        model or class count raises a one-line ``PPMAError``.
+        model or class count raises a one-line ``PPMAError``. ``contents``: the dict already read from ``path``
+        (``read_training_checkpoint``); ``path`` then only names it in messages.
         """
-        ckpt = read_training_checkpoint(path)
+        ckpt = read_training_checkpoint(path) if contents is None else contents
         expect = {"task": "classify", "model_name": expect["model_name"], "num_classes": expect["num_classes"]}
         # The schedule and optimizer settings are this run's, not the saved ones: timm's scheduler and torch's
         # optimizer load their settings with their state, so a resume with another --epochs, --lr, --min-lr,
