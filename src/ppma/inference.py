@@ -150,12 +150,6 @@ class _CastRotary(nn.Module):
         return sin.to(self.dtype), cos.to(self.dtype)
 
 
-# What code written for a timm model reads off it (``model.feature_info.channels()`` on a features_only
-# backbone, ``timm.data.resolve_data_config(model=...)`` reading ``pretrained_cfg``): InferenceModel hands
-# out the wrapped network's, read-only.
-MODEL_ATTRIBUTES = ("feature_info", "pretrained_cfg", "default_cfg", "num_classes", "num_features")
-
-
 def _model_attribute(name: str) -> property:
     def get(self):
         # An AttributeError here (the network has no such attribute) falls through to nn.Module's
@@ -174,6 +168,14 @@ class InferenceModel(nn.Module):
     network's (read-only), so timm code that reads them works on the wrapper too.
     """
 
+    # What code written for a timm model reads off it (``model.feature_info.channels()`` on a features_only
+    # backbone, ``timm.data.resolve_data_config(model=...)`` reading ``pretrained_cfg``): the network's.
+    feature_info = _model_attribute("feature_info")
+    pretrained_cfg = _model_attribute("pretrained_cfg")
+    default_cfg = _model_attribute("default_cfg")
+    num_classes = _model_attribute("num_classes")
+    num_features = _model_attribute("num_features")
+
     def __init__(self, model: nn.Module, precision: str, dtype: torch.dtype) -> None:
         super().__init__()
         self.model = model
@@ -183,10 +185,6 @@ class InferenceModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _to_float32(self.model(x.to(self.dtype)))
 
-
-for _name in MODEL_ATTRIBUTES:
-    setattr(InferenceModel, _name, _model_attribute(_name))
-del _name
 
 def _to_float32(out):
     """Floating tensors in ``out`` as float32, also inside the list / tuple / dict a ``features_only``
