@@ -361,3 +361,25 @@ def test_dense_amp_without_bf16_units_is_refused_in_one_line(tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"ppma {task}: error: amp: bf16 on CPU needs"), err
     assert not (out / "last.pth").exists()
+
+
+@pytest.mark.parametrize("given, cpus, expect", [(None, 2, 2), (None, 64, 8), (3, 2, 3), (0, 2, 0)])
+def test_loader_workers_default_is_at_most_the_cpus_and_a_given_count_is_kept(tmp_path, monkeypatch, given,
+                                                                             cpus, expect):  # fmt: skip
+    """The ImageNet recipe's 8 loader processes on a 2-CPU machine made torch warn about too many workers;
+    the default is now 8 at most the CPUs, and a count the user gives is used as given."""
+    from ppma.train import data, engine
+
+    seen = []
+
+    def record(dataset, sampler, batch_size, workers, *args, **kwargs):
+        seen.append(workers)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(data, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(engine, "make_loader", record)
+    root = make_image_folder(tmp_path / "data")
+    with pytest.raises(KeyboardInterrupt):
+        run(TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1,
+                        workers=given, output_dir=str(tmp_path / "run")))  # fmt: skip
+    assert seen == [expect]

@@ -45,7 +45,8 @@ class TrainConfig:
     interpolation: str = option("bicubic", "resize interpolation")
     mean: tuple[float, ...] = option((0.485, 0.456, 0.406), "normalisation mean (comma-separated)")
     std: tuple[float, ...] = option((0.229, 0.224, 0.225), "normalisation std (comma-separated)")
-    workers: int = option(8, "data-loading processes per training process (0: in the main process)")
+    workers: int | None = option(None, "data-loading processes per training process (0: in the main process; "
+                                       "default: 8, at most the CPUs available)")
     # ---- augmentation (timm)
     scale: tuple[float, ...] = option((0.08, 1.0), "RandomResizedCrop area range")
     ratio: tuple[float, ...] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range")
@@ -115,7 +116,9 @@ class TrainConfig:
             raise ValueError(f"crop_pct: must be in (0, 1], got {self.crop_pct}")
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean, std: need the same number of channels, got {len(self.mean)} and {len(self.std)}")
-        for name in ("workers", "warmup_epochs", "save_every_steps", "smoothing", "mixup", "cutmix", "reprob"):
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers: must be >= 0 or none, got {self.workers}")
+        for name in ("warmup_epochs", "save_every_steps", "smoothing", "mixup", "cutmix", "reprob"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:

@@ -459,9 +459,11 @@ def _build_run(
     train_set, val_set, classes = build_datasets(config)  # every process reads the folders; samplers shard them
     train_sampler = ResumableSampler(train_set, d.world_size, d.rank, config.seed)
     pin = d.device.type == "cuda"
-    train_loader = make_loader(train_set, train_sampler, config.batch_size, config.workers, True, pin)
+    # None: the recipe's 8, at most the CPUs (results do not depend on it: augmentation is seeded per image)
+    workers = default_workers(8) if config.workers is None else config.workers
+    train_loader = make_loader(train_set, train_sampler, config.batch_size, workers, True, pin)
     val_loader = make_loader(val_set, ShardSampler(len(val_set), d.world_size, d.rank), config.batch_size,
-                             config.workers, False, pin)  # fmt: skip
+                             workers, False, pin)  # fmt: skip
     if len(train_sampler) // config.batch_size == 0:
         raise PPMAError(f"data: {len(train_sampler)} training images per process, fewer than one batch of "
                         f"{config.batch_size}; lower --batch-size")  # fmt: skip
