@@ -404,3 +404,60 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previou
     monkeypatch.setattr(torch, "save", real_save)  # space again: the same command continues the run
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert read_checkpoint(run / "last.pth")["progress"]["epoch"] == 2
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def _shards(n: int, world: int, seed: int, epoch: int, skip: int = 0) -> list[list[int]]:
+    from ppma.runtime.sampler import ResumableSampler
+
+    shards = []
+    for rank in range(world):
+        s = ResumableSampler(_Items(n), world, rank, seed)
+        s.set_epoch(epoch, skip=skip)
+        shards.append(list(s))
+        assert len(s) == len(shards[-1]) and s.dataset.epoch == epoch
+    return shards
+
+
+@pytest.mark.parametrize("n, world", [(1, 1), (17, 1), (17, 2), (17, 3), (16, 4), (5, 8)])
+def test_resumable_sampler_shuffles_as_torchs_distributed_sampler(n, world):
+    """Unskipped, and skipped by whole rounds of the same process count, the shards are torch's."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    seed, epoch = random.randrange(1000), random.randrange(10)
+    for rank, shard in enumerate(_shards(n, world, seed, epoch)):
+        torch_sampler = DistributedSampler(_Items(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        torch_sampler.set_epoch(epoch)
+        expected = list(torch_sampler)
+        assert shard == expected
+        k = random.randrange(len(expected) + 1)
+        assert _shards(n, world, seed, epoch, skip=k * world)[rank] == expected[k:]
+
+
+@pytest.mark.parametrize("before, after", [(2, 3), (3, 2), (4, 1), (1, 4), (2, 2)])
+def test_resumable_sampler_resumed_with_another_process_count_trains_the_rest_of_the_epoch(before, after):
+    """After k items per process of ``before`` processes, ``after`` processes get exactly the images the epoch
+    has not trained yet (plus padding to equal shares), never one already trained; it used to reshuffle the
+    shards (some images twice, others never)."""
+    n, seed, epoch = random.randrange(20, 60), random.randrange(1000), random.randrange(10)
+    full = _shards(n, before, seed, epoch)
+    k = random.randrange(1, len(full[0]))
+    trained = {i for shard in full for i in shard[:k]}
+    rest = _shards(n, after, seed, epoch, skip=k * before)
+    assert len({len(shard) for shard in rest}) == 1  # equal shares: no process waits for another's extra batch
+    rest_items = [i for shard in rest for i in shard]
+    assert trained | set(rest_items) == set(range(n))
+    untrained = set(range(n)) - trained
+    assert sum(i in untrained for i in rest_items) >= len(untrained)  # every untrained image comes
+    # the padding (at most after - 1 repeats, plus the first run's own padding) is all that comes again
+    assert len(rest_items) - len(untrained) < after + before

@@ -331,7 +331,7 @@ def _train_epoch(run: DenseRun, epoch: int, it: int) -> tuple[int, bool | None]:
     config, info = run.config, run.info
     step = run.progress.get("step_in_epoch", 0) if epoch == run.progress.get("epoch", 0) else 0
     iters_per_epoch = len(run.loader)
-    run.sampler.set_epoch(epoch, skip=step * config.batch_size)
+    run.sampler.set_epoch(epoch, skip=step * config.batch_size * info.world_size)
     run.model.train()
     for images, targets in run.loader:
         images = [im.to(info.device) for im in images]

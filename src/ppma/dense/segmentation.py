@@ -374,7 +374,7 @@ def _batches(run: DenseRun, it: int) -> Iterator[tuple[torch.Tensor, torch.Tenso
     """Endless batches from iteration ``it`` on: epoch ``it // len(loader)``, that many batches into it."""
     epoch, step = divmod(it, len(run.loader))
     while True:
-        run.sampler.set_epoch(epoch, skip=step * run.config.batch_size)
+        run.sampler.set_epoch(epoch, skip=step * run.config.batch_size * run.info.world_size)
         yield from run.loader
         epoch, step = epoch + 1, 0
 

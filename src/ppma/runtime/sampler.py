@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,27 +15,47 @@ __all__ = ["ResumableSampler", "ShardSampler", "resumable_loader"]
 
 
 class ResumableSampler(Sampler[int]):
-    """torch's ``DistributedSampler`` (shuffled by seed and epoch, one shard per process) that can start
-    ``skip`` items into the epoch, to resume mid-epoch. It also tells the dataset the epoch (its
-    ``set_epoch``, which seeds the items' augmentation)."""
+    """torch's ``DistributedSampler`` (shuffled by seed and epoch, padded to a multiple of the process
+    count, every ``num_replicas``-th position from ``rank``) that can start ``skip`` positions into the
+    epoch's order, to resume mid-epoch. It also tells the dataset the epoch (its ``set_epoch``, which seeds
+    the items' augmentation).
+
+    ``skip`` counts positions of the whole (padded) order, consumed by all processes together: after ``k``
+    items per process of ``n`` processes those are exactly the first ``k * n``. So a run resumed with another
+    process count goes on with the images the epoch has not trained yet (spread over the new processes),
+    rather than reshuffling the shards; with the same count it continues exactly as one never stopped.
+    """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
-        from torch.utils.data.distributed import DistributedSampler
-
         self.dataset = dataset
-        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.skip = 0
+        self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
+        self.epoch = self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.inner.set_epoch(epoch)
+        self.epoch, self.skip = epoch, skip
         self.dataset.set_epoch(epoch)
-        self.skip = skip
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(self.inner)[self.skip :])
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = _padded(torch.randperm(len(self.dataset), generator=g).tolist(), self.num_replicas)
+        # A skip made under another process count leaves a remainder: pad again, so that every process
+        # gets as many items (with the same count nothing is added).
+        rest = _padded(order[self.skip :], self.num_replicas)
+        return iter(rest[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return len(self.inner) - self.skip
+        n = len(self.dataset)
+        return math.ceil(max(n + -n % self.num_replicas - self.skip, 0) / self.num_replicas)
+
+
+def _padded(items: list[int], multiple: int) -> list[int]:
+    """``items`` followed by its own start (repeated if short) up to a multiple of ``multiple``: torch's
+    ``DistributedSampler`` padding, so that runs shuffle as they always have."""
+    missing = -len(items) % multiple
+    if not items or not missing:
+        return items
+    return items + (items * math.ceil(missing / len(items)))[:missing]
 
 
 class ShardSampler(Sampler[int]):

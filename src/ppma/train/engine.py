@@ -564,7 +564,7 @@ def _train_epoch(r: _Run) -> bool:
     config, state = r.config, r.state
 
     def on_step() -> bool:
-        state.epoch_stats["samples"] += config.batch_size
+        state.epoch_stats["seen"] += config.batch_size * r.d.world_size
         if config.stop_after_steps is not None and state.step >= config.stop_after_steps:
             r.stopped = True
             return True
@@ -576,9 +576,9 @@ def _train_epoch(r: _Run) -> bool:
             raise r.folder.stopped(signum, f"epoch {state.epoch + 1}, step {state.step}")
         return False
 
-    # Skip what the epoch has consumed, not steps x batch size: a run resumed with another --batch-size would
-    # train some images twice (or never) in this epoch.
-    r.train_sampler.set_epoch(state.epoch, skip=state.epoch_stats["samples"])
+    # Skip what the epoch has consumed, not steps x batch size: a run resumed with another --batch-size or
+    # process count would train some images twice (or never) in this epoch.
+    r.train_sampler.set_epoch(state.epoch, skip=state.epoch_stats["seen"])
     bar = progress_bar(r.train_loader, len(r.train_loader), f"epoch {state.epoch + 1}/{config.epochs}",
                        config.progress, r.d.rank)  # fmt: skip
     if train_one_epoch(r.train_model, r.train_loader, state, r.loss_fn, r.mixup, r.d.device, r.amp_dtype,

@@ -22,9 +22,10 @@ __all__ = ["RunState", "new_epoch_stats"]
 
 def new_epoch_stats() -> dict[str, Any]:
     """Zeroed running sums of an epoch."""
-    # samples: training indices this process has consumed (the resume point, whatever the batch size was)
+    # seen: positions of the epoch's shuffled order consumed by all processes together: the resume point,
+    # whatever the batch size and process count were (``ResumableSampler``'s skip)
     return {"loss_sum": 0.0, "images": 0, "time": 0.0, "skipped": [], "skipped_steps": 0, "unused_images": 0,
-            "samples": 0}
+            "seen": 0}
 
 
 @dataclass
@@ -77,6 +78,10 @@ class RunState:
         self.best_top1, self.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
         self.history = list(ckpt["history"])
         self.epoch_stats = {**new_epoch_stats(), **ckpt["epoch_stats"]}  # files of earlier versions lack counters
-        if "samples" not in ckpt["epoch_stats"]:  # an earlier file: its steps were all of its own batch size
-            self.epoch_stats["samples"] = self.step_in_epoch * (ckpt.get("config") or {}).get("batch_size", 0)
+        if "seen" not in ckpt["epoch_stats"]:  # an earlier file: it counted per process ("samples"), or nothing
+            per_process = ckpt["epoch_stats"].get("samples")  # (and before that, steps of its own batch size)
+            if per_process is None:
+                per_process = self.step_in_epoch * (ckpt.get("config") or {}).get("batch_size", 0)
+            self.epoch_stats["seen"] = per_process * (ckpt.get("resolved") or {}).get("world_size", 1)
+            self.epoch_stats.pop("samples", None)
         return ckpt
