@@ -119,6 +119,23 @@ def test_resumed_with_another_batch_size_the_epoch_goes_on_where_it_stopped(tmp_
     assert resumed["history"][0]["train_images"] == 24  # every training image once
 
 
+def test_a_checkpoint_of_an_earlier_version_resumes_where_it_stopped(tmp_path):
+    """Earlier files counted the epoch's consumed images per process (``samples``): resumed, they skip as many
+    positions times the saved process count (one here), as the files of this version do (``seen``)."""
+    from ppma.checkpoint import atomic_save
+
+    root = make_image_folder(tmp_path / "data", classes=3, train=8, val=2, size=(32, 32))
+    config = TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, lr=1e-3,
+                         warmup_epochs=0, workers=0, plot=False, output_dir=str(tmp_path / "r"))  # fmt: skip
+    run(config.replace(save_every_steps=2, stop_after_steps=3))  # saved at step 2: 8 of 24 images done
+    ckpt = read_checkpoint(tmp_path / "r" / "last.pth")
+    assert ckpt["epoch_stats"]["seen"] == 8
+    ckpt["epoch_stats"]["samples"] = ckpt["epoch_stats"].pop("seen")
+    atomic_save(ckpt, tmp_path / "r" / "last.pth")
+    resumed = run(config.replace(resume=""))
+    assert resumed["steps"] == 2 + 16 // 4
+
+
 def _finished_run(tmp_path) -> tuple[TrainConfig, dict]:
     """A 1-epoch run that has trained all its epochs: its config and its summary."""
     root = make_image_folder(tmp_path / "data", classes=2, train=4, val=2, size=(32, 32))
