@@ -43,8 +43,8 @@ def test_torchrun_two_cpu_processes_train_and_reduce_metrics(tmp_path):
 
 def test_a_two_process_run_resumed_by_one_process_trains_the_rest_of_the_epoch(tmp_path):
     """Stopped after one step of 2 processes x 4 images (8 of 24 trained), resumed by one process: it trains
-    the 16 untrained images (4 steps of 4). It used to skip 4 (one process's share) of a reshuffled order:
-    5 steps, 4 images trained twice and others not at all in that epoch."""
+    the 16 untrained images (4 steps of 4) and logs the epoch whole. It used to skip 4 (one process's share)
+    of a reshuffled order: 5 steps, 4 images trained twice and others not at all in that epoch."""
     root = make_image_folder(tmp_path / "data", classes=3, train=8, val=3, size=(32, 32))  # 24 train
     out = tmp_path / "run"
     args = ["train", "--data-path", str(root), "--model", "ppma_nano", "--input-size", "32", "--batch-size", "4",
@@ -61,3 +61,6 @@ def test_a_two_process_run_resumed_by_one_process_trains_the_rest_of_the_epoch(t
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "saved with 2 processes, now 1" in proc.stdout
     assert read_checkpoint(out / "last.pth")["progress"]["step"] == 1 + 16 // 4
+    # the epoch's sums were saved over both processes (rank 0's share alone used to be saved: 4 + 16 logged)
+    (record,) = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert record["train_images"] == 24

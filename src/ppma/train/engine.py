@@ -481,6 +481,7 @@ def _build_run(
     changes: list[str] = []
     if resume_path is not None:
         ckpt = state.load(resume_path, expect=meta, contents=saved)
+        state.epoch_stats = _resumed_share(state.epoch_stats, d)
         rng_states = ckpt["rng"]
         changes = changed_settings(ckpt.get("config"), config.to_dict(), _NOT_RESULTS)
         state.scheduler.step_update(num_updates=state.step)
@@ -553,10 +554,35 @@ def _wrap(model: nn.Module, config: TrainConfig, d: DistInfo) -> nn.Module:
 
 
 def _save_last(r: _Run) -> None:
-    """``last.pth``; a collective (every rank's random states are gathered), rank 0 writes."""
+    """``last.pth``; a collective (every rank's random states and epoch sums are gathered), rank 0 writes."""
     rng = all_rng_states(r.d)
+    stats = _epoch_totals(r.state.epoch_stats, r.d)
     if r.d.is_main:
-        r.folder.save(r.state.checkpoint(r.meta, rng))
+        r.folder.save(r.state.checkpoint(r.meta, rng, stats))
+
+
+# The epoch's running sums over processes. last.pth keeps their totals (it kept rank 0's share, which a run
+# resumed under another process count multiplied by its own count); resumed, rank 0 holds them, the others
+# start from zero (``_resumed_share``), and the epoch's end sums them as usual.
+_SUMMED = ("loss_sum", "images", "unused_images")
+
+
+def _epoch_totals(stats: dict[str, Any], d: DistInfo) -> dict[str, Any]:
+    """``stats`` with its sums over all processes (a collective; ``stats`` itself in a single process)."""
+    if not d.distributed:
+        return stats
+    sums = d.all_reduce_sum([stats[k] for k in _SUMMED])
+    return {**stats, **{k: type(stats[k])(v) for k, v in zip(_SUMMED, sums, strict=True)},
+            "skipped": [path for paths in d.all_gather(stats["skipped"]) for path in paths],
+            "time": max(d.all_gather(stats["time"]))}  # fmt: skip
+
+
+def _resumed_share(stats: dict[str, Any], d: DistInfo) -> dict[str, Any]:
+    """A process's part of the saved totals: all of them on rank 0, none elsewhere (the position, ``seen``,
+    and ``skipped_steps``, which every process counts alike, stay)."""
+    if d.is_main:
+        return stats
+    return {**stats, **{k: type(stats[k])(0) for k in _SUMMED}, "skipped": [], "time": 0.0}
 
 
 def _train_epoch(r: _Run) -> bool:

@@ -46,14 +46,16 @@ class RunState:
     # running sums of the current epoch (loss_sum, images, time, skipped paths), so a resumed epoch reports whole
     epoch_stats: dict[str, Any] = field(default_factory=lambda: new_epoch_stats())
 
-    def checkpoint(self, meta: dict[str, Any], rng: list[dict[str, Any]]) -> dict[str, Any]:
+    def checkpoint(self, meta: dict[str, Any], rng: list[dict[str, Any]],
+                   epoch_stats: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
         """The checkpoint dict; ``meta`` holds model name, classes, config and the resolved values, ``rng``
-        one entry per rank."""
+        one entry per rank, ``epoch_stats`` the epoch's sums over all ranks (default: this process's)."""
         progress = dict(epoch=self.epoch, step=self.step, step_in_epoch=self.step_in_epoch)
         return training_checkpoint(
             task="classify", **meta, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             scaler=self.scaler, ema=self.ema.module if self.ema is not None else None, progress=progress, rng=rng,
-            best_top1=self.best_top1, best_epoch=self.best_epoch, history=self.history, epoch_stats=self.epoch_stats,
+            best_top1=self.best_top1, best_epoch=self.best_epoch, history=self.history,
+            epoch_stats=self.epoch_stats if epoch_stats is None else epoch_stats,
         )  # fmt: skip
 
     def load(self, path: str | Path, expect: dict[str, Any], contents: dict[str, Any] | None = None) -> dict[str, Any]:
