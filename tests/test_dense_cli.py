@@ -253,7 +253,7 @@ def test_detection_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_p
     cut = dataclasses.replace(config, output=str(tmp_path / "cut"), save_every=3, stop_after=7)
     assert train_detection(cut) == {}
     progress = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"]
-    assert progress == {"epoch": 1, "iteration": 6, "step_in_epoch": 2}
+    assert progress == {"epoch": 1, "iteration": 6, "step_in_epoch": 2, "seen": 2 * 1}  # 2 steps of 1 image
     train_detection(dataclasses.replace(cut, stop_after=0, resume="auto"))
     _same_weights(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
 
@@ -271,6 +271,6 @@ def test_segmentation_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tm
     # killed at iteration 5; its last checkpoint is the one of iteration 4 (second epoch, one step in)
     cut = dataclasses.replace(config, output=str(tmp_path / "cut"), save_every=2, stop_after=5)
     assert train_segmentation(cut) == {}
-    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"] == {"iteration": 4}
+    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"] == {"iteration": 4, "epoch": 1, "seen": 2}
     train_segmentation(dataclasses.replace(cut, stop_after=0, resume="auto"))
     _same_weights(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")

@@ -302,11 +302,52 @@ def test_sigterm_mid_epoch_saves_and_resume_equals_an_unbroken_detection_run(tmp
     with pytest.raises(RunStopped, match="stopped by SIGTERM at iteration 6"):
         det.train_detection(cut)
     assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"] == {
-        "epoch": 1, "iteration": 6, "step_in_epoch": 2}  # fmt: skip
+        "epoch": 1, "iteration": 6, "step_in_epoch": 2, "seen": 2}  # fmt: skip
     assert not (tmp_path / "cut" / ".lock").exists()  # released and removed: the next run starts without a word
     monkeypatch.setattr(det, "coco_split", split)
     det.train_detection(dataclasses.replace(cut, resume=""))
     _same_checkpoints(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
+
+
+def test_dense_runs_resumed_with_another_batch_size_go_on_after_the_images_their_epoch_trained(tmp_path):
+    """Stopped after one iteration, resumed with a smaller batch: the epoch goes on with the images it has not
+    trained. Both commands skipped iterations x the new batch size, training some images twice."""
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("skimage")
+    import shutil
+
+    from test_dense_models import make_ade, make_coco
+
+    import ppma.dense.detection as det
+    import ppma.dense.segmentation as seg
+    from ppma.checkpoint import atomic_save
+
+    torch.set_num_threads(1)
+    make_coco(tmp_path / "gen", n_images=4)
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
+    shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    config = det.DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano",
+                              heads="light", min_size=64, max_size=96, epochs=1, batch_size=2, warmup_iters=2,
+                              save_every=1, stop_after=1, workers=0, quiet=True, output=str(tmp_path / "det"))
+    det.train_detection(config)
+    cut = torch.load(tmp_path / "det" / "last.pth", weights_only=True)
+    assert cut["progress"].pop("seen") == 2
+    atomic_save(cut, tmp_path / "det" / "last.pth")  # as files of the earlier version: steps at their batch size
+    det.train_detection(dataclasses.replace(config, batch_size=1, stop_after=0, resume=""))
+    progress = torch.load(tmp_path / "det" / "last.pth", weights_only=True)["progress"]
+    assert progress == {"epoch": 1, "iteration": 1 + 2, "step_in_epoch": 0, "seen": 0}  # 2 + 2 images: 4
+
+    make_ade(tmp_path / "ade", 6, size=(36, 44))
+    (tmp_path / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    config = seg.SegmentConfig(data=str(tmp_path / "ade"), backbone="ppma_nano", crop_size=32, scale=(128, 32),
+                               channels=16, aux_channels=8, iters=2, batch_size=3, warmup_iters=2, eval_every=100,
+                               save_every=1, stop_after=1, workers=0, quiet=True, output=str(tmp_path / "seg"))
+    seg.train_segmentation(config)
+    seg.train_segmentation(dataclasses.replace(config, batch_size=2, stop_after=0, resume=""))
+    progress = torch.load(tmp_path / "seg" / "last.pth", weights_only=True)["progress"]
+    assert progress == {"iteration": 2, "epoch": 0, "seen": 3 + 2}  # 5 of the epoch's 6 images, each once
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from ..runtime import (
 from ..runtime.config import option, resume_option
 from .backbone import create_backbone
 from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import DenseRun, load_weights, locked_set_up, read_run_info, start_run
+from .engine import DenseRun, load_weights, locked_set_up, read_run_info, resumed_position, start_run
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -329,9 +329,9 @@ def _train_epoch(run: DenseRun, epoch: int, it: int) -> tuple[int, bool | None]:
     ``max_iters`` cuts it short.
     """
     config, info = run.config, run.info
-    step = run.progress.get("step_in_epoch", 0) if epoch == run.progress.get("epoch", 0) else 0
-    iters_per_epoch = len(run.loader)
-    run.sampler.set_epoch(epoch, skip=step * config.batch_size * info.world_size)
+    step, seen = resumed_position(run.progress, epoch)
+    run.sampler.set_epoch(epoch, skip=seen)  # after the images the epoch has trained, whatever the batch was
+    left = len(run.loader)
     run.model.train()
     for images, targets in run.loader:
         images = [im.to(info.device) for im in images]
@@ -340,22 +340,23 @@ def _train_epoch(run: DenseRun, epoch: int, it: int) -> tuple[int, bool | None]:
             losses = run.model(images, targets)
         loss = sum(losses.values())
         run.step(loss, it)
-        it, step = it + 1, step + 1
+        it, step, seen, left = it + 1, step + 1, seen + config.batch_size * info.world_size, left - 1
         if it % 20 == 0 or it == 1:
             parts = {k: v.item() for k, v in losses.items()}
             run.log.write(dict(epoch=epoch, iteration=it, lr=run.scheduler.get_last_lr()[0], loss=loss.item(), **parts))
         done = bool(config.max_iters) and it >= config.max_iters
-        if step < iters_per_epoch and (done or (config.save_every and it % config.save_every == 0)):
-            run.save(dict(epoch=epoch, iteration=it, step_in_epoch=step))
+        progress = dict(epoch=epoch, iteration=it, step_in_epoch=step, seen=seen)
+        if left and (done or (config.save_every and it % config.save_every == 0)):
+            run.save(progress)
         if config.stop_after and it >= config.stop_after:
             return it, None
         if done:
             break
-        if step < iters_per_epoch:  # at the epoch's end the run saves and evaluates first
-            run.stop_if_signalled(dict(epoch=epoch, iteration=it, step_in_epoch=step))
-    if step == iters_per_epoch:
-        run.save(dict(epoch=epoch + 1, iteration=it, step_in_epoch=0))
-    return it, step == iters_per_epoch
+        if left:  # at the epoch's end the run saves and evaluates first
+            run.stop_if_signalled(progress)
+    if not left:
+        run.save(dict(epoch=epoch + 1, iteration=it, step_in_epoch=0, seen=0))
+    return it, not left
 
 
 def _evaluate(run: DenseRun, val_set: CocoDetection, epoch: int, it: int, start: float) -> dict[str, float]:

@@ -139,8 +139,10 @@ def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Modu
         expect = {"task": meta["task"], "model_name": meta["model_name"], "classes": meta["classes"]}
         progress = restore_training(ckpt, resume, expect, model, optimizer, scheduler)
         restore_rank_rng(ckpt["rng"], info, config.seed)
+        if "step_in_epoch" in progress and "seen" not in progress:  # a file of an earlier version: its settings
+            progress["seen"] = progress["step_in_epoch"] * ckpt["config"]["batch_size"] * len(ckpt["rng"])
         log.print(f"resumed from {resume} at " + ", ".join(f"{k} {v}" for k, v in progress.items()
-                                                            if k != "step_in_epoch"))  # fmt: skip
+                                                            if k in ("epoch", "iteration")))  # fmt: skip
         changes = changed_settings(ckpt.get("config"), config, _NOT_RESULTS)
         if changes:  # allowed, but never silently
             log.print(f"resume: settings changed from the saved run: {', '.join(changes)}; "
@@ -151,6 +153,15 @@ def _build_run(config: Any, info: DistInfo, meta: dict[str, Any], model: nn.Modu
         )
     folder.write_text("config.json", json.dumps(plain(config), indent=2))
     return DenseRun(config, info, folder, log, model, optimizer, scheduler, sampler, loader, meta, progress)
+
+
+def resumed_position(progress: dict[str, Any], epoch: int) -> tuple[int, int]:
+    """(steps, positions of the epoch's order trained) of ``epoch`` in the resumed ``progress``; (0, 0) for an
+    epoch it had not started. ``seen`` counts images over all processes, so it holds under another batch
+    size or process count (``ResumableSampler``'s skip)."""
+    if progress.get("epoch") != epoch:
+        return 0, 0
+    return progress.get("step_in_epoch", 0), progress.get("seen", 0)
 
 
 def seed_run(config: Any, info: DistInfo) -> None:

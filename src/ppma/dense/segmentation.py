@@ -59,7 +59,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import DenseRun, load_weights, locked_set_up, read_run_info, start_run
+from .engine import DenseRun, load_weights, locked_set_up, read_run_info, resumed_position, start_run
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -370,13 +370,21 @@ def _set_up_in(config: SegmentConfig, info: DistInfo, opened: tuple[Any, Any]) -
     return run, val_set
 
 
-def _batches(run: DenseRun, it: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches from iteration ``it`` on: epoch ``it // len(loader)``, that many batches into it."""
-    epoch, step = divmod(it, len(run.loader))
+def _batches(run: DenseRun) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
+    """Endless (image, label, position) from where the run stands: the position (epoch and the positions of its
+    order trained, ``seen``) after each batch goes into ``last.pth``, so that a run resumed with another
+    batch size or process count goes on after the images its epoch has trained."""
+    if "epoch" in run.progress:
+        epoch, (_, seen) = run.progress["epoch"], resumed_position(run.progress, run.progress["epoch"])
+    else:  # a fresh run, or a file of an earlier version (iterations only; its batch size and process count)
+        epoch, step = divmod(run.progress.get("iteration", 0), len(run.loader))
+        seen = step * run.config.batch_size * run.info.world_size
     while True:
-        run.sampler.set_epoch(epoch, skip=step * run.config.batch_size * run.info.world_size)
-        yield from run.loader
-        epoch, step = epoch + 1, 0
+        run.sampler.set_epoch(epoch, skip=seen)
+        for image, label in run.loader:
+            seen += run.config.batch_size * run.info.world_size
+            yield image, label, dict(epoch=epoch, seen=seen)
+        epoch, seen = epoch + 1, 0
 
 
 def _train(run: DenseRun, val_set: SegmentationSet) -> dict[str, Any]:
@@ -386,9 +394,9 @@ def _train(run: DenseRun, val_set: SegmentationSet) -> dict[str, Any]:
     scores: dict[str, Any] = {}
     run.model.train()
     start = time.time()
-    stream = _batches(run, it)
+    stream = _batches(run)
     while it < config.iters:
-        image, label = next(stream)
+        image, label, position = next(stream)
         image, label = image.to(info.device), label.to(info.device)
         with autocast(info.device, config.amp):
             outputs = run.model(image)
@@ -399,7 +407,7 @@ def _train(run: DenseRun, val_set: SegmentationSet) -> dict[str, Any]:
             run.log.write(dict(iteration=it, lr=run.scheduler.get_last_lr()[0], loss=loss.item(), **parts))
         evaluate_now = it % config.eval_every == 0 or it == config.iters
         if evaluate_now or (config.save_every and it % config.save_every == 0):
-            run.save(dict(iteration=it))
+            run.save(dict(iteration=it, **position))
         if config.stop_after and it >= config.stop_after:
             return {}  # "killed": what survives is the last checkpoint
         if evaluate_now:
@@ -409,7 +417,7 @@ def _train(run: DenseRun, val_set: SegmentationSet) -> dict[str, Any]:
             run.log.write(dict(iteration=it, seconds=round(time.time() - start, 1), **shown))
             run.model.train()
         if it < config.iters:
-            run.stop_if_signalled(dict(iteration=it))
+            run.stop_if_signalled(dict(iteration=it, **position))
     return scores
 
 
