@@ -59,7 +59,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import DenseRun, load_weights, locked_set_up, read_run_info, resumed_position, start_run
+from .engine import DenseRun, load_weights, locked_set_up, read_run_info, start_run
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -375,7 +375,7 @@ def _batches(run: DenseRun) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[s
     order trained, ``seen``) after each batch goes into ``last.pth``, so that a run resumed with another
     batch size or process count goes on after the images its epoch has trained."""
     if "epoch" in run.progress:
-        epoch, (_, seen) = run.progress["epoch"], resumed_position(run.progress, run.progress["epoch"])
+        epoch, seen = run.progress["epoch"], run.progress["seen"]
     else:  # a fresh run, or a file of an earlier version (iterations only; its batch size and process count)
         epoch, step = divmod(run.progress.get("iteration", 0), len(run.loader))
         seen = step * run.config.batch_size * run.info.world_size
