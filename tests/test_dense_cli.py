@@ -274,3 +274,41 @@ def test_segmentation_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tm
     assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"] == {"iteration": 4}
     train_segmentation(dataclasses.replace(cut, stop_after=0, resume="auto"))
     _same_weights(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_untrained_model_is_the_runs_first_weights_on_every_call(tmp_path, task):
+    """--untrained built its model from whatever state torch's generator was in: another baseline score on
+    every call. Now it is the model the run started from (seeded as the run), whatever the caller drew."""
+    import importlib
+
+    from ppma.checkpoint import read_checkpoint
+
+    module = importlib.import_module(f"ppma.dense.{'detection' if task == 'detect' else 'segmentation'}")
+    seed = int(torch.randint(1, 1000, ()))
+    if task == "detect":
+        make_coco(tmp_path / "gen", n_images=2)
+        root = tmp_path / "coco"
+        (root / "annotations").mkdir(parents=True)
+        shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
+        shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+        config = module.DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano",
+                                     heads="light", min_size=64, max_size=96, epochs=1, max_iters=1)  # fmt: skip
+    else:
+        make_ade(tmp_path / "data", 2, size=(36, 44))
+        config = module.SegmentConfig(data=str(tmp_path / "data"), num_classes=3, backbone="ppma_nano", crop_size=32,
+                                      scale=(128, 32), channels=16, aux_channels=8, iters=1)  # fmt: skip
+    # lr 0: the checkpoint holds the first weights (BatchNorm statistics aside)
+    config = dataclasses.replace(config, output=str(tmp_path / "run"), lr=0.0, seed=seed, workers=0, quiet=True)
+    (module.train_detection if task == "detect" else module.train_segmentation)(config)
+    first = read_checkpoint(tmp_path / "run" / "last.pth")["model"]
+    torch.rand(7)  # the caller's generator is wherever it is
+    a = module.model_from_checkpoint(tmp_path / "run" / "last.pth", weights=False)[0].state_dict()
+    torch.rand(5)
+    state = torch.get_rng_state()
+    b = module.model_from_checkpoint(tmp_path / "run" / "last.pth", weights=False)[0].state_dict()
+    assert torch.equal(torch.get_rng_state(), state)  # and is left where it was
+    params = [k for k in first if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    for name in params:
+        torch.testing.assert_close(a[name], first[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(b[name], first[name], rtol=0, atol=0, msg=name)

@@ -44,7 +44,7 @@ from ..runtime import (
 from ..runtime.config import option, resume_option
 from .backbone import create_backbone
 from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import DenseRun, load_weights, locked_set_up, read_run_info, start_run
+from .engine import DenseRun, initial_weights, load_weights, locked_set_up, read_run_info, start_run
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -435,14 +435,15 @@ def model_from_checkpoint(
     config, meta = read_run_info(path)
     if meta.get("task") != "detect":
         raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma detect train'")
-    model = build_mask_rcnn(
-        len(meta["class_names"]),
-        config["backbone"],
-        None,
-        config["min_size"],
-        config["max_size"],
-        **HEADS[config.get("heads", "published")],
-    )
+    with initial_weights(config):  # weights=False: the run's first weights, the same on every call
+        model = build_mask_rcnn(
+            len(meta["class_names"]),
+            config["backbone"],
+            None,
+            config["min_size"],
+            config["max_size"],
+            **HEADS[config.get("heads", "published")],
+        )
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
         load_weights(path, model)
     return model.to(device).eval(), config, meta

@@ -59,7 +59,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import DenseRun, load_weights, locked_set_up, read_run_info, start_run
+from .engine import DenseRun, initial_weights, load_weights, locked_set_up, read_run_info, start_run
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -506,9 +506,9 @@ def model_from_checkpoint(
     config, meta = read_run_info(path)
     if meta.get("task") != "segment":
         raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma segment train'")
-    model = build_upernet(
-        len(meta["class_names"]), config["backbone"], channels=config["channels"], aux_channels=config["aux_channels"]
-    )
+    with initial_weights(config):  # weights=False: the run's first weights, the same on every call
+        model = build_upernet(len(meta["class_names"]), config["backbone"], channels=config["channels"],
+                              aux_channels=config["aux_channels"])  # fmt: skip
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
         load_weights(path, model)
     return model.to(device).eval(), config, meta
@@ -541,8 +541,9 @@ def _from_published_segmentor(path: str | os.PathLike, state: dict[str, Any], lo
     num_classes, channels = weights["decode_head.conv_seg.weight"].shape[:2]
     aux = weights.get("auxiliary_head.conv_seg.weight")
     aux_channels = aux.shape[1] if aux is not None else 0
-    model = build_upernet(num_classes, backbone, pretrained=path if load else None, channels=channels,
-                          aux_channels=aux_channels)  # fmt: skip
+    with initial_weights({}):  # without its weights: the same model on every call
+        model = build_upernet(num_classes, backbone, pretrained=path if load else None, channels=channels,
+                              aux_channels=aux_channels)  # fmt: skip
     if load:  # the backbone came in through create_backbone; the heads keep MMSegmentation's names
         heads = {k: v for k, v in weights.items() if k.startswith(("decode_head.", "auxiliary_head."))}
         missing, unexpected = model.load_state_dict(heads, strict=False)
