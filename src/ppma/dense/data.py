@@ -6,6 +6,7 @@ Documented handling, nothing silent:
 - detection, training: images without usable annotations are skipped (MMDetection's ``filter_empty_gt``),
   crowd annotations (``iscrowd=1``) and boxes under 1 pixel are left out of the targets; the count of
   skipped images is in ``CocoDetection.skipped``. Evaluation keeps every image (pycocotools handles crowds).
+  Annotation ids are renumbered 1..N (``read_coco_json``: pycocotools mis-scores id 0 and repeated ids).
 - segmentation: images smaller than the crop are padded (image 0, label ``IGNORE``) up to the crop size,
   as MMSegmentation does; a label above the class count raises an error naming the file.
 
@@ -18,6 +19,7 @@ import colorsys
 import contextlib
 import io
 import json
+import math
 import os
 import random
 from collections.abc import Sequence
@@ -102,6 +104,15 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     for i, im in enumerate(data["images"]):
         if not {"id", "file_name", "width", "height"} <= set(im):
             raise ValueError(f"annotations {path}: images[{i}] lacks one of id, file_name, width, height")
+    for i, cat in enumerate(data["categories"]):
+        if "id" not in cat:
+            raise ValueError(f"annotations {path}: categories[{i}] has no 'id'")
+    for key in ("images", "categories"):  # pycocotools keeps the last of two entries with one id, silently
+        seen: set = set()
+        for i, entry in enumerate(data[key]):
+            if entry["id"] in seen:
+                raise ValueError(f"annotations {path}: {key}[{i}] repeats id {entry['id']}")
+            seen.add(entry["id"])
     image_ids = {im["id"] for im in data["images"]}
     cat_ids = {c["id"] for c in data["categories"]}
     for i, ann in enumerate(data["annotations"]):
@@ -117,11 +128,16 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
                 f"not in 'categories' {sorted(cat_ids)}"
             )
         box = ann["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise ValueError(f"annotations {path}: annotations[{i}] bbox must be [x, y, w, h], got {box!r}")
+        numbers = isinstance(box, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        if not (numbers and len(box) == 4 and all(math.isfinite(v) for v in box) and min(box[2:]) >= 0):
+            raise ValueError(
+                f"annotations {path}: annotations[{i}] bbox must be [x, y, w, h] (finite, w and h >= 0), got {box!r}"
+            )
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", float(box[2] * box[3]))
-        ann.setdefault("id", i + 1)
+        # Renumbered 1..N: pycocotools' COCOeval counts a match to annotation id 0 as no match, and keeps one
+        # of two annotations sharing an id; both lowered mAP silently (ids 0.. are common in converted sets).
+        ann["id"] = i + 1
     return data
 
 
@@ -225,7 +241,7 @@ class CocoDetection(EpochSeeded):
             for a in anns:
                 if "segmentation" not in a:
                     raise ValueError(
-                        f"annotations {self.ann_file}: annotation {a['id']} has no 'segmentation' "
+                        f"annotations {self.ann_file}: annotations[{a['id'] - 1}] has no 'segmentation' "
                         f"(Mask R-CNN needs instance masks)"
                     )
             masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, pil.height, pil.width))
