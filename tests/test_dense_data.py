@@ -120,6 +120,17 @@ def test_annotation_ids_from_zero_or_repeated_score_like_unique_ones(tmp_path, i
     assert coco_evaluate(ds.coco, perfect, ("bbox",))["bbox_mAP"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("segmentation", [[[4.0, 5.0]], {"counts": "x"}, [[]]])
+def test_undecodable_segmentation_is_a_one_line_error_naming_the_annotation(tmp_path, segmentation):
+    """pycocotools raised a bare Exception ('input type is not supported.') from deep inside: a traceback."""
+    box = [float(v) for v in np.random.randint(1, 9, 4)]
+    anns = [dict(image_id=1, category_id=3, bbox=box, segmentation=[[2, 3, 12, 3, 12, 15]]),
+            dict(image_id=1, category_id=3, bbox=box, segmentation=segmentation)]  # fmt: skip
+    img_dir, ann = _coco(tmp_path, annotations=anns)
+    with pytest.raises(ValueError, match=r"annotations\[1\] segmentation cannot be decoded"):
+        CocoDetection(img_dir, ann)[0]
+
+
 def test_image_size_differing_from_the_json_is_an_error(tmp_path):
     img_dir, ann = _coco(tmp_path, images=[dict(id=1, file_name="0.png", height=31, width=40)])
     with pytest.raises(ValueError, match="file is 40x30 but .* says 40x31"):

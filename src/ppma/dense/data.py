@@ -217,6 +217,17 @@ class CocoDetection(EpochSeeded):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _mask(self, ann: dict) -> np.ndarray:
+        """The annotation's (H, W) uint8 mask; pycocotools raises a bare ``Exception`` (no file, no entry) for
+        what it cannot decode (a polygon of under 3 points, a malformed RLE)."""
+        try:
+            return self.coco.annToMask(ann)
+        except Exception as e:  # pycocotools raises plain Exceptions
+            raise ValueError(
+                f"annotations {self.ann_file}: annotations[{ann['id'] - 1}] segmentation cannot be decoded "
+                f"({str(e).strip() or type(e).__name__}; expected polygons [[x1, y1, x2, y2, x3, y3, ...]] or an RLE)"
+            ) from None
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
@@ -244,7 +255,7 @@ class CocoDetection(EpochSeeded):
                         f"annotations {self.ann_file}: annotations[{a['id'] - 1}] has no 'segmentation' "
                         f"(Mask R-CNN needs instance masks)"
                     )
-            masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, pil.height, pil.width))
+            masks = np.stack([self._mask(a) for a in anns]) if anns else np.zeros((0, pil.height, pil.width))
             target["masks"] = torch.from_numpy(masks.astype(np.uint8))
         with seeded_item(self.seed, self.epoch, index):
             flip = self.train and random.random() < 0.5
