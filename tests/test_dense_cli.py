@@ -312,3 +312,29 @@ def test_untrained_model_is_the_runs_first_weights_on_every_call(tmp_path, task)
     for name in params:
         torch.testing.assert_close(a[name], first[name], rtol=0, atol=0, msg=name)
         torch.testing.assert_close(b[name], first[name], rtol=0, atol=0, msg=name)
+
+
+def test_predict_takes_folders_and_refuses_inputs_that_would_overwrite_each_other(tmp_path, capsys):
+    """A folder was 'image: no file at DIR' (``ppma predict`` takes folders); two inputs with one stem
+    (a/x.png, b/x.jpg) wrote the same NAME_* files, the second over the first, without a word."""
+    make_ade(tmp_path / "ade", 3, size=(36, 44))
+    out = tmp_path / "run"
+    assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--num-classes", "3", "--backbone", "ppma_nano",
+                 "--crop-size", "32", "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1",
+                 "--warmup-iters", "1", "--workers", "0", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    folder = tmp_path / "ade" / "images" / "validation"
+    (folder / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    assert main(["segment", "predict", str(out / "last.pth"), str(folder), "--output", str(tmp_path / "pred")]) == 0
+    assert capsys.readouterr().out.count(".jpg: ") == 3
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*_labels.png")) == [f"{i}_labels.png" for i in range(3)]
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", "predict", str(out / "last.pth"), str(tmp_path / "empty")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    twin = tmp_path / "other" / "1.png"
+    twin.parent.mkdir()
+    shutil.copy(folder / "1.jpg", twin)
+    for task in ("segment", "detect"):  # refused before the checkpoint is read
+        assert main([task, "predict", str(tmp_path / "absent.pth"), str(folder), str(twin)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "1.jpg and " in err and "1.png would both write 1_" in err and "\n" not in err

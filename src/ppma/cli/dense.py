@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
         r = actions.add_parser("predict", help="draw predictions on images")
         r.add_argument("checkpoint", help=checkpoint_help)
-        r.add_argument("images", nargs="+", help="image files")
+        r.add_argument("images", nargs="+", help="image files, or folders (their images at any depth, sorted)")
         r.add_argument("--output", default=f"runs/{task}_predictions", help="folder for the drawn images")
         r.add_argument("--device", default="cpu")
         if task == "detect":

@@ -49,6 +49,7 @@ __all__ = [
     "normalize",
     "to_tensor",
     "palette",
+    "prediction_inputs",
 ]
 
 IGNORE = 255  # label of pixels that count for neither loss nor metric
@@ -62,6 +63,34 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     if not Path(path).is_file():
         raise FileNotFoundError(f"image: no file at {path}")
     return image_files.load_rgb(path)
+
+
+def prediction_inputs(images: Sequence[str | os.PathLike], outputs: str) -> list[Path]:
+    """The image files ``predict`` reads: files as given, a folder as its images at any depth (sorted,
+    hidden files left out, as ``ppma predict``). Each writes files named after its stem (``outputs``,
+    e.g. ``NAME_pred.png``), so two inputs with one stem (``a/x.png``, ``b/x.jpg``) are refused: the second
+    overwrote the first's drawings and its entry in the JSON pointed at them."""
+    files: list[Path] = []
+    for item in images:
+        if not Path(item).is_dir():
+            files.append(Path(item))
+            continue
+        found, _ = image_files.image_files(item)
+        if not found:
+            kinds = " ".join(image_files.IMAGE_EXTENSIONS)
+            raise FileNotFoundError(f"images: no image files ({kinds}) in the folder {item}")
+        files += [Path(f) for f in found]
+    if not files:
+        raise ValueError("images: none given")
+    first: dict[str, Path] = {}
+    for f in files:
+        other = first.setdefault(f.stem, f)
+        if other != f:
+            raise ValueError(
+                f"images: {other} and {f} would both write {outputs.replace('NAME', f.stem)}; "
+                f"predict them into separate --output folders"
+            )
+    return files
 
 
 def _visible(path: Path, below: Path) -> bool:

@@ -54,6 +54,7 @@ from .data import (
     load_rgb,
     normalize,
     palette,
+    prediction_inputs,
     read_class_names,
     segmentation_collate,
     segmentation_pairs,
@@ -574,12 +575,14 @@ def predict_segmentation(
     flip: bool = False,
     device: str = "cpu",
 ) -> list[dict]:
-    """Segment image files; writes ``NAME_labels.png`` (class index per pixel), ``NAME_color.png`` and
-    ``NAME_overlay.png`` (colours blended 50% over the image) into ``output``, plus ``legend.json``.
+    """Segment image files (or the images of folders, see ``ppma.dense.data.prediction_inputs``); writes
+    ``NAME_labels.png`` (class index per pixel), ``NAME_color.png`` and ``NAME_overlay.png`` (colours blended
+    50% over the image) into ``output``, plus ``legend.json``.
 
     Returns:
         One dict per image: ``file`` and the fraction of pixels per predicted class name.
     """
+    images = prediction_inputs(images, "NAME_labels.png")
     model, config, meta = model_from_checkpoint(checkpoint, device)
     names = meta["class_names"]
     out_dir = Path(output)
