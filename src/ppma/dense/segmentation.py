@@ -42,9 +42,8 @@ from ..runtime import (
     unwrap,
     warmup_poly,
 )
-from ..models.ppma import checkpoint_filter_fn
 from ..runtime.config import option, resume_option
-from .backbone import create_backbone
+from .backbone import checkpoint_variant, create_backbone
 from .data import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -522,18 +521,14 @@ def _is_published_segmentor(state: dict[str, Any]) -> bool:
 
 
 def _backbone_variant(weights: dict[str, torch.Tensor]) -> str:
-    """The registered PPMA whose parameter names and shapes are exactly those of ``weights`` (ours or published)."""
-    ours = checkpoint_filter_fn(weights)
-    for name in timm.list_models("ppma_*"):
-        with torch.device("meta"):  # shapes only: nothing allocated
-            model = timm.create_model(name, features_only=True, out_indices=(0, 1, 2, 3))
-        expected = {k.removeprefix("model."): v.shape for k, v in model.state_dict().items()}
-        if expected.keys() == ours.keys() and all(ours[k].shape == s for k, s in expected.items()):
-            return name
-    raise ValueError(
-        f"backbone: the checkpoint's backbone weights match none of {timm.list_models('ppma_*')} "
-        f"({len(ours)} tensors, e.g. {sorted(ours)[:3]})"
-    )
+    """The registered PPMA of the backbone ``weights`` (``checkpoint_variant``; the rest is checked on loading)."""
+    name = checkpoint_variant(weights)
+    if name is None:
+        raise ValueError(
+            f"backbone: the checkpoint's backbone weights match none of {timm.list_models('ppma_*')} "
+            f"({len(weights)} tensors, e.g. {sorted(weights)[:3]})"
+        )
+    return name
 
 
 def _from_published_segmentor(path: str | os.PathLike, state: dict[str, Any], load: bool) -> tuple[UPerNet, dict, dict]:
