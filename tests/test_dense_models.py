@@ -334,3 +334,17 @@ def test_pretrained_of_another_variant_is_named_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"^pretrained: .* does not fit ppma_nano: .*blocks.0.norm1.weight") as e:
         create_backbone("ppma_nano", tmp_path / "broken.pth")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_pretrained_takes_the_backbone_of_our_own_dense_checkpoint(tmp_path, task):
+    """``last.pth`` of ``ppma detect|segment train`` holds the PPMA under ``backbone.body.model.`` /
+    ``backbone.model.``: as ``--pretrained`` it did not fit (every key missing). Now its backbone loads."""
+    source = _light_rcnn() if task == "detect" else build_upernet(3, "ppma_nano", channels=16, aux_channels=8)
+    atomic_save({"model": source.state_dict()}, tmp_path / "last.pth")
+    trunk = (source.backbone.body if task == "detect" else source.backbone).eval()
+    loaded, fresh = create_backbone("ppma_nano", tmp_path / "last.pth").eval(), create_backbone("ppma_nano").eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b, c in zip(trunk(x), loaded(x), fresh(x), strict=True):
+            assert torch.equal(a, b) and not torch.allclose(a, c)
