@@ -329,6 +329,10 @@ def test_predict_takes_folders_and_refuses_inputs_that_would_overwrite_each_othe
     assert capsys.readouterr().out.count(".jpg: ") == 3
     assert sorted(p.name for p in (tmp_path / "pred").glob("*_labels.png")) == [f"{i}_labels.png" for i in range(3)]
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for task in ("segment", "detect"):  # was a FileExistsError traceback from mkdir
+        assert main([task, "predict", str(out / "last.pth"), str(folder), "--output", str(tmp_path / "a_file")]) == 2
+        assert "a_file is a file, not a folder" in capsys.readouterr().err
     assert main(["segment", "predict", str(out / "last.pth"), str(tmp_path / "empty")]) == 2
     assert "no image files" in capsys.readouterr().err
     twin = tmp_path / "other" / "1.png"

@@ -65,11 +65,14 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     return image_files.load_rgb(path)
 
 
-def prediction_inputs(images: Sequence[str | os.PathLike], outputs: str) -> list[Path]:
+def prediction_inputs(images: Sequence[str | os.PathLike], outputs: str, output: str | os.PathLike) -> list[Path]:
     """The image files ``predict`` reads: files as given, a folder as its images at any depth (sorted,
     hidden files left out, as ``ppma predict``). Each writes files named after its stem (``outputs``,
     e.g. ``NAME_pred.png``), so two inputs with one stem (``a/x.png``, ``b/x.jpg``) are refused: the second
-    overwrote the first's drawings and its entry in the JSON pointed at them."""
+    overwrote the first's drawings and its entry in the JSON pointed at them. ``output``, the folder they
+    go to, must not be a file (that was a ``FileExistsError`` traceback from ``mkdir``)."""
+    if Path(output).exists() and not Path(output).is_dir():
+        raise ValueError(f"output: {output} is a file, not a folder for the predictions")
     files: list[Path] = []
     for item in images:
         if not Path(item).is_dir():

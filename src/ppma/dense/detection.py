@@ -473,7 +473,7 @@ def predict_detection(
     """
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-    images = prediction_inputs(images, "NAME_pred.png")
+    images = prediction_inputs(images, "NAME_pred.png", output)
     model, _, meta = model_from_checkpoint(checkpoint, device)
     names = meta["class_names"]
     out_dir = Path(output)

@@ -577,7 +577,7 @@ def predict_segmentation(
     Returns:
         One dict per image: ``file`` and the fraction of pixels per predicted class name.
     """
-    images = prediction_inputs(images, "NAME_labels.png")
+    images = prediction_inputs(images, "NAME_labels.png", output)
     model, config, meta = model_from_checkpoint(checkpoint, device)
     names = meta["class_names"]
     out_dir = Path(output)
