@@ -156,6 +156,14 @@ def test_segment_eval_json_is_written_atomically(tmp_path, capsys, atomic_rename
     assert dst == str(scores) and Path(src).parent == scores.parent and held == scores.read_bytes()
     assert 0 <= json.loads(scores.read_text())["mIoU"] <= 1
     assert [p.name for p in scores.parent.iterdir()] == ["s.json"]  # no temporary file left
+    # a file where a folder belongs, or a folder where the file goes, were OSError tracebacks
+    for target, what in ((scores / "x.json", f"{scores}: a file where a folder is needed"),
+                         (scores.parent, f"{scores.parent}: a folder where a file is needed")):  # fmt: skip
+        assert main(["segment", "eval", str(out / "last.pth"), "--json", str(target)]) == 2
+        assert capsys.readouterr().err.strip() == f"ppma segment: error: {what}"
+    assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--output", str(scores)]) == 2
+    assert capsys.readouterr().err.strip() == f"ppma segment: error: {scores}: a file where a folder is needed"
+    assert [p.name for p in scores.parent.iterdir()] == ["s.json"]
 
 
 def test_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
