@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -350,3 +351,21 @@ def test_predict_takes_folders_and_refuses_inputs_that_would_overwrite_each_othe
         assert main([task, "predict", str(tmp_path / "absent.pth"), str(folder), str(twin)]) == 2
         err = capsys.readouterr().err.strip()
         assert "1.jpg and " in err and "1.png would both write 1_" in err and "\n" not in err
+
+
+def test_segment_eval_on_data_with_another_class_count_names_both(tmp_path, capsys):
+    """The error said 'num_classes: 3 given' (eval has no --num-classes; 3 is the model's count). Now it names
+    the data's classes.json, its count and the model's classes."""
+    make_ade(tmp_path / "ade", 2, size=(36, 44))
+    (tmp_path / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    out = tmp_path / "run"
+    assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--backbone", "ppma_nano", "--crop-size", "32",
+                 "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1", "--warmup-iters", "1",
+                 "--workers", "0", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    k = int(np.random.randint(4, 9))
+    make_ade(tmp_path / "other", 1, size=(36, 44), classes=k)
+    (tmp_path / "other" / "classes.json").write_text(json.dumps([f"n{i}" for i in range(k)]))
+    capsys.readouterr()
+    assert main(["segment", "eval", str(out / "last.pth"), "--data", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.strip() == (f"ppma segment: error: data: {tmp_path / 'other' / 'classes.json'} "
+                                               f"names {k} classes but the model predicts 3 (a, b, c)")  # fmt: skip
