@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,6 +157,14 @@ def test_segment_eval_json_is_written_atomically(tmp_path, capsys, atomic_rename
     assert dst == str(scores) and Path(src).parent == scores.parent and held == scores.read_bytes()
     assert 0 <= json.loads(scores.read_text())["mIoU"] <= 1
     assert [p.name for p in scores.parent.iterdir()] == ["s.json"]  # no temporary file left
+    # a file where a folder belongs, or a folder where the file goes, were OSError tracebacks
+    for target, what in ((scores / "x.json", f"{scores}: a file where a folder is needed"),
+                         (scores.parent, f"{scores.parent}: a folder where a file is needed")):  # fmt: skip
+        assert main(["segment", "eval", str(out / "last.pth"), "--json", str(target)]) == 2
+        assert capsys.readouterr().err.strip() == f"ppma segment: error: {what}"
+    assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--output", str(scores)]) == 2
+    assert capsys.readouterr().err.strip() == f"ppma segment: error: {scores}: a file where a folder is needed"
+    assert [p.name for p in scores.parent.iterdir()] == ["s.json"]
 
 
 def test_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
@@ -274,3 +283,89 @@ def test_segmentation_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tm
     assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"] == {"iteration": 4, "epoch": 1, "seen": 2}
     train_segmentation(dataclasses.replace(cut, stop_after=0, resume="auto"))
     _same_weights(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_untrained_model_is_the_runs_first_weights_on_every_call(tmp_path, task):
+    """--untrained built its model from whatever state torch's generator was in: another baseline score on
+    every call. Now it is the model the run started from (seeded as the run), whatever the caller drew."""
+    import importlib
+
+    from ppma.checkpoint import read_checkpoint
+
+    module = importlib.import_module(f"ppma.dense.{'detection' if task == 'detect' else 'segmentation'}")
+    seed = int(torch.randint(1, 1000, ()))
+    if task == "detect":
+        make_coco(tmp_path / "gen", n_images=2)
+        root = tmp_path / "coco"
+        (root / "annotations").mkdir(parents=True)
+        shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
+        shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+        config = module.DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano",
+                                     heads="light", min_size=64, max_size=96, epochs=1, max_iters=1)  # fmt: skip
+    else:
+        make_ade(tmp_path / "data", 2, size=(36, 44))
+        config = module.SegmentConfig(data=str(tmp_path / "data"), num_classes=3, backbone="ppma_nano", crop_size=32,
+                                      scale=(128, 32), channels=16, aux_channels=8, iters=1)  # fmt: skip
+    # lr 0: the checkpoint holds the first weights (BatchNorm statistics aside)
+    config = dataclasses.replace(config, output=str(tmp_path / "run"), lr=0.0, seed=seed, workers=0, quiet=True)
+    (module.train_detection if task == "detect" else module.train_segmentation)(config)
+    first = read_checkpoint(tmp_path / "run" / "last.pth")["model"]
+    torch.rand(7)  # the caller's generator is wherever it is
+    a = module.model_from_checkpoint(tmp_path / "run" / "last.pth", weights=False)[0].state_dict()
+    torch.rand(5)
+    state = torch.get_rng_state()
+    b = module.model_from_checkpoint(tmp_path / "run" / "last.pth", weights=False)[0].state_dict()
+    assert torch.equal(torch.get_rng_state(), state)  # and is left where it was
+    params = [k for k in first if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    for name in params:
+        torch.testing.assert_close(a[name], first[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(b[name], first[name], rtol=0, atol=0, msg=name)
+
+
+def test_predict_takes_folders_and_refuses_inputs_that_would_overwrite_each_other(tmp_path, capsys):
+    """A folder was 'image: no file at DIR' (``ppma predict`` takes folders); two inputs with one stem
+    (a/x.png, b/x.jpg) wrote the same NAME_* files, the second over the first, without a word."""
+    make_ade(tmp_path / "ade", 3, size=(36, 44))
+    out = tmp_path / "run"
+    assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--num-classes", "3", "--backbone", "ppma_nano",
+                 "--crop-size", "32", "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1",
+                 "--warmup-iters", "1", "--workers", "0", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    folder = tmp_path / "ade" / "images" / "validation"
+    (folder / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    assert main(["segment", "predict", str(out / "last.pth"), str(folder), "--output", str(tmp_path / "pred")]) == 0
+    assert capsys.readouterr().out.count(".jpg: ") == 3
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*_labels.png")) == [f"{i}_labels.png" for i in range(3)]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for task in ("segment", "detect"):  # was a FileExistsError traceback from mkdir
+        assert main([task, "predict", str(out / "last.pth"), str(folder), "--output", str(tmp_path / "a_file")]) == 2
+        assert "a_file is a file, not a folder" in capsys.readouterr().err
+    assert main(["segment", "predict", str(out / "last.pth"), str(tmp_path / "empty")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    twin = tmp_path / "other" / "1.png"
+    twin.parent.mkdir()
+    shutil.copy(folder / "1.jpg", twin)
+    for task in ("segment", "detect"):  # refused before the checkpoint is read
+        assert main([task, "predict", str(tmp_path / "absent.pth"), str(folder), str(twin)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "1.jpg and " in err and "1.png would both write 1_" in err and "\n" not in err
+
+
+def test_segment_eval_on_data_with_another_class_count_names_both(tmp_path, capsys):
+    """The error said 'num_classes: 3 given' (eval has no --num-classes; 3 is the model's count). Now it names
+    the data's classes.json, its count and the model's classes."""
+    make_ade(tmp_path / "ade", 2, size=(36, 44))
+    (tmp_path / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    out = tmp_path / "run"
+    assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--backbone", "ppma_nano", "--crop-size", "32",
+                 "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1", "--warmup-iters", "1",
+                 "--workers", "0", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    k = int(np.random.randint(4, 9))
+    make_ade(tmp_path / "other", 1, size=(36, 44), classes=k)
+    (tmp_path / "other" / "classes.json").write_text(json.dumps([f"n{i}" for i in range(k)]))
+    capsys.readouterr()
+    assert main(["segment", "eval", str(out / "last.pth"), "--data", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.strip() == (f"ppma segment: error: data: {tmp_path / 'other' / 'classes.json'} "
+                                               f"names {k} classes but the model predicts 3 (a, b, c)")  # fmt: skip

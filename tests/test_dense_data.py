@@ -82,12 +82,53 @@ def test_malformed_annotation_json_is_a_one_line_error(tmp_path):
             "1 image.* not in .* e.g. missing.png",
         ),
         (dict(categories=[]), ValueError, "'categories' is empty"),
+        (dict(categories=[dict(name="thing")]), ValueError, r"categories\[0\] has no 'id'"),  # was a KeyError
+        (dict(categories=[dict(id=3, name="a"), dict(id=3, name="b")]), ValueError, r"categories\[1\] repeats id 3"),
+        (
+            dict(images=[dict(id=1, file_name="0.png", height=30, width=40)] * 2),
+            ValueError,
+            r"images\[1\] repeats id 1",
+        ),
+        (
+            dict(annotations=[dict(image_id=1, category_id=3, bbox=[0, float("nan"), 4, 4])]),
+            ValueError,
+            r"annotations\[0\] bbox must be \[x, y, w, h\] \(finite",
+        ),
+        (dict(annotations=[dict(image_id=1, category_id=3, bbox=[9, 9, -4, 4])]), ValueError, "w and h >= 0"),
     ],
 )
 def test_image_annotation_mismatches_are_named(tmp_path, change, error, message):
     img_dir, ann = _coco(tmp_path, **change)
     with pytest.raises(error, match=message):
         CocoDetection(img_dir, ann)
+
+
+@pytest.mark.parametrize("ids", ["from_zero", "repeated"])
+def test_annotation_ids_from_zero_or_repeated_score_like_unique_ones(tmp_path, ids):
+    """pycocotools' COCOeval counts a match to annotation id 0 as none, and keeps one of two annotations
+    sharing an id: perfect detections scored mAP 0.25. Annotation ids are now renumbered 1..N on reading."""
+    from ppma.dense.metrics import coco_evaluate
+
+    rng = np.random.default_rng()
+    boxes = [[float(rng.integers(0, 5)) + 20 * k, float(rng.integers(0, 5)), float(rng.integers(8, 14)),
+              float(rng.integers(8, 20))] for k in range(2)]  # fmt: skip
+    given = [0, 1] if ids == "from_zero" else [5, 5]
+    anns = [dict(id=i, image_id=1, category_id=3, bbox=b, iscrowd=0) for i, b in zip(given, boxes, strict=True)]
+    img_dir, ann = _coco(tmp_path, annotations=anns)
+    ds = CocoDetection(img_dir, ann, with_masks=False)
+    perfect = [dict(image_id=1, category_id=3, bbox=b, score=0.9) for b in boxes]
+    assert coco_evaluate(ds.coco, perfect, ("bbox",))["bbox_mAP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("segmentation", [[[4.0, 5.0]], {"counts": "x"}, [[]]])
+def test_undecodable_segmentation_is_a_one_line_error_naming_the_annotation(tmp_path, segmentation):
+    """pycocotools raised a bare Exception ('input type is not supported.') from deep inside: a traceback."""
+    box = [float(v) for v in np.random.randint(1, 9, 4)]
+    anns = [dict(image_id=1, category_id=3, bbox=box, segmentation=[[2, 3, 12, 3, 12, 15]]),
+            dict(image_id=1, category_id=3, bbox=box, segmentation=segmentation)]  # fmt: skip
+    img_dir, ann = _coco(tmp_path, annotations=anns)
+    with pytest.raises(ValueError, match=r"annotations\[1\] segmentation cannot be decoded"):
+        CocoDetection(img_dir, ann)[0]
 
 
 def test_image_size_differing_from_the_json_is_an_error(tmp_path):

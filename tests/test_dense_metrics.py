@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -71,7 +73,7 @@ def test_coco_map_falls_as_boxes_shift_further_and_is_zero_without_results():
     gt = _gt([(10, 10, 100)])
     maps = [coco_evaluate(gt, [_result(10 + d, 10, 100)], ("bbox",))["bbox_mAP"] for d in (0, 10, 20, 40)]
     assert maps[0] == pytest.approx(1.0)
-    assert all(a > b for a, b in zip(maps, maps[1:]))
+    assert all(a > b for a, b in zip(maps, maps[1:], strict=False))
     assert coco_evaluate(gt, [])["bbox_mAP"] == 0.0
 
 
@@ -111,7 +113,7 @@ def test_confusion_matrix_matches_a_float64_pixel_loop():
     target[torch.rand(target.shape) < 0.2] = 255
     pred = torch.randint(0, k, target.shape)
     ref = np.zeros((k, k), dtype=np.float64)
-    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist(), strict=True):
         if t != 255:
             ref[t, p] += 1
     cm = confusion_matrix(pred, target, k)
@@ -126,3 +128,21 @@ def test_confusion_matrix_rejects_out_of_range_labels():
         confusion_matrix(torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 7]), 3)
     with pytest.raises(ValueError, match="shapes differ"):
         confusion_matrix(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long), 3)
+
+
+def test_coco_size_ranges_without_ground_truth_are_nan_not_zero():
+    """COCOeval's -1 (no ground truth in a size range) was reported as 0: a set without small objects read
+    as a model that finds none. Now NaN (undefined), with or without detections; 0 stays 0 where there are."""
+    rng = np.random.default_rng()
+    big, medium = int(rng.integers(100, 140)), int(rng.integers(40, 90))  # COCO: large > 96^2, medium 32^2..96^2
+    gt = _gt([(int(rng.integers(0, 50)), 5, big), (5, 150 - medium + 40, medium)])
+    boxes = [a["bbox"] for a in gt.dataset["annotations"]]
+    perfect = [_result(int(b[0]), int(b[1]), int(b[2]), 0.9) for b in boxes]
+    for results in (perfect, []):
+        scores = coco_evaluate(gt, results)
+        for kind in ("bbox", "segm"):
+            assert math.isnan(scores[f"{kind}_mAP_s"]) and math.isnan(scores[f"{kind}_AR_s"])
+            assert scores[f"{kind}_mAP_l"] == pytest.approx(1.0 if results else 0.0)
+            assert scores[f"{kind}_mAP_m"] == pytest.approx(1.0 if results else 0.0)
+    empty = coco_from_dict(dict(images=gt.dataset["images"], annotations=[], categories=gt.dataset["categories"]))
+    assert all(math.isnan(v) for v in coco_evaluate(empty, perfect, ("bbox",)).values())

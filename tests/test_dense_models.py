@@ -72,7 +72,7 @@ def test_mask_rcnn_training_step_updates_backbone_and_heads_and_eval_scores_in_r
     model = _light_rcnn().train()
     body_before = model.backbone.body.model.stages[2].blocks[0].attn.q_proj.weight.detach().clone()
     mask_before = model.roi_heads.mask_predictor.mask_fcn_logits.weight.detach().clone()
-    images, targets = zip(*[data[0], data[1]])
+    images, targets = zip(*[data[0], data[1]], strict=True)
     losses = model(list(images), list(targets))
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
     loss = sum(losses.values())
@@ -144,7 +144,7 @@ def test_backbone_from_published_classification_and_dense_checkpoints_gives_iden
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         a, b, c = from_cls(x), from_dense(x), fresh(x)
-    for fa, fb, fc in zip(a, b, c):
+    for fa, fb, fc in zip(a, b, c, strict=True):
         assert torch.equal(fa, fb)
         assert not torch.allclose(fa, fc)  # the weights were really loaded
 
@@ -201,7 +201,7 @@ def test_backbone_from_published_dense_checkpoint_matches_published_features(tmp
     backbone = create_backbone(published.model, path).double().eval()
     with torch.no_grad():
         feats = backbone(published["inputs"][0].double())
-    for ours, ref in zip(feats, published["features_float64"]):
+    for ours, ref in zip(feats, published["features_float64"], strict=True):
         assert torch.allclose(ours, ref, rtol=1e-9, atol=1e-10)
 
 
@@ -213,7 +213,7 @@ def test_per_stage_gradient_checkpointing_gives_the_same_outputs_and_gradients()
 
     def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         backbone.zero_grad()
-        out = sum((f * w).sum() for f, w in zip(backbone(x), weights))
+        out = sum((f * w).sum() for f, w in zip(backbone(x), weights, strict=True))
         out.backward()
         return out.detach(), {n: p.grad.clone() for n, p in backbone.named_parameters()}
 
@@ -312,3 +312,39 @@ def test_multiscale_training_draws_short_sides_from_480_to_800():
     model = build_mask_rcnn(1, "ppma_nano", multiscale=True, **HEADS["light"])
     assert model.transform.min_size == tuple(range(480, 801, 32))
     assert model.transform.max_size == 1333
+
+
+def test_pretrained_of_another_variant_is_named_in_one_line(tmp_path):
+    """A ppma_tiny file given to a ppma_nano backbone listed up to 60 keys on four lines; now one line names
+    the file's variant. Other misfits are one line too (load_into's key lists, joined)."""
+    import timm
+
+    torch.manual_seed(int(np.random.randint(1000)))
+    tiny = timm.create_model("ppma_tiny").state_dict()
+    atomic_save({"model": tiny}, tmp_path / "tiny.pth")
+    atomic_save({"model": published_state_dict(tiny)}, tmp_path / "tiny_published.pth")
+    for name in ("tiny.pth", "tiny_published.pth"):
+        with pytest.raises(ValueError) as e:
+            create_backbone("ppma_nano", tmp_path / name)
+        assert str(e.value) == (f"pretrained: {tmp_path / name} holds ppma_tiny weights, but the backbone is "
+                                "ppma_nano (--backbone ppma_tiny, or a ppma_nano checkpoint)")  # fmt: skip
+    nano = timm.create_model("ppma_nano").state_dict()
+    del nano["stages.1.blocks.0.norm1.weight"]
+    atomic_save({"model": nano}, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match=r"^pretrained: .* does not fit ppma_nano: .*blocks.0.norm1.weight") as e:
+        create_backbone("ppma_nano", tmp_path / "broken.pth")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_pretrained_takes_the_backbone_of_our_own_dense_checkpoint(tmp_path, task):
+    """``last.pth`` of ``ppma detect|segment train`` holds the PPMA under ``backbone.body.model.`` /
+    ``backbone.model.``: as ``--pretrained`` it did not fit (every key missing). Now its backbone loads."""
+    source = _light_rcnn() if task == "detect" else build_upernet(3, "ppma_nano", channels=16, aux_channels=8)
+    atomic_save({"model": source.state_dict()}, tmp_path / "last.pth")
+    trunk = (source.backbone.body if task == "detect" else source.backbone).eval()
+    loaded, fresh = create_backbone("ppma_nano", tmp_path / "last.pth").eval(), create_backbone("ppma_nano").eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b, c in zip(trunk(x), loaded(x), fresh(x), strict=True):
+            assert torch.equal(a, b) and not torch.allclose(a, c)

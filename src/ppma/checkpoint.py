@@ -214,6 +214,12 @@ def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool | str = False) 
         state = next((checkpoint[k] for k in _WEIGHT_KEYS if isinstance(checkpoint.get(k), dict)), checkpoint)
     if any(k.startswith("backbone.") for k in state):  # dense-task checkpoint: keep the backbone only
         state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+        # ours (``ppma detect|segment train``): the PPMA sits in timm's features wrapper (``model.``), under
+        # Mask R-CNN's FPN module (``body.``); published MMDetection / MMSegmentation files have neither
+        for inner in ("body.model.", "model."):
+            if any(k.startswith(inner) for k in state):
+                state = {k[len(inner) :]: v for k, v in state.items() if k.startswith(inner)}
+                break
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP wrapper
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:

@@ -18,7 +18,8 @@ This package is the only place in ``ppma`` that imports ``argparse``. Its module
 ``options``) and ``set_defaults(func=_handler)``; ``_handler(args)`` imports the library lazily, does
 the work and prints. Then add ``"NAME"`` to ``COMMAND_MODULES`` below. To add a flag to existing
 sub-commands (``--precision`` for ``eval`` and ``predict``), edit their ``register`` in ``train.py``.
-Known errors (``ValueError``, ``FileNotFoundError``, ``PPMAError``) print one line
+Known errors (``ValueError``, ``FileNotFoundError``, ``PPMAError``, and the ``OSError`` kinds of a path that
+is a file where a folder belongs or not permitted) print one line
 ``ppma COMMAND: error: ...`` and exit 2; ``--debug`` shows the traceback.
 """
 
@@ -62,10 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as e:  # SIGTERM / SIGINT during training: saved, resumable
         print(f"ppma {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
-    except (ValueError, FileNotFoundError, PPMAError) as e:
+    except (ValueError, FileNotFoundError, PPMAError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:  # fmt: skip
         if args.debug:
             raise
         message = str(e).strip() or type(e).__name__
+        if isinstance(e, OSError) and e.filename and not isinstance(e, FileNotFoundError):
+            # was a traceback: a file where a folder belongs (--output FILE), a folder where a file does, no permission
+            what = {FileExistsError: "a file where a folder is needed", NotADirectoryError: "a file where a folder "
+                    "is needed", IsADirectoryError: "a folder where a file is needed"}.get(type(e))  # fmt: skip
+            path = e.filename2 or e.filename  # a rename (atomic writes): the destination is the path given
+            message = f"{path}: {what or (e.strerror or type(e).__name__).lower()}"
         print(f"ppma {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

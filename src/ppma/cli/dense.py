@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
         r = actions.add_parser("predict", help="draw predictions on images")
         r.add_argument("checkpoint", help=checkpoint_help)
-        r.add_argument("images", nargs="+", help="image files")
+        r.add_argument("images", nargs="+", help="image files, or folders (their images at any depth, sorted)")
         r.add_argument("--output", default=f"runs/{task}_predictions", help="folder for the drawn images")
         r.add_argument("--device", default="cpu")
         if task == "detect":
@@ -134,6 +134,7 @@ def _segment_train(args: argparse.Namespace) -> None:
 def _segment_eval(args: argparse.Namespace) -> None:
 
     from ..runtime import DistInfo, pick_device
+    from ..dense.data import read_class_names
     from ..dense.segmentation import (
         SegmentConfig,
         evaluate_segmentation,
@@ -147,8 +148,13 @@ def _segment_eval(args: argparse.Namespace) -> None:
     config = config_from_dict(SegmentConfig, cfg)
     changes = {k: v for k, v in (("data", args.data), ("layout", args.layout), ("val_split", args.split)) if v}
     config = dataclasses.replace(config, **changes).resolved()
-    root, names = resolve_data(dataclasses.replace(config, num_classes=len(meta["class_names"])))
-    dataset = make_dataset(root, config, len(names), train=False)
+    k = len(meta["class_names"])
+    root, _ = resolve_data(dataclasses.replace(config, num_classes=0))
+    names = read_class_names(root)  # the data's own count against the model's (was "num_classes: K given")
+    if names is not None and len(names) != k:
+        raise ValueError(f"data: {root / 'classes.json'} names {len(names)} classes but the model predicts {k} "
+                         f"({', '.join(meta['class_names'][:8])}{', ...' if k > 8 else ''})")  # fmt: skip
+    dataset = make_dataset(root, config, k, train=False)
     scores = evaluate_segmentation(
         model, dataset, multiscale=args.aug, flip=args.aug, info=DistInfo(device=pick_device(args.device))
     )

@@ -13,11 +13,14 @@ import os
 from collections.abc import Sequence
 
 import timm
+import torch
 import torch.nn as nn
 
 from .. import models as _models  # noqa: F401  (registers the timm names)
+from ..errors import one_line
+from ..models.ppma import checkpoint_filter_fn
 
-__all__ = ["create_backbone", "set_stage_checkpointing", "parse_stage_flags"]
+__all__ = ["checkpoint_variant", "create_backbone", "set_stage_checkpointing", "parse_stage_flags"]
 
 
 def parse_stage_flags(value: bool | str | Sequence[bool] | None, num_stages: int = 4) -> list[bool]:
@@ -110,7 +113,33 @@ def create_backbone(
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"pretrained: no checkpoint file at {pretrained}")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
-    with reading:
-        backbone = timm.create_model(name, **kwargs)
+    try:
+        with reading:
+            backbone = timm.create_model(name, **kwargs)
+    except ValueError as e:
+        if not pretrained or "does not fit" not in str(e):
+            raise
+        # load_into lists up to 20 keys per kind on several lines; a file of another variant is said in one
+        from ..checkpoint import extract_state_dict, read_checkpoint
+
+        variant = checkpoint_variant(extract_state_dict(read_checkpoint(pretrained)))
+        if variant is not None and variant != name:
+            raise ValueError(f"pretrained: {pretrained} holds {variant} weights, but the backbone is {name} "
+                             f"(--backbone {variant}, or a {name} checkpoint)") from None  # fmt: skip
+        raise ValueError(f"pretrained: {pretrained} does not fit {name}: {one_line(str(e))[:300]}") from None
     set_stage_checkpointing(backbone, grad_checkpointing)
     return backbone
+
+
+def checkpoint_variant(weights: dict[str, torch.Tensor]) -> str | None:
+    """The registered PPMA whose stem and stage weights (names and shapes; ours or published names) are
+    exactly those in ``weights``, whatever else it holds (a classifier, dense-task norms); None if none."""
+    ours = checkpoint_filter_fn(weights)
+    for name in timm.list_models("ppma_*"):
+        with torch.device("meta"):  # shapes only: nothing allocated
+            expected = {k: v.shape for k, v in timm.create_model(name).state_dict().items()
+                        if k.startswith(("stem.", "stages."))}  # fmt: skip
+        trunk = {k for k in ours if k.startswith(("stem.", "stages."))}
+        if trunk == expected.keys() and all(ours[k].shape == s for k, s in expected.items()):
+            return name
+    return None

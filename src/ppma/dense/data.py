@@ -6,6 +6,7 @@ Documented handling, nothing silent:
 - detection, training: images without usable annotations are skipped (MMDetection's ``filter_empty_gt``),
   crowd annotations (``iscrowd=1``) and boxes under 1 pixel are left out of the targets; the count of
   skipped images is in ``CocoDetection.skipped``. Evaluation keeps every image (pycocotools handles crowds).
+  Annotation ids are renumbered 1..N (``read_coco_json``: pycocotools mis-scores id 0 and repeated ids).
 - segmentation: images smaller than the crop are padded (image 0, label ``IGNORE``) up to the crop size,
   as MMSegmentation does; a label above the class count raises an error naming the file.
 
@@ -18,6 +19,7 @@ import colorsys
 import contextlib
 import io
 import json
+import math
 import os
 import random
 from collections.abc import Sequence
@@ -47,6 +49,7 @@ __all__ = [
     "normalize",
     "to_tensor",
     "palette",
+    "prediction_inputs",
 ]
 
 IGNORE = 255  # label of pixels that count for neither loss nor metric
@@ -60,6 +63,37 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     if not Path(path).is_file():
         raise FileNotFoundError(f"image: no file at {path}")
     return image_files.load_rgb(path)
+
+
+def prediction_inputs(images: Sequence[str | os.PathLike], outputs: str, output: str | os.PathLike) -> list[Path]:
+    """The image files ``predict`` reads: files as given, a folder as its images at any depth (sorted,
+    hidden files left out, as ``ppma predict``). Each writes files named after its stem (``outputs``,
+    e.g. ``NAME_pred.png``), so two inputs with one stem (``a/x.png``, ``b/x.jpg``) are refused: the second
+    overwrote the first's drawings and its entry in the JSON pointed at them. ``output``, the folder they
+    go to, must not be a file (that was a ``FileExistsError`` traceback from ``mkdir``)."""
+    if Path(output).exists() and not Path(output).is_dir():
+        raise ValueError(f"output: {output} is a file, not a folder for the predictions")
+    files: list[Path] = []
+    for item in images:
+        if not Path(item).is_dir():
+            files.append(Path(item))
+            continue
+        found, _ = image_files.image_files(item)
+        if not found:
+            kinds = " ".join(image_files.IMAGE_EXTENSIONS)
+            raise FileNotFoundError(f"images: no image files ({kinds}) in the folder {item}")
+        files += [Path(f) for f in found]
+    if not files:
+        raise ValueError("images: none given")
+    first: dict[str, Path] = {}
+    for f in files:
+        other = first.setdefault(f.stem, f)
+        if other != f:
+            raise ValueError(
+                f"images: {other} and {f} would both write {outputs.replace('NAME', f.stem)}; "
+                f"predict them into separate --output folders"
+            )
+    return files
 
 
 def _visible(path: Path, below: Path) -> bool:
@@ -102,6 +136,15 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     for i, im in enumerate(data["images"]):
         if not {"id", "file_name", "width", "height"} <= set(im):
             raise ValueError(f"annotations {path}: images[{i}] lacks one of id, file_name, width, height")
+    for i, cat in enumerate(data["categories"]):
+        if "id" not in cat:
+            raise ValueError(f"annotations {path}: categories[{i}] has no 'id'")
+    for key in ("images", "categories"):  # pycocotools keeps the last of two entries with one id, silently
+        seen: set = set()
+        for i, entry in enumerate(data[key]):
+            if entry["id"] in seen:
+                raise ValueError(f"annotations {path}: {key}[{i}] repeats id {entry['id']}")
+            seen.add(entry["id"])
     image_ids = {im["id"] for im in data["images"]}
     cat_ids = {c["id"] for c in data["categories"]}
     for i, ann in enumerate(data["annotations"]):
@@ -117,11 +160,16 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
                 f"not in 'categories' {sorted(cat_ids)}"
             )
         box = ann["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise ValueError(f"annotations {path}: annotations[{i}] bbox must be [x, y, w, h], got {box!r}")
+        numbers = isinstance(box, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        if not (numbers and len(box) == 4 and all(math.isfinite(v) for v in box) and min(box[2:]) >= 0):
+            raise ValueError(
+                f"annotations {path}: annotations[{i}] bbox must be [x, y, w, h] (finite, w and h >= 0), got {box!r}"
+            )
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", float(box[2] * box[3]))
-        ann.setdefault("id", i + 1)
+        # Renumbered 1..N: pycocotools' COCOeval counts a match to annotation id 0 as no match, and keeps one
+        # of two annotations sharing an id; both lowered mAP silently (ids 0.. are common in converted sets).
+        ann["id"] = i + 1
     return data
 
 
@@ -201,6 +249,17 @@ class CocoDetection(EpochSeeded):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _mask(self, ann: dict) -> np.ndarray:
+        """The annotation's (H, W) uint8 mask; pycocotools raises a bare ``Exception`` (no file, no entry) for
+        what it cannot decode (a polygon of under 3 points, a malformed RLE)."""
+        try:
+            return self.coco.annToMask(ann)
+        except Exception as e:  # pycocotools raises plain Exceptions
+            raise ValueError(
+                f"annotations {self.ann_file}: annotations[{ann['id'] - 1}] segmentation cannot be decoded "
+                f"({str(e).strip() or type(e).__name__}; expected polygons [[x1, y1, x2, y2, x3, y3, ...]] or an RLE)"
+            ) from None
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
@@ -225,10 +284,10 @@ class CocoDetection(EpochSeeded):
             for a in anns:
                 if "segmentation" not in a:
                     raise ValueError(
-                        f"annotations {self.ann_file}: annotation {a['id']} has no 'segmentation' "
+                        f"annotations {self.ann_file}: annotations[{a['id'] - 1}] has no 'segmentation' "
                         f"(Mask R-CNN needs instance masks)"
                     )
-            masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, pil.height, pil.width))
+            masks = np.stack([self._mask(a) for a in anns]) if anns else np.zeros((0, pil.height, pil.width))
             target["masks"] = torch.from_numpy(masks.astype(np.uint8))
         with seeded_item(self.seed, self.epoch, index):
             flip = self.train and random.random() < 0.5

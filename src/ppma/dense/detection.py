@@ -43,8 +43,25 @@ from ..runtime import (
 )
 from ..runtime.config import option, resume_option
 from .backbone import create_backbone
-from .data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, detection_collate, load_rgb, palette, to_tensor
-from .engine import DenseRun, load_weights, locked_set_up, read_run_info, resumed_position, start_run
+from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CocoDetection,
+    detection_collate,
+    load_rgb,
+    palette,
+    prediction_inputs,
+    to_tensor,
+)
+from .engine import (
+    DenseRun,
+    initial_weights,
+    load_weights,
+    locked_set_up,
+    read_run_info,
+    resumed_position,
+    start_run,
+)
 from .metrics import coco_evaluate
 
 __all__ = [
@@ -436,14 +453,15 @@ def model_from_checkpoint(
     config, meta = read_run_info(path)
     if meta.get("task") != "detect":
         raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma detect train'")
-    model = build_mask_rcnn(
-        len(meta["class_names"]),
-        config["backbone"],
-        None,
-        config["min_size"],
-        config["max_size"],
-        **HEADS[config.get("heads", "published")],
-    )
+    with initial_weights(config):  # weights=False: the run's first weights, the same on every call
+        model = build_mask_rcnn(
+            len(meta["class_names"]),
+            config["backbone"],
+            None,
+            config["min_size"],
+            config["max_size"],
+            **HEADS[config.get("heads", "published")],
+        )
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
         load_weights(path, model)
     return model.to(device).eval(), config, meta
@@ -456,13 +474,15 @@ def predict_detection(
     score_threshold: float = 0.5,
     device: str = "cpu",
 ) -> list[dict]:
-    """Detect objects in image files and draw boxes, labels and masks on them (``output/NAME_pred.png``).
+    """Detect objects in image files (or the images of folders, see ``ppma.dense.data.prediction_inputs``) and
+    draw boxes, labels and masks on them (``output/NAME_pred.png``).
 
     Returns:
         One dict per image: ``file``, ``boxes`` [[x0, y0, x1, y1], ...], ``labels`` (class names), ``scores``.
     """
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+    images = prediction_inputs(images, "NAME_pred.png", output)
     model, _, meta = model_from_checkpoint(checkpoint, device)
     names = meta["class_names"]
     out_dir = Path(output)

@@ -5,10 +5,11 @@ optimizer step, the checkpoint and the log. The pieces are ``ppma.runtime``'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,8 @@ from ..runtime import (
     unwrap,
 )
 
-__all__ = ["DenseRun", "autocast", "load_weights", "open_run_folder", "read_run_info", "seed_run", "start_run"]
+__all__ = ["DenseRun", "autocast", "initial_weights", "load_weights", "open_run_folder", "read_run_info", "seed_run",
+           "start_run"]
 
 
 @dataclass
@@ -204,6 +206,16 @@ def read_run_info(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, An
     meta = {"task": ckpt["task"], "class_names": ckpt["classes"]}
     meta.update({k: ckpt[k] for k in ("category_ids",) if k in ckpt})
     return ckpt["config"], meta
+
+
+@contextlib.contextmanager
+def initial_weights(config: dict[str, Any]) -> Iterator[None]:
+    """Build a model inside this block for the weights the run of ``config`` started from: torch's generator
+    seeded as ``seed_run`` seeds rank 0 (nothing draws from it before the model is built), then given back.
+    ``--untrained`` used the caller's generator state: another baseline score on every call."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.get("seed", 0))
+        yield
 
 
 def load_weights(path: str | os.PathLike, model: nn.Module) -> None:

@@ -42,26 +42,32 @@ def coco_evaluate(coco_gt: Any, results: list[dict], iou_types: tuple[str, ...] 
 
     Returns:
         ``{"bbox_mAP": ..., "bbox_mAP_50": ..., "segm_mAP": ..., ...}`` (names in ``COCO_STAT_NAMES``);
-        every score is 0 when there are no results (pycocotools refuses an empty list).
+        NaN where there is no ground truth to score (no small objects: ``mAP_s``; none at all: every score),
+        as for a class absent from a segmentation set; 0 where there is some and nothing was detected.
     """
     from pycocotools.cocoeval import COCOeval
+
+    from .data import coco_from_dict
 
     scores: dict[str, float] = {}
     for iou_type in iou_types:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_types: expected 'bbox' or 'segm', got {iou_type!r}")
         usable = [r for r in results if ("bbox" if iou_type == "bbox" else "segmentation") in r]
-        if not usable:
-            scores.update({f"{iou_type}_{n}": 0.0 for n in COCO_STAT_NAMES})
-            continue
         with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its tables; we return numbers
-            coco_dt = coco_gt.loadRes(usable)
+            if usable:
+                coco_dt = coco_gt.loadRes(usable)
+            else:  # loadRes refuses an empty list; no detections score 0 (or NaN without ground truth)
+                coco_dt = coco_from_dict(dict(images=coco_gt.dataset["images"], annotations=[],
+                                              categories=coco_gt.dataset["categories"]))  # fmt: skip
             ev = COCOeval(coco_gt, coco_dt, iou_type)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        # -1 marks "no ground truth in this size range": report it as 0, not as a negative score
-        scores.update({f"{iou_type}_{n}": max(float(s), 0.0) for n, s in zip(COCO_STAT_NAMES, ev.stats, strict=True)})
+        # -1 is COCOeval's "no ground truth in this size range": undefined, not 0 (it read as a model
+        # that finds no small objects in a set that has none)
+        scores.update({f"{iou_type}_{n}": float("nan") if s < 0 else float(s)
+                       for n, s in zip(COCO_STAT_NAMES, ev.stats, strict=True)})  # fmt: skip
     return scores
 
 

@@ -42,9 +42,8 @@ from ..runtime import (
     unwrap,
     warmup_poly,
 )
-from ..models.ppma import checkpoint_filter_fn
 from ..runtime.config import option, resume_option
-from .backbone import create_backbone
+from .backbone import checkpoint_variant, create_backbone
 from .data import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -54,12 +53,13 @@ from .data import (
     load_rgb,
     normalize,
     palette,
+    prediction_inputs,
     read_class_names,
     segmentation_collate,
     segmentation_pairs,
     to_tensor,
 )
-from .engine import DenseRun, load_weights, locked_set_up, read_run_info, start_run
+from .engine import DenseRun, initial_weights, load_weights, locked_set_up, read_run_info, start_run
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -514,9 +514,9 @@ def model_from_checkpoint(
     config, meta = read_run_info(path)
     if meta.get("task") != "segment":
         raise ValueError(f"checkpoint {path}: written by a {meta.get('task')!r} run, not by 'ppma segment train'")
-    model = build_upernet(
-        len(meta["class_names"]), config["backbone"], channels=config["channels"], aux_channels=config["aux_channels"]
-    )
+    with initial_weights(config):  # weights=False: the run's first weights, the same on every call
+        model = build_upernet(len(meta["class_names"]), config["backbone"], channels=config["channels"],
+                              aux_channels=config["aux_channels"])  # fmt: skip
     if weights:  # weights=False: the untrained model of the same configuration (a baseline)
         load_weights(path, model)
     return model.to(device).eval(), config, meta
@@ -529,18 +529,14 @@ def _is_published_segmentor(state: dict[str, Any]) -> bool:
 
 
 def _backbone_variant(weights: dict[str, torch.Tensor]) -> str:
-    """The registered PPMA whose parameter names and shapes are exactly those of ``weights`` (ours or published)."""
-    ours = checkpoint_filter_fn(weights)
-    for name in timm.list_models("ppma_*"):
-        with torch.device("meta"):  # shapes only: nothing allocated
-            model = timm.create_model(name, features_only=True, out_indices=(0, 1, 2, 3))
-        expected = {k.removeprefix("model."): v.shape for k, v in model.state_dict().items()}
-        if expected.keys() == ours.keys() and all(ours[k].shape == s for k, s in expected.items()):
-            return name
-    raise ValueError(
-        f"backbone: the checkpoint's backbone weights match none of {timm.list_models('ppma_*')} "
-        f"({len(ours)} tensors, e.g. {sorted(ours)[:3]})"
-    )
+    """The registered PPMA of the backbone ``weights`` (``checkpoint_variant``; the rest is checked on loading)."""
+    name = checkpoint_variant(weights)
+    if name is None:
+        raise ValueError(
+            f"backbone: the checkpoint's backbone weights match none of {timm.list_models('ppma_*')} "
+            f"({len(weights)} tensors, e.g. {sorted(weights)[:3]})"
+        )
+    return name
 
 
 def _from_published_segmentor(path: str | os.PathLike, state: dict[str, Any], load: bool) -> tuple[UPerNet, dict, dict]:
@@ -549,8 +545,9 @@ def _from_published_segmentor(path: str | os.PathLike, state: dict[str, Any], lo
     num_classes, channels = weights["decode_head.conv_seg.weight"].shape[:2]
     aux = weights.get("auxiliary_head.conv_seg.weight")
     aux_channels = aux.shape[1] if aux is not None else 0
-    model = build_upernet(num_classes, backbone, pretrained=path if load else None, channels=channels,
-                          aux_channels=aux_channels)  # fmt: skip
+    with initial_weights({}):  # without its weights: the same model on every call
+        model = build_upernet(num_classes, backbone, pretrained=path if load else None, channels=channels,
+                              aux_channels=aux_channels)  # fmt: skip
     if load:  # the backbone came in through create_backbone; the heads keep MMSegmentation's names
         heads = {k: v for k, v in weights.items() if k.startswith(("decode_head.", "auxiliary_head."))}
         missing, unexpected = model.load_state_dict(heads, strict=False)
@@ -581,12 +578,14 @@ def predict_segmentation(
     flip: bool = False,
     device: str = "cpu",
 ) -> list[dict]:
-    """Segment image files; writes ``NAME_labels.png`` (class index per pixel), ``NAME_color.png`` and
-    ``NAME_overlay.png`` (colours blended 50% over the image) into ``output``, plus ``legend.json``.
+    """Segment image files (or the images of folders, see ``ppma.dense.data.prediction_inputs``); writes
+    ``NAME_labels.png`` (class index per pixel), ``NAME_color.png`` and ``NAME_overlay.png`` (colours blended
+    50% over the image) into ``output``, plus ``legend.json``.
 
     Returns:
         One dict per image: ``file`` and the fraction of pixels per predicted class name.
     """
+    images = prediction_inputs(images, "NAME_labels.png", output)
     model, config, meta = model_from_checkpoint(checkpoint, device)
     names = meta["class_names"]
     out_dir = Path(output)
