@@ -94,7 +94,7 @@ def test_logits_equal_published_model(published):
     from ppma.checkpoint import load_into
 
     load_into(model, published.path)
-    for x, want32, want64 in zip(ckpt["inputs"], ckpt["logits_float32"], ckpt["logits_float64"]):
+    for x, want32, want64 in zip(ckpt["inputs"], ckpt["logits_float32"], ckpt["logits_float64"], strict=True):
         with torch.no_grad():
             torch.testing.assert_close(model(x.float()), want32, rtol=0, atol=1e-4)
             got64 = model.double()(x)
@@ -204,4 +204,30 @@ def test_rmt_uses_rmts_decays_per_variant():
         model = base if name == "ppma_base" else timm.create_model(name, mask="rmt", **small)
         for stage, heads_range in zip(model.stages, ranges, strict=True):
             decay = stage.blocks[0].attn.decay
-            torch.testing.assert_close(decay.log_gamma, rmt_log_gamma(decay.num_heads, 2.0, heads_range), rtol=0, atol=0)
+            want = rmt_log_gamma(decay.num_heads, 2.0, heads_range)
+            torch.testing.assert_close(decay.log_gamma, want, rtol=0, atol=0)
+
+
+def test_global_pool_empty_gives_per_token_logits_whose_mean_is_the_pooled_logits():
+    """timm's global_pool='' (constructor or reset_classifier) skips pooling; it was ignored (pooled logits)."""
+    pooled = timm.create_model("ppma_nano", num_classes=5).double().eval()
+    tokens = timm.create_model("ppma_nano", num_classes=5, global_pool="").double().eval()
+    tokens.load_state_dict(pooled.state_dict())
+    x = torch.randn(2, 3, 70, 45, dtype=torch.float64)
+    with torch.no_grad():
+        want = pooled(x)
+        got = tokens(x)
+        assert got.shape == (2, 3, 2, 5)  # (B, H/32, W/32, classes), NHWC like timm's Swin
+        torch.testing.assert_close(got.mean(dim=(1, 2)), want, rtol=0, atol=1e-12)
+        assert tokens.forward_head(tokens.forward_features(x), pre_logits=True).shape == (2, 3, 2, 1024)
+        pooled.reset_classifier(5, global_pool="")  # a new (float32) fc: give it the other model's
+        pooled.head.fc = tokens.head.fc
+        torch.testing.assert_close(pooled(x), got, rtol=0, atol=0)
+        pooled.reset_classifier(0)  # None keeps the pooling
+        assert pooled(x).shape == (2, 3, 2, 1024)
+        pooled.reset_classifier(0, global_pool="avg")
+        assert pooled(x).shape == (2, 1024)
+    for make in (lambda: timm.create_model("ppma_nano", global_pool="max"),
+                 lambda: tokens.reset_classifier(5, global_pool="max")):  # fmt: skip
+        with pytest.raises(ValueError, match="global_pool"):
+            make()

@@ -128,11 +128,23 @@ class Stage(nn.Module):
         return x
 
 
-class ClassifierHead(nn.Module):
-    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, dropout, Linear(1024 -> classes)."""
+def _check_pool(global_pool: str) -> str:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool: PPMA pools by mean over tokens ('avg') or not at all (''), got {global_pool!r}")
+    return global_pool
 
-    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int, drop_rate: float = 0.0) -> None:
+
+class ClassifierHead(nn.Module):
+    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, dropout, Linear(1024 -> classes).
+
+    ``global_pool=""`` skips the mean: (B, H, W, classes) per-token logits, as timm's NHWC models give.
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int, num_classes: int, drop_rate: float = 0.0, global_pool: str = "avg"
+    ) -> None:
         super().__init__()
+        self.global_pool = _check_pool(global_pool)
         self.proj = nn.Linear(in_dim, hidden_dim)
         self.norm = nn.BatchNorm2d(hidden_dim)
         self.act = nn.SiLU()
@@ -141,7 +153,8 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.proj(x).permute(0, 3, 1, 2)  # (B, H, W, 1024) -> (B, 1024, H, W) for BatchNorm over channels
-        x = self.act(self.norm(x)).mean(dim=(2, 3))
+        x = self.act(self.norm(x))
+        x = x.mean(dim=(2, 3)) if self.global_pool else x.permute(0, 2, 3, 1)
         return x if pre_logits else self.fc(self.drop(x))
 
 
@@ -169,7 +182,8 @@ class PPMA(nn.Module):
         checkpoint_ema: with ``pretrained=True``, load a training checkpoint's EMA weights (True) or its
             plain ones (False); None: the EMA where the file has one for the published names
             (``ppma_tiny.in1k``: the published evaluation reports the EMA's top-1), plain for a given file.
-        global_pool: only ``"avg"`` (timm convention).
+        global_pool: ``"avg"`` (mean over tokens) or ``""``: no pooling, ``forward`` gives (B, H, W, classes)
+            per-token logits (timm's convention for NHWC models such as Swin).
         drop_rate: dropout on the pooled features before the classifier (timm's ``drop_rate``).
         rmt_decays: RMT's (initial_value, heads_range) per stage for ``mask="rmt"``; the registered
             variants pass RMT's own (``ppma.masks.RMT_VARIANT_DECAYS``: Base differs from Tiny/Small).
@@ -197,8 +211,7 @@ class PPMA(nn.Module):
         rmt_decays: Sequence[tuple[float, float]] = RMT_STAGE_DECAYS,
     ) -> None:
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool: PPMA pools by mean over tokens ('avg'), got {global_pool!r}")
+        self.global_pool = _check_pool(global_pool)
         for name, value in (("depths", depths), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
                             ("decomposed", decomposed), ("layer_scale", layer_scale)):  # fmt: skip
             if len(value) != len(embed_dims):
@@ -245,7 +258,7 @@ class PPMA(nn.Module):
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
         self.drop_rate = drop_rate
-        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes, drop_rate)
+        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes, drop_rate, global_pool)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -280,6 +293,11 @@ class PPMA(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        """A new ``num_classes`` classifier; ``global_pool`` ``"avg"`` or ``""`` (no pooling), None keeps it."""
+        if global_pool is not None:
+            self.global_pool = _check_pool(global_pool)
+            if isinstance(self.head, ClassifierHead):
+                self.head.global_pool = global_pool
         self.num_classes = num_classes
         if reset_other:  # dense use: no per-token projection either
             self.head = nn.Identity()
@@ -352,7 +370,7 @@ class PPMA(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if isinstance(self.head, nn.Identity):
-            return x.mean(dim=(1, 2))
+            return x.mean(dim=(1, 2)) if self.global_pool else x
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
