@@ -392,7 +392,7 @@ class PPMA(nn.Module):
         from_hub = cfg.get("custom_load") == "hf"  # a file in the Hugging Face cache: say how to fetch it again
         with reading_hub_file(path, cfg.get("hf_hub_id"), cfg.get("hf_hub_filename")) if from_hub else nullcontext():
             contents = read_checkpoint(path)
-        other_classes = load_into(self, path, use_ema=use_ema, contents=contents)
+        other_classes = load_into(self, path, use_ema=use_ema, contents=contents, adapt_in_chans=True)
         if other_classes is not None and self.norms is None:  # a dense backbone (norms) never uses head.fc
             warnings.warn(f"pretrained: {path} has a {other_classes}-class classifier, the model {self.num_classes} "
                           "classes: head.fc keeps its initial weights (fine-tuning); pass "
