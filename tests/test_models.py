@@ -120,12 +120,25 @@ def test_logits_equal_across_backends(backend):
         (torch.randn(3, 32), "image batch"),
         (torch.randn(0, 3, 32, 32), "empty batch"),
         (torch.randint(0, 255, (1, 3, 32, 32)), "floating-point"),
+        (torch.randn(1, 3, 32, 32, dtype=torch.bfloat16), "dtype torch.bfloat16, but the model's weights"),
+        (torch.randn(1, 3, 32, 32, dtype=torch.float64), "dtype torch.float64, but the model's weights"),
     ],
 )
 def test_bad_input_raises_value_error(x, match):
     model = timm.create_model("ppma_nano")
     with pytest.raises(ValueError, match=match):
         model(x)
+
+
+def test_other_input_dtypes_run_under_autocast_or_a_cast_model():
+    """The dtype check (a one-line error instead of the first convolution's RuntimeError) leaves autocast alone."""
+    model = timm.create_model("ppma_nano").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x.bfloat16()).shape == (2, 10)
+    with torch.no_grad():
+        want = model.double()(x.double())
+        assert want.dtype == torch.float64 and torch.isfinite(want).all()
 
 
 def test_unknown_backend_is_rejected_when_set():

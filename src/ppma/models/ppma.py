@@ -322,6 +322,12 @@ class PPMA(nn.Module):
             raise ValueError(f"x: expected {self.in_chans} channels at dim 1, got shape {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError("x: empty batch (B = 0)")
+        weight = next(self.stem.parameters(), None)
+        if (weight is not None and x.dtype != weight.dtype and not torch.compiler.is_compiling()
+                and not torch.is_autocast_enabled(x.device.type)):  # fmt: skip
+            # else a RuntimeError from the first convolution ("Input type ... and bias type ...")
+            raise ValueError(f"x: dtype {x.dtype}, but the model's weights are {weight.dtype}; cast the images "
+                             f"(x.to({weight.dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
 
     def forward_intermediates(
         self,
