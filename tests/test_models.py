@@ -244,3 +244,22 @@ def test_global_pool_empty_gives_per_token_logits_whose_mean_is_the_pooled_logit
                  lambda: tokens.reset_classifier(5, global_pool="max")):  # fmt: skip
         with pytest.raises(ValueError, match="global_pool"):
             make()
+
+
+def test_reset_other_then_a_classifier_gives_logits_of_the_pooled_stage_tokens():
+    """reset_classifier(0, reset_other=True) (timm's prune) drops the head's projection; a later reset_classifier(5)
+    gave 256 features silently (the new fc was never called) and get_classifier() raised AttributeError."""
+    model = timm.create_model("ppma_nano").double().eval()
+    x = torch.randn(2, 3, 45, 61, dtype=torch.float64)
+    model.reset_classifier(0, reset_other=True)
+    assert model.head_hidden_size == model.num_features == 256
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        torch.testing.assert_close(model(x), tokens.mean(dim=(1, 2)), rtol=0, atol=0)
+        model.reset_classifier(5)
+        fc = model.get_classifier().double()
+        assert fc.in_features == 256
+        torch.testing.assert_close(model(x), tokens.mean(dim=(1, 2)) @ fc.weight.T + fc.bias, rtol=0, atol=1e-12)
+        model.reset_classifier(0, global_pool="")
+        torch.testing.assert_close(model(x), tokens, rtol=0, atol=0)
+    assert not any(k.startswith("head.") for k in model.state_dict())

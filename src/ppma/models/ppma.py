@@ -295,14 +295,11 @@ class PPMA(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
         """A new ``num_classes`` classifier; ``global_pool`` ``"avg"`` or ``""`` (no pooling), None keeps it."""
         if global_pool is not None:
-            self.global_pool = _check_pool(global_pool)
-            if isinstance(self.head, ClassifierHead):
-                self.head.global_pool = global_pool
+            self.global_pool = self.head.global_pool = _check_pool(global_pool)
         self.num_classes = num_classes
-        if reset_other:  # dense use: no per-token projection either
-            self.head = nn.Identity()
+        if reset_other:  # dense use: no per-token projection either; a classifier sits on the pooled stage tokens
+            self.head.proj, self.head.norm, self.head.act = nn.Identity(), nn.Identity(), nn.Identity()
             self.head_hidden_size = self.num_features
-            return
         self.head.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head.fc)
@@ -375,8 +372,6 @@ class PPMA(nn.Module):
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if isinstance(self.head, nn.Identity):
-            return x.mean(dim=(1, 2)) if self.global_pool else x
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
