@@ -77,6 +77,23 @@ def test_features_only_selected_indices():
     assert [f.shape[1] for f in feats] == [64, 256]
 
 
+@pytest.mark.parametrize("out_indices", [(1, 3), (0, 1)])
+def test_features_only_subset_gives_every_parameter_a_gradient(out_indices):
+    """The LayerNorms of stages not returned were kept: parameters without gradient, which DDP refuses
+    (find_unused_parameters=False, its default). Kept ones are the full backbone's, same weights."""
+    state = torch.random.get_rng_state()  # the same initial weights for both
+    full = timm.create_model("ppma_nano", features_only=True).double().train()
+    torch.random.set_rng_state(state)
+    part = timm.create_model("ppma_nano", features_only=True, out_indices=out_indices).double().train()
+    x = torch.randn(2, 3, 64, 45, dtype=torch.float64)
+    want = [full(x)[i] for i in out_indices]
+    got = part(x)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    sum(f.logsumexp(1).sum() for f in got).backward()
+    assert [n for n, p in part.named_parameters() if p.grad is None] == []
+
+
 def test_forward_intermediates_agrees_with_forward_features():
     model = timm.create_model("ppma_nano").eval()
     x = torch.randn(2, 3, 64, 48)

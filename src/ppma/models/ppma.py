@@ -361,6 +361,10 @@ class PPMA(nn.Module):
     ) -> list[int]:
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
+        if self.norms is not None:  # a norm without an output gets no gradient: DDP's unused-parameter error
+            for i in range(len(self.norms)):
+                if i not in take_indices:
+                    self.norms[i] = nn.Identity()
         if prune_head:
             self.reset_classifier(0, reset_other=True)
         return take_indices
