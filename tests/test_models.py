@@ -224,6 +224,22 @@ def test_drop_rate_drops_before_the_classifier_in_training_only():
         timm.create_model("ppma_nano", drop_rate=1.5)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(backend="nope"), "backend: unknown name 'nope'"),
+        (dict(drop_path_rate=1.5), r"drop_path_rate: expected a probability in \[0, 1\), got 1.5"),
+        (dict(drop_path_rate=-0.1), "drop_path_rate"),
+        (dict(num_classes=-1), "num_classes: expected an integer >= 0, got -1"),
+        (dict(in_chans=0), "in_chans: expected an integer >= 1, got 0"),
+    ],
+)
+def test_bad_constructor_arguments_fail_when_built(kwargs, match):
+    """They failed at the first (training) forward, deep in DropPath, or were silently taken as 0."""
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("ppma_nano", **kwargs)
+
+
 def test_rmt_uses_rmts_decays_per_variant():
     """RMT-B's heads ranges are (5, 5, 6, 6), RMT-T/S's (4, 4, 6, 6); initial value 2 everywhere."""
     small = dict(depths=(1, 1, 1, 1), head_hidden_size=8, num_classes=2)  # the variants' heads, less compute

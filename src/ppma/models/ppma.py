@@ -212,6 +212,15 @@ class PPMA(nn.Module):
     ) -> None:
         super().__init__()
         self.global_pool = _check_pool(global_pool)
+        # Checked here, not at the first (training) forward or never: a bad backend failed there, drop_path_rate
+        # 1.5 in DropPath's bernoulli_, -0.1 and num_classes=-1 were silently 0.
+        Backend.parse(backend)
+        for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {rate}")
+        for name, count, least in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0)):
+            if count < least:
+                raise ValueError(f"{name}: expected an integer >= {least}, got {count!r}")
         for name, value in (("depths", depths), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
                             ("decomposed", decomposed), ("layer_scale", layer_scale)):  # fmt: skip
             if len(value) != len(embed_dims):
@@ -255,8 +264,6 @@ class PPMA(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in embed_dims) if feature_norms else None
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
         self.drop_rate = drop_rate
         self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes, drop_rate, global_pool)
         self.apply(self._init_weights)
