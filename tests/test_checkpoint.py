@@ -38,10 +38,11 @@ def test_round_trip_through_published_key_names(name, tmp_path):
     assert not any(k.startswith(("stages.", "stem.")) for k in published)
     assert any(".retention.path_embed.dt_linear.weight" in k for k in published)
     if name == "ppma_base":
-        assert "layers.2.blocks.0.gamma_1" in published and published["layers.2.blocks.0.gamma_1"].shape == (1, 1, 1, 320)
+        assert published["layers.2.blocks.0.gamma_1"].shape == (1, 1, 1, 320)
     assert "layers.0.downsample.reduction.weight" in published  # published downsample sits at the end of stage i
     torch.save({"model": published, "args": argparse.Namespace(lr=1e-3)}, tmp_path / "ckpt.pth")
-    dst = timm.create_model(name, num_classes=3, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "ckpt.pth")))
+    file = dict(file=str(tmp_path / "ckpt.pth"))
+    dst = timm.create_model(name, num_classes=3, pretrained=True, pretrained_cfg_overlay=file)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(_logits(dst, x), _logits(src, x), rtol=0, atol=0)
 
@@ -93,24 +94,42 @@ def test_other_class_count_keeps_the_new_classifier(tmp_path):
     torch.testing.assert_close(dst.head.proj.weight, src.head.proj.weight)
 
 
+def test_pretrained_rgb_weights_adapt_to_other_channel_counts(tmp_path):
+    """timm's in_chans with pretrained=True: a grey model from RGB weights (stem summed over colours) sees a grey
+    image as the RGB model sees it repeated; 4 channels repeat and rescale. It was a wrong-shape error."""
+    src = _randomised(timm.create_model("ppma_nano")).double()
+    torch.save({"model": src.state_dict()}, tmp_path / "rgb.pth")
+    file = dict(file=str(tmp_path / "rgb.pth"))
+    grey = timm.create_model("ppma_nano", in_chans=1, pretrained=True, pretrained_cfg_overlay=file).double()
+    x = torch.randn(2, 1, 45, 38, dtype=torch.float64)
+    want = _logits(src, x.expand(-1, 3, -1, -1))
+    torch.testing.assert_close(_logits(grey, x), want, rtol=0, atol=1e-6)  # timm adapts in float32 (~1e-8 here)
+    four = timm.create_model("ppma_nano", in_chans=4, pretrained=True, pretrained_cfg_overlay=file).double()
+    w = src.stem[0].weight
+    torch.testing.assert_close(four.stem[0].weight, torch.cat([w, w[:, :1]], 1) * 3 / 4, rtol=0, atol=1e-7)
+    torch.testing.assert_close(four.stem[1].running_var, src.stem[1].running_var)  # the rest loaded as saved
+    with pytest.raises(ValueError, match="wrong shape"):  # a plain load (resume, eval) still wants the file's stem
+        load_into(timm.create_model("ppma_nano", in_chans=1), tmp_path / "rgb.pth")
+
+
 def test_dense_checkpoint_loads_into_features_backbone(published, tmp_path):
     torch.save(published["backbone"], tmp_path / "dense.pth")
-    model = timm.create_model(
-        published.model, features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "dense.pth"))
-    ).double()
+    file = dict(file=str(tmp_path / "dense.pth"))
+    model = timm.create_model(published.model, features_only=True, pretrained=True, pretrained_cfg_overlay=file)
+    model.double()
     with torch.no_grad():
         feats = model.eval()(published["inputs"][0])
-    for got, want in zip(feats, published["features_float64"]):
+    for got, want in zip(feats, published["features_float64"], strict=True):
         assert (got - want).abs().max() <= 1e-10 * want.abs().max()
     # The same weights as `state_dict` with `backbone.*` keys (the dense frameworks' layout) load identically.
     wrapped = {"state_dict": {f"backbone.{k}": v for k, v in published["backbone"]["model"].items()}}
     wrapped["state_dict"]["decode_head.conv_seg.weight"] = torch.randn(3, 3)
     torch.save(wrapped, tmp_path / "mmseg.pth")
-    again = timm.create_model(
-        published.model, features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "mmseg.pth"))
-    ).double()
+    file = dict(file=str(tmp_path / "mmseg.pth"))
+    again = timm.create_model(published.model, features_only=True, pretrained=True, pretrained_cfg_overlay=file)
+    again.double()
     with torch.no_grad():
-        for a, b in zip(again.eval()(published["inputs"][0]), feats):
+        for a, b in zip(again.eval()(published["inputs"][0]), feats, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -144,7 +163,8 @@ def _cut(path, save, keep: int):
      r"central directory\)$"),
     (lambda p: _cut(p, lambda q: torch.save({"w": torch.zeros(9)}, q, _use_new_zipfile_serialization=False), 40),
      r"x\.pth: truncated or damaged \(EOFError\)$"),
-    (lambda p: torch.save({"model": {}, "payload": _Evil()}, p), r"x\.pth safely: it holds print, which is not a tensor"),
+    (lambda p: torch.save({"model": {}, "payload": _Evil()}, p),
+     r"x\.pth safely: it holds print, which is not a tensor"),
 ], ids=["html", "json", "cut-zip", "cut-legacy", "unsafe"])  # fmt: skip
 def test_unreadable_file_says_what_it_is_not_and_never_to_load_unsafely(tmp_path, make, says):
     """torch's message told to retry with weights_only=False: code from a downloaded file would run."""
@@ -197,7 +217,8 @@ def test_model_and_checkpoint_code_import_the_key_mapping_at_module_level():
     for module in (ppma.checkpoint, ppma.models.ppma, ppma.models.published):
         tree = ast.parse(Path(module.__file__).read_text())
         inner = [ast.unparse(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-                 for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and (n.level or "ppma" in (n.module or ""))]  # fmt: skip
+                 for n in ast.walk(f)
+                 if isinstance(n, ast.ImportFrom) and (n.level or "ppma" in (n.module or ""))]  # fmt: skip
         assert inner == [], (module.__name__, inner)
     assert ppma.models.ppma.checkpoint_filter_fn is ppma.models.published.checkpoint_filter_fn
     assert ppma.checkpoint.checkpoint_filter_fn is ppma.models.published.checkpoint_filter_fn

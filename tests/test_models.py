@@ -77,6 +77,23 @@ def test_features_only_selected_indices():
     assert [f.shape[1] for f in feats] == [64, 256]
 
 
+@pytest.mark.parametrize("out_indices", [(1, 3), (0, 1)])
+def test_features_only_subset_gives_every_parameter_a_gradient(out_indices):
+    """The LayerNorms of stages not returned were kept: parameters without gradient, which DDP refuses
+    (find_unused_parameters=False, its default). Kept ones are the full backbone's, same weights."""
+    state = torch.random.get_rng_state()  # the same initial weights for both
+    full = timm.create_model("ppma_nano", features_only=True).double().train()
+    torch.random.set_rng_state(state)
+    part = timm.create_model("ppma_nano", features_only=True, out_indices=out_indices).double().train()
+    x = torch.randn(2, 3, 64, 45, dtype=torch.float64)
+    want = [full(x)[i] for i in out_indices]
+    got = part(x)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    sum(f.logsumexp(1).sum() for f in got).backward()
+    assert [n for n, p in part.named_parameters() if p.grad is None] == []
+
+
 def test_forward_intermediates_agrees_with_forward_features():
     model = timm.create_model("ppma_nano").eval()
     x = torch.randn(2, 3, 64, 48)
@@ -94,7 +111,7 @@ def test_logits_equal_published_model(published):
     from ppma.checkpoint import load_into
 
     load_into(model, published.path)
-    for x, want32, want64 in zip(ckpt["inputs"], ckpt["logits_float32"], ckpt["logits_float64"]):
+    for x, want32, want64 in zip(ckpt["inputs"], ckpt["logits_float32"], ckpt["logits_float64"], strict=True):
         with torch.no_grad():
             torch.testing.assert_close(model(x.float()), want32, rtol=0, atol=1e-4)
             got64 = model.double()(x)
@@ -120,12 +137,25 @@ def test_logits_equal_across_backends(backend):
         (torch.randn(3, 32), "image batch"),
         (torch.randn(0, 3, 32, 32), "empty batch"),
         (torch.randint(0, 255, (1, 3, 32, 32)), "floating-point"),
+        (torch.randn(1, 3, 32, 32, dtype=torch.bfloat16), "dtype torch.bfloat16, but the model's weights"),
+        (torch.randn(1, 3, 32, 32, dtype=torch.float64), "dtype torch.float64, but the model's weights"),
     ],
 )
 def test_bad_input_raises_value_error(x, match):
     model = timm.create_model("ppma_nano")
     with pytest.raises(ValueError, match=match):
         model(x)
+
+
+def test_other_input_dtypes_run_under_autocast_or_a_cast_model():
+    """The dtype check (a one-line error instead of the first convolution's RuntimeError) leaves autocast alone."""
+    model = timm.create_model("ppma_nano").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x.bfloat16()).shape == (2, 10)
+    with torch.no_grad():
+        want = model.double()(x.double())
+        assert want.dtype == torch.float64 and torch.isfinite(want).all()
 
 
 def test_unknown_backend_is_rejected_when_set():
@@ -194,6 +224,22 @@ def test_drop_rate_drops_before_the_classifier_in_training_only():
         timm.create_model("ppma_nano", drop_rate=1.5)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(backend="nope"), "backend: unknown name 'nope'"),
+        (dict(drop_path_rate=1.5), r"drop_path_rate: expected a probability in \[0, 1\), got 1.5"),
+        (dict(drop_path_rate=-0.1), "drop_path_rate"),
+        (dict(num_classes=-1), "num_classes: expected an integer >= 0, got -1"),
+        (dict(in_chans=0), "in_chans: expected an integer >= 1, got 0"),
+    ],
+)
+def test_bad_constructor_arguments_fail_when_built(kwargs, match):
+    """They failed at the first (training) forward, deep in DropPath, or were silently taken as 0."""
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("ppma_nano", **kwargs)
+
+
 def test_rmt_uses_rmts_decays_per_variant():
     """RMT-B's heads ranges are (5, 5, 6, 6), RMT-T/S's (4, 4, 6, 6); initial value 2 everywhere."""
     small = dict(depths=(1, 1, 1, 1), head_hidden_size=8, num_classes=2)  # the variants' heads, less compute
@@ -204,4 +250,49 @@ def test_rmt_uses_rmts_decays_per_variant():
         model = base if name == "ppma_base" else timm.create_model(name, mask="rmt", **small)
         for stage, heads_range in zip(model.stages, ranges, strict=True):
             decay = stage.blocks[0].attn.decay
-            torch.testing.assert_close(decay.log_gamma, rmt_log_gamma(decay.num_heads, 2.0, heads_range), rtol=0, atol=0)
+            want = rmt_log_gamma(decay.num_heads, 2.0, heads_range)
+            torch.testing.assert_close(decay.log_gamma, want, rtol=0, atol=0)
+
+
+def test_global_pool_empty_gives_per_token_logits_whose_mean_is_the_pooled_logits():
+    """timm's global_pool='' (constructor or reset_classifier) skips pooling; it was ignored (pooled logits)."""
+    pooled = timm.create_model("ppma_nano", num_classes=5).double().eval()
+    tokens = timm.create_model("ppma_nano", num_classes=5, global_pool="").double().eval()
+    tokens.load_state_dict(pooled.state_dict())
+    x = torch.randn(2, 3, 70, 45, dtype=torch.float64)
+    with torch.no_grad():
+        want = pooled(x)
+        got = tokens(x)
+        assert got.shape == (2, 3, 2, 5)  # (B, H/32, W/32, classes), NHWC like timm's Swin
+        torch.testing.assert_close(got.mean(dim=(1, 2)), want, rtol=0, atol=1e-12)
+        assert tokens.forward_head(tokens.forward_features(x), pre_logits=True).shape == (2, 3, 2, 1024)
+        pooled.reset_classifier(5, global_pool="")  # a new (float32) fc: give it the other model's
+        pooled.head.fc = tokens.head.fc
+        torch.testing.assert_close(pooled(x), got, rtol=0, atol=0)
+        pooled.reset_classifier(0)  # None keeps the pooling
+        assert pooled(x).shape == (2, 3, 2, 1024)
+        pooled.reset_classifier(0, global_pool="avg")
+        assert pooled(x).shape == (2, 1024)
+    for make in (lambda: timm.create_model("ppma_nano", global_pool="max"),
+                 lambda: tokens.reset_classifier(5, global_pool="max")):  # fmt: skip
+        with pytest.raises(ValueError, match="global_pool"):
+            make()
+
+
+def test_reset_other_then_a_classifier_gives_logits_of_the_pooled_stage_tokens():
+    """reset_classifier(0, reset_other=True) (timm's prune) drops the head's projection; a later reset_classifier(5)
+    gave 256 features silently (the new fc was never called) and get_classifier() raised AttributeError."""
+    model = timm.create_model("ppma_nano").double().eval()
+    x = torch.randn(2, 3, 45, 61, dtype=torch.float64)
+    model.reset_classifier(0, reset_other=True)
+    assert model.head_hidden_size == model.num_features == 256
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        torch.testing.assert_close(model(x), tokens.mean(dim=(1, 2)), rtol=0, atol=0)
+        model.reset_classifier(5)
+        fc = model.get_classifier().double()
+        assert fc.in_features == 256
+        torch.testing.assert_close(model(x), tokens.mean(dim=(1, 2)) @ fc.weight.T + fc.bias, rtol=0, atol=1e-12)
+        model.reset_classifier(0, global_pool="")
+        torch.testing.assert_close(model(x), tokens, rtol=0, atol=0)
+    assert not any(k.startswith("head.") for k in model.state_dict())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ import torch
 import torch.nn as nn
 
 from .models.published import checkpoint_filter_fn
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_copy", "atomic_save", "atomic_write_text",
            "card_metadata", "convert", "extract_state_dict", "load_into", "model_card", "read_card",
@@ -230,7 +233,12 @@ def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool | str = False) 
 
 
 def load_into(
-    model: nn.Module, path: str | os.PathLike, use_ema: bool | str = False, *, contents: dict[str, Any] | None = None
+    model: nn.Module,
+    path: str | os.PathLike,
+    use_ema: bool | str = False,
+    *,
+    contents: dict[str, Any] | None = None,
+    adapt_in_chans: bool = False,
 ) -> int | None:
     """Load a checkpoint into a PPMA model, strictly.
 
@@ -242,11 +250,22 @@ def load_into(
     ``contents``: the dict already read from ``path`` (``read_checkpoint``), so a caller that read the
     card first does not read the file again; ``path`` then only names it in messages.
 
+    ``adapt_in_chans``: a stem for another channel count is adapted as timm adapts pretrained weights
+    (``timm.models.adapt_input_conv``: summed for 1 channel, repeated and rescaled for others) instead of
+    failing; the ``pretrained=True`` path (``in_chans=1`` from RGB weights) sets it.
+
     Returns the file's class count when the model kept its own classifier for another count, else None.
     """
     ckpt = read_checkpoint(path) if contents is None else contents
     state = checkpoint_filter_fn(extract_state_dict(ckpt, use_ema), model)
     own = model.state_dict()
+    stem = "stem.0.weight"
+    if adapt_in_chans and stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1]:
+        from timm.models import adapt_input_conv
+
+        file_chans, model_chans = state[stem].shape[1], own[stem].shape[1]
+        state[stem] = adapt_input_conv(model_chans, state[stem], base_chans=file_chans)
+        _logger.info(f"Converted input conv stem.0 pretrained weights from {file_chans} to {model_chans} channel(s)")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

@@ -128,11 +128,23 @@ class Stage(nn.Module):
         return x
 
 
-class ClassifierHead(nn.Module):
-    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, dropout, Linear(1024 -> classes)."""
+def _check_pool(global_pool: str) -> str:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool: PPMA pools by mean over tokens ('avg') or not at all (''), got {global_pool!r}")
+    return global_pool
 
-    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int, drop_rate: float = 0.0) -> None:
+
+class ClassifierHead(nn.Module):
+    """Linear(C -> 1024) per token, BatchNorm, Swish, mean over tokens, dropout, Linear(1024 -> classes).
+
+    ``global_pool=""`` skips the mean: (B, H, W, classes) per-token logits, as timm's NHWC models give.
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int, num_classes: int, drop_rate: float = 0.0, global_pool: str = "avg"
+    ) -> None:
         super().__init__()
+        self.global_pool = _check_pool(global_pool)
         self.proj = nn.Linear(in_dim, hidden_dim)
         self.norm = nn.BatchNorm2d(hidden_dim)
         self.act = nn.SiLU()
@@ -141,7 +153,8 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.proj(x).permute(0, 3, 1, 2)  # (B, H, W, 1024) -> (B, 1024, H, W) for BatchNorm over channels
-        x = self.act(self.norm(x)).mean(dim=(2, 3))
+        x = self.act(self.norm(x))
+        x = x.mean(dim=(2, 3)) if self.global_pool else x.permute(0, 2, 3, 1)
         return x if pre_logits else self.fc(self.drop(x))
 
 
@@ -169,7 +182,8 @@ class PPMA(nn.Module):
         checkpoint_ema: with ``pretrained=True``, load a training checkpoint's EMA weights (True) or its
             plain ones (False); None: the EMA where the file has one for the published names
             (``ppma_tiny.in1k``: the published evaluation reports the EMA's top-1), plain for a given file.
-        global_pool: only ``"avg"`` (timm convention).
+        global_pool: ``"avg"`` (mean over tokens) or ``""``: no pooling, ``forward`` gives (B, H, W, classes)
+            per-token logits (timm's convention for NHWC models such as Swin).
         drop_rate: dropout on the pooled features before the classifier (timm's ``drop_rate``).
         rmt_decays: RMT's (initial_value, heads_range) per stage for ``mask="rmt"``; the registered
             variants pass RMT's own (``ppma.masks.RMT_VARIANT_DECAYS``: Base differs from Tiny/Small).
@@ -197,8 +211,16 @@ class PPMA(nn.Module):
         rmt_decays: Sequence[tuple[float, float]] = RMT_STAGE_DECAYS,
     ) -> None:
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool: PPMA pools by mean over tokens ('avg'), got {global_pool!r}")
+        self.global_pool = _check_pool(global_pool)
+        # Checked here, not at the first (training) forward or never: a bad backend failed there, drop_path_rate
+        # 1.5 in DropPath's bernoulli_, -0.1 and num_classes=-1 were silently 0.
+        Backend.parse(backend)
+        for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {rate}")
+        for name, count, least in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0)):
+            if count < least:
+                raise ValueError(f"{name}: expected an integer >= {least}, got {count!r}")
         for name, value in (("depths", depths), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
                             ("decomposed", decomposed), ("layer_scale", layer_scale)):  # fmt: skip
             if len(value) != len(embed_dims):
@@ -242,10 +264,8 @@ class PPMA(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in embed_dims) if feature_norms else None
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
         self.drop_rate = drop_rate
-        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes, drop_rate)
+        self.head = ClassifierHead(embed_dims[-1], head_hidden_size, num_classes, drop_rate, global_pool)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -280,11 +300,13 @@ class PPMA(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        """A new ``num_classes`` classifier; ``global_pool`` ``"avg"`` or ``""`` (no pooling), None keeps it."""
+        if global_pool is not None:
+            self.global_pool = self.head.global_pool = _check_pool(global_pool)
         self.num_classes = num_classes
-        if reset_other:  # dense use: no per-token projection either
-            self.head = nn.Identity()
+        if reset_other:  # dense use: no per-token projection either; a classifier sits on the pooled stage tokens
+            self.head.proj, self.head.norm, self.head.act = nn.Identity(), nn.Identity(), nn.Identity()
             self.head_hidden_size = self.num_features
-            return
         self.head.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head.fc)
@@ -304,6 +326,12 @@ class PPMA(nn.Module):
             raise ValueError(f"x: expected {self.in_chans} channels at dim 1, got shape {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError("x: empty batch (B = 0)")
+        weight = next(self.stem.parameters(), None)
+        if (weight is not None and x.dtype != weight.dtype and not torch.compiler.is_compiling()
+                and not torch.is_autocast_enabled(x.device.type)):  # fmt: skip
+            # else a RuntimeError from the first convolution ("Input type ... and bias type ...")
+            raise ValueError(f"x: dtype {x.dtype}, but the model's weights are {weight.dtype}; cast the images "
+                             f"(x.to({weight.dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
 
     def forward_intermediates(
         self,
@@ -340,6 +368,10 @@ class PPMA(nn.Module):
     ) -> list[int]:
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
+        if self.norms is not None:  # a norm without an output gets no gradient: DDP's unused-parameter error
+            for i in range(len(self.norms)):
+                if i not in take_indices:
+                    self.norms[i] = nn.Identity()
         if prune_head:
             self.reset_classifier(0, reset_other=True)
         return take_indices
@@ -351,8 +383,6 @@ class PPMA(nn.Module):
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if isinstance(self.head, nn.Identity):
-            return x.mean(dim=(1, 2))
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -374,7 +404,7 @@ class PPMA(nn.Module):
         from_hub = cfg.get("custom_load") == "hf"  # a file in the Hugging Face cache: say how to fetch it again
         with reading_hub_file(path, cfg.get("hf_hub_id"), cfg.get("hf_hub_filename")) if from_hub else nullcontext():
             contents = read_checkpoint(path)
-        other_classes = load_into(self, path, use_ema=use_ema, contents=contents)
+        other_classes = load_into(self, path, use_ema=use_ema, contents=contents, adapt_in_chans=True)
         if other_classes is not None and self.norms is None:  # a dense backbone (norms) never uses head.fc
             warnings.warn(f"pretrained: {path} has a {other_classes}-class classifier, the model {self.num_classes} "
                           "classes: head.fc keeps its initial weights (fine-tuning); pass "
