@@ -280,7 +280,8 @@ def test_segmentation_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tm
     # killed at iteration 5; its last checkpoint is the one of iteration 4 (second epoch, one step in)
     cut = dataclasses.replace(config, output=str(tmp_path / "cut"), save_every=2, stop_after=5)
     assert train_segmentation(cut) == {}
-    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"] == {"iteration": 4, "epoch": 1, "seen": 2}
+    progress = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["progress"]
+    assert progress == {"iteration": 4, "epoch": 1, "seen": 2}
     train_segmentation(dataclasses.replace(cut, stop_after=0, resume="auto"))
     _same_weights(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
 
@@ -369,3 +370,45 @@ def test_segment_eval_on_data_with_another_class_count_names_both(tmp_path, caps
     assert main(["segment", "eval", str(out / "last.pth"), "--data", str(tmp_path / "other")]) == 2
     assert capsys.readouterr().err.strip() == (f"ppma segment: error: data: {tmp_path / 'other' / 'classes.json'} "
                                                f"names {k} classes but the model predicts 3 (a, b, c)")  # fmt: skip
+
+
+def test_predict_goes_on_past_an_unreadable_image_and_a_bad_flag_leaves_no_folder(tmp_path, capsys):
+    """One unreadable image stopped ``detect|segment predict`` over many (``ppma predict`` goes on): now it is a
+    stderr line, an ``error`` record and exit status 1; none readable is status 2. A bad --grad-checkpointing
+    was refused after the run folder was made (an empty folder left behind)."""
+    make_ade(tmp_path / "ade", 2, size=(36, 44))
+    seg_run = tmp_path / "seg"
+    seg_args = ["--data", str(tmp_path / "ade"), "--num-classes", "3", "--backbone", "ppma_nano", "--crop-size", "32",
+                "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1", "--warmup-iters", "1",
+                "--workers", "0", "--quiet"]  # fmt: skip
+    assert main(["segment", "train", *seg_args, "--output", str(seg_run)]) == 0
+    make_coco(tmp_path / "gen", n_images=2)
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
+    shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    det_run = tmp_path / "det"
+    det_args = ["--data", str(root), "--train-split", "tiny", "--val-split", "tiny", "--backbone", "ppma_nano",
+                "--heads", "light", "--min-size", "64", "--max-size", "96", "--max-iters", "1", "--warmup-iters", "1",
+                "--quiet"]  # fmt: skip
+    assert main(["detect", "train", *det_args, "--output", str(det_run)]) == 0
+    good = next((tmp_path / "ade" / "images" / "validation").glob("*.jpg"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(bytes(np.random.randint(0, 256, 64, dtype=np.uint8)))
+    capsys.readouterr()
+    for task, run in (("segment", seg_run), ("detect", det_run)):
+        out = tmp_path / f"pred_{task}"
+        assert main([task, "predict", str(run / "last.pth"), str(broken), str(good), "--output", str(out)]) == 1
+        printed = capsys.readouterr()
+        assert printed.err.startswith(f"ppma predict: skipped {broken}: not a readable image")
+        assert printed.err.count("\n") == 1
+        assert f"{good}: " in printed.out and str(broken) not in printed.out
+        assert len(list(out.glob(f"{good.stem}_*.png"))) >= 1 and not list(out.glob("broken_*"))
+        assert main([task, "predict", str(run / "last.pth"), str(broken), "--output", str(out)]) == 2
+        assert f"predict: no readable image: {broken}: not a readable image" in capsys.readouterr().err
+    records = json.loads((tmp_path / "pred_detect" / "predictions.json").read_text())
+    assert [sorted(r) for r in records] == [["error", "file"], ["boxes", "drawn", "file", "labels", "scores"]]
+    for task, args in (("segment", seg_args), ("detect", det_args)):
+        assert main([task, "train", *args, "--grad-checkpointing", "5", "--output", str(tmp_path / "new")]) == 2
+        assert "grad_checkpointing: stages are numbered 1..4" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,15 @@ def _detect_eval(args: argparse.Namespace) -> None:
     _write_json(args.json, scores)
 
 
-def _detect_predict(args: argparse.Namespace) -> None:
+def _detect_predict(args: argparse.Namespace) -> int:
     from ..dense.detection import predict_detection
 
     records = predict_detection(args.checkpoint, args.images, args.output, args.score_threshold, args.device)
     for r in records:
+        if _said_unreadable(r):
+            continue
         print(f"{r['file']}: {len(r['boxes'])} objects -> {r['drawn']}")
+    return _exit_status(records)
 
 
 def _segment_train(args: argparse.Namespace) -> None:
@@ -167,10 +171,25 @@ def _segment_eval(args: argparse.Namespace) -> None:
     _write_json(args.json, scores)
 
 
-def _segment_predict(args: argparse.Namespace) -> None:
+def _segment_predict(args: argparse.Namespace) -> int:
     from ..dense.segmentation import predict_segmentation
 
     records = predict_segmentation(args.checkpoint, args.images, args.output, args.aug, args.aug, args.device)
     for r in records:
+        if _said_unreadable(r):
+            continue
         print(f"{r['file']}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["fractions"].items()))
     print(f"colour-coded predictions in {args.output} (legend.json: class -> RGB)")
+    return _exit_status(records)
+
+
+def _said_unreadable(record: dict) -> bool:
+    """An image predict could not read: a line on stderr, as ``ppma predict`` prints it."""
+    if "error" in record:
+        print(f"ppma predict: skipped {record['error']}", file=sys.stderr)
+    return "error" in record
+
+
+def _exit_status(records: list[dict]) -> int:
+    """1 when an image was skipped (the others were predicted), else 0: as ``ppma predict``."""
+    return 1 if any("error" in r for r in records) else 0

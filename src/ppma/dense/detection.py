@@ -42,13 +42,14 @@ from ..runtime import (
     warmup_multistep,
 )
 from ..runtime.config import option, resume_option
-from .backbone import create_backbone
+from .backbone import create_backbone, parse_stage_flags
 from .data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CocoDetection,
+    all_unreadable,
     detection_collate,
-    load_rgb,
+    load_or_record,
     palette,
     prediction_inputs,
     to_tensor,
@@ -126,6 +127,7 @@ class DetectConfig:
             raise ValueError(f"threads: must be >= 0 (0: torch's default), got {self.threads}")
         if self.heads not in HEADS:
             raise ValueError(f"heads: expected one of {sorted(HEADS)}, got {self.heads!r}")
+        parse_stage_flags(out.grad_checkpointing)  # a bad value fails here, before the run folder is made
         return out
 
     @classmethod
@@ -478,7 +480,8 @@ def predict_detection(
     draw boxes, labels and masks on them (``output/NAME_pred.png``).
 
     Returns:
-        One dict per image: ``file``, ``boxes`` [[x0, y0, x1, y1], ...], ``labels`` (class names), ``scores``.
+        One dict per image: ``file``, ``drawn``, ``boxes`` [[x0, y0, x1, y1], ...], ``labels`` (class names),
+        ``scores``; or ``file`` and ``error`` for an image that cannot be read (it does not stop the others).
     """
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
@@ -490,7 +493,10 @@ def predict_detection(
     records = []
     colors = palette(len(names))
     for path in images:
-        image = to_tensor(load_rgb(path))
+        pil = load_or_record(path, records)
+        if pil is None:
+            continue
+        image = to_tensor(pil)
         with torch.no_grad():
             det = model([image.to(device)])[0]
         keep = det["scores"] >= score_threshold
@@ -513,5 +519,6 @@ def predict_detection(
                 scores=scores.tolist(),
             )
         )
+    all_unreadable(records)
     atomic_write_text(out_dir / "predictions.json", json.dumps(records, indent=1))
     return records

@@ -43,14 +43,15 @@ from ..runtime import (
     warmup_poly,
 )
 from ..runtime.config import option, resume_option
-from .backbone import checkpoint_variant, create_backbone
+from .backbone import checkpoint_variant, create_backbone, parse_stage_flags
 from .data import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
     IGNORE,
     SegmentationSet,
+    all_unreadable,
     keep_ratio_scale,
-    load_rgb,
+    load_or_record,
     normalize,
     palette,
     prediction_inputs,
@@ -247,6 +248,7 @@ class SegmentConfig:
             raise ValueError(f"threads: must be >= 0 (0: torch's default), got {out.threads}")
         if out.iters < 1:
             raise ValueError(f"iters: expected at least 1, got {out.iters}")
+        parse_stage_flags(out.grad_checkpointing)  # a bad value fails here, before the run folder is made
         return out
 
     @classmethod
@@ -583,7 +585,8 @@ def predict_segmentation(
     50% over the image) into ``output``, plus ``legend.json``.
 
     Returns:
-        One dict per image: ``file`` and the fraction of pixels per predicted class name.
+        One dict per image: ``file`` and the fraction of pixels per predicted class name (``fractions``), or
+        ``file`` and ``error`` for an image that cannot be read (it does not stop the others).
     """
     images = prediction_inputs(images, "NAME_labels.png", output)
     model, config, meta = model_from_checkpoint(checkpoint, device)
@@ -592,7 +595,9 @@ def predict_segmentation(
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for path in images:
-        pil = load_rgb(path)
+        pil = load_or_record(path, records)
+        if pil is None:
+            continue
         prob = infer_logits(
             model, normalize(to_tensor(pil)), tuple(config["scale"]), MS_RATIOS if multiscale else (1.0,), flip
         )
@@ -607,6 +612,7 @@ def predict_segmentation(
         records.append(
             dict(file=str(path), fractions={names[k]: round(float(c), 4) for k, c in enumerate(counts) if c})
         )
+    all_unreadable(records)
     legend = {n: list(c) for n, c in zip(names, palette(len(names)), strict=True)}
     atomic_write_text(out_dir / "legend.json", json.dumps(legend, indent=1))
     return records
