@@ -412,3 +412,20 @@ def test_predict_goes_on_past_an_unreadable_image_and_a_bad_flag_leaves_no_folde
         assert main([task, "train", *args, "--grad-checkpointing", "5", "--output", str(tmp_path / "new")]) == 2
         assert "grad_checkpointing: stages are numbered 1..4" in capsys.readouterr().err
         assert not (tmp_path / "new").exists()
+
+
+def test_eval_of_a_builtin_run_reads_the_set_in_its_folder_from_any_directory(tmp_path, monkeypatch, capsys):
+    """A built-in run saves its relative --output; ``segment eval`` run from another directory built a second
+    copy of the set there, without a word. Now it reads the run folder's own data/."""
+    pytest.importorskip("skimage")
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", "train", "--data", "builtin", "--iters", "1", "--warmup-iters", "1", "--eval-every", "5",
+                 "--output", "run", "--quiet"]) == 0  # fmt: skip
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run" / "data").rglob("*"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["segment", "eval", "../run/last.pth"]) == 0
+    assert "4 images" in capsys.readouterr().out
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run" / "data").rglob("*")) == files

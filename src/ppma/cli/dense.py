@@ -91,6 +91,14 @@ def _detect_train(args: argparse.Namespace) -> None:
         )
 
 
+def _builtin_beside(config: Any, checkpoint: str) -> Any:
+    """A run on the built-in set keeps it in its folder's ``data/``, beside ``last.pth``: evaluation reads it
+    there (the saved relative ``output`` built a second copy under whatever folder eval ran in)."""
+    if config.data != "builtin":
+        return config
+    return dataclasses.replace(config, output=str(Path(checkpoint).resolve().parent))
+
+
 def _detect_eval(args: argparse.Namespace) -> None:
 
     from ..runtime import DistInfo, pick_device
@@ -101,7 +109,7 @@ def _detect_eval(args: argparse.Namespace) -> None:
     config = config_from_dict(DetectConfig, cfg)
     if args.data:
         config = dataclasses.replace(config, data=args.data)
-    root, _, val_split = resolve_data(config)
+    root, _, val_split = resolve_data(_builtin_beside(config, args.checkpoint))
     dataset = coco_split(root, args.split or val_split, train=False)
     if dataset.category_ids != meta["category_ids"]:
         raise ValueError(f"data: categories {dataset.category_ids} differ from the model's {meta['category_ids']}")
@@ -153,7 +161,7 @@ def _segment_eval(args: argparse.Namespace) -> None:
     changes = {k: v for k, v in (("data", args.data), ("layout", args.layout), ("val_split", args.split)) if v}
     config = dataclasses.replace(config, **changes).resolved()
     k = len(meta["class_names"])
-    root, _ = resolve_data(dataclasses.replace(config, num_classes=0))
+    root, _ = resolve_data(dataclasses.replace(_builtin_beside(config, args.checkpoint), num_classes=0))
     names = read_class_names(root)  # the data's own count against the model's (was "num_classes: K given")
     if names is not None and len(names) != k:
         raise ValueError(f"data: {root / 'classes.json'} names {len(names)} classes but the model predicts {k} "
