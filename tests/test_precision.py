@@ -311,6 +311,23 @@ def test_x86_int8_linear_matches_its_float_linear():
     assert (got.double() - want).abs().max() > 0  # it is quantised: a float path would pass trivially
 
 
+def test_compiled_inference_compiles_one_graph_per_input_size(micro, monkeypatch):
+    """for_inference(compile=True) asks for static shapes: a second image size re-traced with symbolic shapes,
+    5x slower to compile than a graph of its own (README: each input size compiles again)."""
+    asked = {}
+
+    def compile_spy(model, **kwargs):
+        asked.update(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", compile_spy)
+    model, ckpt = micro
+    x = ckpt["inputs"][0].float()
+    with torch.no_grad():
+        assert torch.equal(for_inference(model, "fp32", compile=True)(x), for_inference(model, "fp32")(x))
+    assert asked == {"dynamic": False}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("PPMA_SLOW_TESTS") != "1",
                     reason="inductor compiles C++ for minutes on 2 cores: set PPMA_SLOW_TESTS=1")

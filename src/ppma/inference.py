@@ -322,5 +322,7 @@ def for_inference(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
-        model = torch.compile(model)
+        # Static shapes: a second input size compiles a graph of its own (ppma_nano: 115 s on 2 busy cores);
+        # torch's default re-traced the model with symbolic shapes there (612 s, same machine and hour).
+        model = torch.compile(model, dynamic=False)
     return InferenceModel(model, precision, dtype).eval()
