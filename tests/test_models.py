@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 import timm
 import torch
@@ -296,3 +299,17 @@ def test_reset_other_then_a_classifier_gives_logits_of_the_pooled_stage_tokens()
         model.reset_classifier(0, global_pool="")
         torch.testing.assert_close(model(x), tokens, rtol=0, atol=0)
     assert not any(k.startswith("head.") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("out_indices, message", [
+    ((-5,), "stages are 0..3 (or -4..-1), got (-5,)"), ((4,), "stages are 0..3 (or -4..-1), got (4,)"),
+    ((), "stages are 0..3"), ((1, -3), "a stage named twice"), (5, "an int takes the last n stages, n in 1..4, got 5"),
+])  # fmt: skip
+def test_features_only_out_indices_are_checked_in_one_line(out_indices, message):
+    """timm said 'feature index -1 is out of range' for -5 (an AssertionError), and (1, -3) gave stage 1 twice."""
+    with pytest.raises(ValueError, match=re.escape(f"out_indices: {message}")):
+        timm.create_model("ppma_nano", features_only=True, out_indices=out_indices)
+    picked = random.sample(range(4), random.randint(1, 4))
+    negative = [i - 4 if random.random() < 0.5 else i for i in picked]
+    model = timm.create_model("ppma_nano", features_only=True, out_indices=tuple(negative))
+    assert model.feature_info.channels() == [(32, 64, 128, 256)[i] for i in picked]

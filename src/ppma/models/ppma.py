@@ -471,9 +471,24 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _check_out_indices(out_indices: int | Sequence[int], num_stages: int) -> None:
+    """``features_only``'s stage indices, checked before timm: its message named -1 for an index of -5, and a
+    repeated index returned the same map twice."""
+    if isinstance(out_indices, int):  # timm: the last n stages
+        if not 1 <= out_indices <= num_stages:
+            raise ValueError(f"out_indices: an int takes the last n stages, n in 1..{num_stages}, got {out_indices}")
+        return
+    indices = list(out_indices)
+    if not indices or any(not isinstance(i, int) or not -num_stages <= i < num_stages for i in indices):
+        raise ValueError(f"out_indices: stages are 0..{num_stages - 1} (or {-num_stages}..-1), got {out_indices!r}")
+    if len({i % num_stages for i in indices}) != len(indices):
+        raise ValueError(f"out_indices: a stage named twice in {out_indices!r}")
+
+
 def _create_ppma(variant: str, pretrained: bool = False, **kwargs) -> PPMA:
     if kwargs.get("features_only"):
         kwargs.setdefault("feature_norms", True)
+        _check_out_indices(kwargs.get("out_indices", (0, 1, 2, 3)), len(kwargs["embed_dims"]))
     # timm turns custom_load off when a file is given; keep it on, so every file goes through
     # PPMA.load_pretrained (published key names, safe unpickling, EMA choice, strict key report).
     # A hub file (hf_hub_filename without a file or url) goes through timm's hub download first ("hf").
