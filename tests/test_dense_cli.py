@@ -429,3 +429,105 @@ def test_eval_of_a_builtin_run_reads_the_set_in_its_folder_from_any_directory(tm
     assert "4 images" in capsys.readouterr().out
     assert list((tmp_path / "elsewhere").iterdir()) == []
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run" / "data").rglob("*")) == files
+
+
+def _tiny_coco(path: Path, n_images: int) -> Path:
+    """A COCO-layout root with one split, ``tiny``, of ``make_coco`` images."""
+    make_coco(path / "gen", n_images=n_images)
+    root = path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(path / "gen" / "img", root / "tiny")
+    shutil.copy(path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    return root
+
+
+def _main_captured(argv: list[str]) -> tuple[int, str, str]:
+    """(status, stdout, stderr) of ``ppma ARGV``, outside pytest's per-test capture (module fixtures)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bar_runs(tmp_path_factory):
+    """Per task, two 2-iteration runs of one config: ``--quiet --progress`` (``bar``) and no flag (``plain``),
+    with their stderr, and an image to predict on."""
+    tmp = tmp_path_factory.mktemp("bars")
+    root = _tiny_coco(tmp, n_images=2)
+    make_ade(tmp / "ade", 2, size=(36, 44))
+    (tmp / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    train_args = {
+        "detect": ["--data", str(root), "--train-split", "tiny", "--val-split", "tiny", "--backbone", "ppma_nano",
+                   "--heads", "light", "--min-size", "64", "--max-size", "96", "--epochs", "1", "--batch-size", "1",
+                   "--warmup-iters", "1", "--workers", "0"],
+        "segment": ["--data", str(tmp / "ade"), "--backbone", "ppma_nano", "--crop-size", "32", "--scale", "128x32",
+                    "--channels", "16", "--aux-channels", "8", "--iters", "2", "--eval-every", "2", "--warmup-iters",
+                    "1", "--workers", "0"],
+    }  # fmt: skip
+    images = {"detect": root / "tiny" / "0.png", "segment": tmp / "ade" / "images" / "validation" / "0.jpg"}
+    runs = {}
+    for task, args in train_args.items():
+        runs[task] = {"args": args, "image": images[task], "tmp": tmp}
+        for name, flags in (("bar", ["--quiet", "--progress"]), ("plain", [])):
+            status, _, err = _main_captured([task, "train", *args, *flags, "--output", str(tmp / task / name)])
+            assert status == 0
+            runs[task][name], runs[task][f"{name}_err"] = tmp / task / name / "last.pth", err
+    return runs
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_dense_commands_show_a_progress_bar_on_stderr_only_when_asked_or_on_a_terminal(bar_runs, task, capsys):
+    """``ppma detect|segment train|eval|predict`` showed no bar (a COCO epoch, an ADE20K multi-scale evaluation:
+    minutes without a sign of life). Now tqdm on stderr, as ``ppma train``: ``--progress`` forces it (over
+    ``--quiet`` too), without a terminal and without the flag nothing is written to stderr."""
+    run = bar_runs[task]
+    train_desc = "epoch 1/1" if task == "detect" else "train"
+    assert train_desc in run["bar_err"] and "eval" in run["bar_err"] and "it/s" in run["bar_err"]
+    assert run["plain_err"] == ""
+    out = run["tmp"] / f"pred_{task}"
+    for flags, shown in ((["--progress"], True), ([], False)):  # --no-progress: the resume test
+        assert main([task, "eval", str(run["plain"]), *flags]) == 0
+        err = capsys.readouterr().err
+        assert ("eval:" in err and "it/s" in err) if shown else err == ""
+        assert main([task, "predict", str(run["plain"]), str(run["image"]), "--output", str(out), *flags]) == 0
+        err = capsys.readouterr().err
+        assert ("predict:" in err and "it/s" in err) if shown else err == ""
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_the_progress_bar_changes_no_result_and_no_resume_reports_it(bar_runs, task, capsys):
+    """The weights after 2 iterations with and without the bar are bit for bit the same; a run of ``--progress``
+    resumed with ``--no-progress`` is no settings change (``progress`` is logistics, as ``--quiet``)."""
+    from ppma.checkpoint import read_checkpoint
+
+    run = bar_runs[task]
+    a, b = read_checkpoint(run["bar"]), read_checkpoint(run["plain"])
+    assert a["progress"] == b["progress"] and a["model"].keys() == b["model"].keys()
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    copy = run["tmp"] / f"resumed_{task}"
+    shutil.copytree(run["bar"].parent, copy)
+    capsys.readouterr()
+    # a finished run resumed: the settings are compared (and nothing is left to train)
+    assert main([task, "train", *run["args"], "--no-progress", "--output", str(copy), "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "resumed from" in printed.out and "settings changed" not in printed.out and printed.err == ""
+
+
+def test_quiet_turns_the_bar_off_on_a_terminal_unless_progress_is_given(monkeypatch):
+    from ppma.dense.detection import DetectConfig
+    from ppma.dense.engine import show_progress
+    from ppma.dense.segmentation import SegmentConfig
+    from ppma.runtime import progress_bar
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    for cls in (DetectConfig, SegmentConfig):
+        for quiet, progress, shown in ((False, None, True), (True, None, False), (True, True, True),
+                                       (False, False, False)):  # fmt: skip
+            bar = progress_bar(range(2), 2, "x", show_progress(cls(quiet=quiet, progress=progress)), rank=0)
+            assert bar.disable != shown, (cls.__name__, quiet, progress)
+            bar.close()

@@ -10,6 +10,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -502,3 +503,18 @@ def test_resumable_sampler_resumed_with_another_process_count_trains_the_rest_of
     assert sum(i in untrained for i in rest_items) >= len(untrained)  # every untrained image comes
     # the padding (at most after - 1 repeats, plus the first run's own padding) is all that comes again
     assert len(rest_items) - len(untrained) < after + before
+
+
+def test_a_log_line_clears_the_progress_bar_and_redraws_it_below(capsys):
+    """RunLog.print wrote its line through a bar on the terminal (stdout and stderr share it): the line began
+    after the bar's text. Now the bar is cleared, the line written, the bar drawn again (tqdm.write)."""
+    from ppma.runtime import RunLog, progress_bar
+
+    desc = f"bar{np.random.randint(1000)}"
+    with progress_bar(range(3), 3, desc, True, rank=0):
+        capsys.readouterr()
+        RunLog(None).print("iteration 20  loss 1.5")
+        out, err = capsys.readouterr()
+    assert out == "iteration 20  loss 1.5\n"
+    assert err.startswith("\r") and err.count(f"{desc}:") == 1  # cleared, then drawn again after the line
+    assert progress_bar(range(3), 3, desc, None, rank=0).disable  # not a terminal: no bar (and nothing cleared)

@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         e.add_argument("--device", default="cpu")
         e.add_argument("--untrained", action="store_true", help="score a freshly initialised model of the same config")
         e.add_argument("--json", help="also write the scores to this JSON file")
+        _add_progress_flag(e)
         if task == "segment":
             e.add_argument("--layout", choices=("ade20k", "cityscapes"), help="default: the run's")
             e.add_argument("--aug", action="store_true", help="multi-scale (0.5-1.75) + flip test")
@@ -66,7 +67,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             r.add_argument("--score-threshold", type=float, default=0.5)
         else:
             r.add_argument("--aug", action="store_true", help="multi-scale + flip")
+        _add_progress_flag(r)
         r.set_defaults(func=_detect_predict if task == "detect" else _segment_predict)
+
+
+def _add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress`` of eval and predict, as the train flag that ``DetectConfig.progress`` makes."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar over the images (default: only when stderr is a terminal)")  # fmt: skip
 
 
 def _write_json(path: str | None, scores: dict[str, Any]) -> None:
@@ -113,7 +121,7 @@ def _detect_eval(args: argparse.Namespace) -> None:
     dataset = coco_split(root, args.split or val_split, train=False)
     if dataset.category_ids != meta["category_ids"]:
         raise ValueError(f"data: categories {dataset.category_ids} differ from the model's {meta['category_ids']}")
-    scores = evaluate_detection(model, dataset, DistInfo(device=pick_device(args.device)))
+    scores = evaluate_detection(model, dataset, DistInfo(device=pick_device(args.device)), progress=args.progress)
     print(
         f"{len(dataset)} images: box mAP {100 * scores['bbox_mAP']:.1f} (AP50 {100 * scores['bbox_mAP_50']:.1f}), "
         f"mask mAP {100 * scores['segm_mAP']:.1f} (AP50 {100 * scores['segm_mAP_50']:.1f})"
@@ -124,7 +132,8 @@ def _detect_eval(args: argparse.Namespace) -> None:
 def _detect_predict(args: argparse.Namespace) -> int:
     from ..dense.detection import predict_detection
 
-    records = predict_detection(args.checkpoint, args.images, args.output, args.score_threshold, args.device)
+    records = predict_detection(args.checkpoint, args.images, args.output, args.score_threshold, args.device,
+                                args.progress)  # fmt: skip
     for r in records:
         if _said_unreadable(r):
             continue
@@ -167,9 +176,8 @@ def _segment_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"data: {root / 'classes.json'} names {len(names)} classes but the model predicts {k} "
                          f"({', '.join(meta['class_names'][:8])}{', ...' if k > 8 else ''})")  # fmt: skip
     dataset = make_dataset(root, config, k, train=False)
-    scores = evaluate_segmentation(
-        model, dataset, multiscale=args.aug, flip=args.aug, info=DistInfo(device=pick_device(args.device))
-    )
+    scores = evaluate_segmentation(model, dataset, multiscale=args.aug, flip=args.aug,
+                                   info=DistInfo(device=pick_device(args.device)), progress=args.progress)  # fmt: skip
     print(
         f"{len(dataset)} images, {'multi-scale + flip' if args.aug else 'single scale'}: "
         f"mIoU {100 * scores['mIoU']:.2f}  mAcc {100 * scores['mAcc']:.2f}  aAcc {100 * scores['aAcc']:.2f}"
@@ -182,7 +190,8 @@ def _segment_eval(args: argparse.Namespace) -> None:
 def _segment_predict(args: argparse.Namespace) -> int:
     from ..dense.segmentation import predict_segmentation
 
-    records = predict_segmentation(args.checkpoint, args.images, args.output, args.aug, args.aug, args.device)
+    records = predict_segmentation(args.checkpoint, args.images, args.output, args.aug, args.aug, args.device,
+                                   args.progress)  # fmt: skip
     for r in records:
         if _said_unreadable(r):
             continue

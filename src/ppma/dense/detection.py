@@ -36,6 +36,7 @@ from ..runtime import (
     cleanup_distributed,
     console_line,
     main_process_first,
+    progress_bar,
     rng_untouched,
     setup_distributed,
     unwrap,
@@ -61,6 +62,7 @@ from .engine import (
     locked_set_up,
     read_run_info,
     resumed_position,
+    show_progress,
     start_run,
 )
 from .metrics import coco_evaluate
@@ -112,7 +114,8 @@ class DetectConfig:
                              "repeat bit for bit only with the same count")
     device: str = "auto"
     resume: str | None = resume_option()
-    quiet: bool = False
+    quiet: bool = option(False, "no log lines on stdout (log.jsonl still written); no progress bar unless --progress")
+    progress: bool | None = option(None, "progress bar; none = only on a terminal, on rank 0")
 
     def resolved(self) -> DetectConfig:
         """A copy with the schedule's epochs, steps and multi-scale filled in."""
@@ -352,27 +355,31 @@ def _train_epoch(run: DenseRun, epoch: int, it: int) -> tuple[int, bool | None]:
     run.sampler.set_epoch(epoch, skip=seen)  # after the images the epoch has trained, whatever the batch was
     left = len(run.loader)
     run.model.train()
-    for images, targets in run.loader:
-        images = [im.to(info.device) for im in images]
-        targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
-        with autocast(info.device, config.amp):
-            losses = run.model(images, targets)
-        loss = sum(losses.values())
-        run.step(loss, it)
-        it, step, seen, left = it + 1, step + 1, seen + config.batch_size * info.world_size, left - 1
-        if it % 20 == 0 or it == 1:
-            parts = {k: v.item() for k, v in losses.items()}
-            run.log.write(dict(epoch=epoch, iteration=it, lr=run.scheduler.get_last_lr()[0], loss=loss.item(), **parts))
-        done = bool(config.max_iters) and it >= config.max_iters
-        progress = dict(epoch=epoch, iteration=it, step_in_epoch=step, seen=seen)
-        if left and (done or (config.save_every and it % config.save_every == 0)):
-            run.save(progress)
-        if config.stop_after and it >= config.stop_after:
-            return it, None
-        if done:
-            break
-        if left:  # at the epoch's end the run saves and evaluates first
-            run.stop_if_signalled(progress)
+    # A resumed epoch's bar starts at the steps it had trained (those of the saved batch size).
+    with run.bar(run.loader, step + left, f"epoch {epoch + 1}/{config.epochs}", initial=step) as bar:
+        for images, targets in bar:
+            images = [im.to(info.device) for im in images]
+            targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
+            with autocast(info.device, config.amp):
+                losses = run.model(images, targets)
+            loss = sum(losses.values())
+            run.step(loss, it)
+            it, step, seen, left = it + 1, step + 1, seen + config.batch_size * info.world_size, left - 1
+            lr = run.scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            if it % 20 == 0 or it == 1:
+                parts = {k: v.item() for k, v in losses.items()}
+                run.log.write(dict(epoch=epoch, iteration=it, lr=lr, loss=loss.item(), **parts))
+            done = bool(config.max_iters) and it >= config.max_iters
+            progress = dict(epoch=epoch, iteration=it, step_in_epoch=step, seen=seen)
+            if left and (done or (config.save_every and it % config.save_every == 0)):
+                run.save(progress)
+            if config.stop_after and it >= config.stop_after:
+                return it, None
+            if done:
+                break
+            if left:  # at the epoch's end the run saves and evaluates first
+                run.stop_if_signalled(progress)
     if not left:
         run.save(dict(epoch=epoch + 1, iteration=it, step_in_epoch=0, seen=0))
     return it, not left
@@ -381,7 +388,8 @@ def _train_epoch(run: DenseRun, epoch: int, it: int) -> tuple[int, bool | None]:
 def _evaluate(run: DenseRun, val_set: CocoDetection, epoch: int, it: int, start: float) -> dict[str, float]:
     """Score the model on ``val_set`` and log it; the random states are left as they were."""
     with rng_untouched(run.info.device):  # a resumed run must not depend on whether an evaluation ran
-        scores = evaluate_detection(unwrap(run.model), val_set, run.info, run.config.amp)
+        scores = evaluate_detection(unwrap(run.model), val_set, run.info, run.config.amp,
+                                    progress=show_progress(run.config))  # fmt: skip
     record = dict(epoch=epoch, iteration=it, seconds=round(time.time() - start, 1), **scores)
     run.log.write(record, console_line(record, _SHOWN))
     return scores
@@ -417,9 +425,15 @@ def _to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_id
 
 @torch.no_grad()
 def evaluate_detection(
-    model: MaskRCNN, dataset: CocoDetection, info: DistInfo | None = None, amp: bool = False, batch_size: int = 1
+    model: MaskRCNN,
+    dataset: CocoDetection,
+    info: DistInfo | None = None,
+    amp: bool = False,
+    batch_size: int = 1,
+    progress: bool | None = False,
 ) -> dict[str, float]:
     """COCO box and mask mAP of ``model`` on ``dataset`` (each rank scores its share; rank 0 gathers).
+    ``progress``: a bar over rank 0's images (None: when stderr is a terminal).
 
     Returns:
         ``bbox_mAP``, ``bbox_mAP_50``, ..., ``segm_mAP``, ... (fractions; see ``ppma.dense.metrics``).
@@ -435,7 +449,7 @@ def evaluate_detection(
     share = Subset(dataset, range(info.rank, len(dataset), info.world_size))  # no padding: no duplicate images
     loader = DataLoader(share, batch_size, collate_fn=detection_collate)
     results: list[dict] = []
-    for images, targets in loader:
+    for images, targets in progress_bar(loader, len(loader), "eval", progress, info.rank):
         with autocast(info.device, amp):
             outputs = model([im.to(info.device) for im in images])
         for out, t in zip(outputs, targets, strict=True):
@@ -475,9 +489,11 @@ def predict_detection(
     output: str | os.PathLike,
     score_threshold: float = 0.5,
     device: str = "cpu",
+    progress: bool | None = False,
 ) -> list[dict]:
     """Detect objects in image files (or the images of folders, see ``ppma.dense.data.prediction_inputs``) and
-    draw boxes, labels and masks on them (``output/NAME_pred.png``).
+    draw boxes, labels and masks on them (``output/NAME_pred.png``); ``progress``: a bar over the images
+    (None: when stderr is a terminal).
 
     Returns:
         One dict per image: ``file``, ``drawn``, ``boxes`` [[x0, y0, x1, y1], ...], ``labels`` (class names),
@@ -492,7 +508,7 @@ def predict_detection(
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     colors = palette(len(names))
-    for path in images:
+    for path in progress_bar(images, len(images), "predict", progress, 0):
         pil = load_or_record(path, records)
         if pil is None:
             continue

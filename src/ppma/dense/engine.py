@@ -29,6 +29,7 @@ from ..runtime import (
     changed_settings,
     param_groups,
     plain,
+    progress_bar,
     read_training_checkpoint,
     restore_rank_rng,
     restore_training,
@@ -40,7 +41,7 @@ from ..runtime import (
 )
 
 __all__ = ["DenseRun", "autocast", "initial_weights", "load_weights", "open_run_folder", "read_run_info", "seed_run",
-           "start_run"]
+           "show_progress", "start_run"]
 
 
 @dataclass
@@ -58,6 +59,10 @@ class DenseRun:
     loader: DataLoader
     meta: dict[str, Any]  # task, model_name, classes (+ task extras): stored in every checkpoint
     progress: dict[str, Any]  # the resumed checkpoint's; {} for a fresh run
+
+    def bar(self, iterable: Any, total: int, desc: str, initial: int = 0) -> Any:
+        """The run's progress bar (``ppma.runtime.progress_bar``; ``show_progress`` says when it shows)."""
+        return progress_bar(iterable, total, desc, show_progress(self.config), self.info.rank, initial)
 
     def step(self, loss: torch.Tensor, iteration: int) -> None:
         """One update: a finite ``loss`` is back-propagated, clipped (``config.clip_grad`` > 0), applied."""
@@ -88,7 +93,14 @@ class DenseRun:
 
 
 # Options that do not change what a dense run computes: a resumed run may change them without a word.
-_NOT_RESULTS = ("output", "resume", "stop_after", "quiet", "workers", "save_every")
+_NOT_RESULTS = ("output", "resume", "stop_after", "quiet", "progress", "workers", "save_every")
+
+
+def show_progress(config: Any) -> bool | None:
+    """``config.progress``; not given: no bar under ``quiet``, else only on a terminal (None)."""
+    if config.progress is not None:
+        return config.progress
+    return False if config.quiet else None
 
 
 def start_run(

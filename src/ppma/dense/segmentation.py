@@ -37,6 +37,7 @@ from ..runtime import (
     autocast,
     cleanup_distributed,
     main_process_first,
+    progress_bar,
     rng_untouched,
     setup_distributed,
     unwrap,
@@ -60,7 +61,7 @@ from .data import (
     segmentation_pairs,
     to_tensor,
 )
-from .engine import DenseRun, initial_weights, load_weights, locked_set_up, read_run_info, start_run
+from .engine import DenseRun, initial_weights, load_weights, locked_set_up, read_run_info, show_progress, start_run
 from .metrics import confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -233,7 +234,8 @@ class SegmentConfig:
                              "repeat bit for bit only with the same count")
     device: str = "auto"
     resume: str | None = resume_option()
-    quiet: bool = False
+    quiet: bool = option(False, "no log lines on stdout (log.jsonl still written); no progress bar unless --progress")
+    progress: bool | None = option(None, "progress bar; none = only on a terminal, on rank 0")
 
     def resolved(self) -> SegmentConfig:
         """A copy with the layout checked and default splits filled in."""
@@ -397,29 +399,34 @@ def _train(run: DenseRun, val_set: SegmentationSet) -> dict[str, Any]:
     run.model.train()
     start = time.time()
     stream = _batches(run)
-    while it < config.iters:
-        image, label, position = next(stream)
-        image, label = image.to(info.device), label.to(info.device)
-        with autocast(info.device, config.amp):
-            outputs = run.model(image)
-        loss, parts = segmentation_loss(outputs, label, config.aux_weight)
-        run.step(loss, it)
-        it += 1
-        if it % 20 == 0 or it == 1:
-            run.log.write(dict(iteration=it, lr=run.scheduler.get_last_lr()[0], loss=loss.item(), **parts))
-        evaluate_now = it % config.eval_every == 0 or it == config.iters
-        if evaluate_now or (config.save_every and it % config.save_every == 0):
-            run.save(dict(iteration=it, **position))
-        if config.stop_after and it >= config.stop_after:
-            return {}  # "killed": what survives is the last checkpoint
-        if evaluate_now:
-            with rng_untouched(info.device):  # a resumed run must not depend on whether an evaluation ran
-                scores = evaluate_segmentation(unwrap(run.model), val_set, info=info, amp=config.amp)
-            shown = {k: v for k, v in scores.items() if k in ("mIoU", "mAcc", "aAcc")}
-            run.log.write(dict(iteration=it, seconds=round(time.time() - start, 1), **shown))
-            run.model.train()
-        if it < config.iters:
-            run.stop_if_signalled(dict(iteration=it, **position))
+    with run.bar(None, config.iters, "train", initial=it) as bar:  # a resumed run's bar starts where it stood
+        while it < config.iters:
+            image, label, position = next(stream)
+            image, label = image.to(info.device), label.to(info.device)
+            with autocast(info.device, config.amp):
+                outputs = run.model(image)
+            loss, parts = segmentation_loss(outputs, label, config.aux_weight)
+            run.step(loss, it)
+            it += 1
+            lr = run.scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            if it % 20 == 0 or it == 1:
+                run.log.write(dict(iteration=it, lr=lr, loss=loss.item(), **parts))
+            evaluate_now = it % config.eval_every == 0 or it == config.iters
+            if evaluate_now or (config.save_every and it % config.save_every == 0):
+                run.save(dict(iteration=it, **position))
+            if config.stop_after and it >= config.stop_after:
+                return {}  # "killed": what survives is the last checkpoint
+            if evaluate_now:
+                with rng_untouched(info.device):  # a resumed run must not depend on whether an evaluation ran
+                    scores = evaluate_segmentation(unwrap(run.model), val_set, info=info, amp=config.amp,
+                                                   progress=show_progress(config))  # fmt: skip
+                shown = {k: v for k, v in scores.items() if k in ("mIoU", "mAcc", "aAcc")}
+                run.log.write(dict(iteration=it, seconds=round(time.time() - start, 1), **shown))
+                run.model.train()
+            if it < config.iters:
+                run.stop_if_signalled(dict(iteration=it, **position))
     return scores
 
 
@@ -471,10 +478,12 @@ def evaluate_segmentation(
     flip: bool = False,
     info: DistInfo | None = None,
     amp: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """mIoU of ``model`` on ``dataset`` (evaluation mode), single-scale or multi-scale (``MS_RATIOS``) with flip.
 
-    Each rank scores its share; the confusion matrices are summed across ranks.
+    Each rank scores its share; the confusion matrices are summed across ranks. ``progress``: a bar over
+    rank 0's images (None: when stderr is a terminal).
 
     Returns:
         ``mIoU``, ``mAcc``, ``aAcc`` (fractions), per-class ``IoU`` / ``Acc`` and the ``confusion`` matrix.
@@ -486,7 +495,8 @@ def evaluate_segmentation(
     model.eval()
     cm = torch.zeros(model.num_classes, model.num_classes, dtype=torch.int64)
     ratios = MS_RATIOS if multiscale else (1.0,)
-    for index in range(info.rank, len(dataset), info.world_size):  # no padding: no image counted twice
+    share = range(info.rank, len(dataset), info.world_size)  # no padding: no image counted twice
+    for index in progress_bar(share, len(share), "eval", progress, info.rank):
         pil, label = dataset.read(index)
         prob = infer_logits(model, normalize(to_tensor(pil)), dataset.scale, ratios, flip, amp)
         cm += confusion_matrix(prob.argmax(0).cpu(), label, model.num_classes, IGNORE)
@@ -579,10 +589,12 @@ def predict_segmentation(
     multiscale: bool = False,
     flip: bool = False,
     device: str = "cpu",
+    progress: bool | None = False,
 ) -> list[dict]:
     """Segment image files (or the images of folders, see ``ppma.dense.data.prediction_inputs``); writes
     ``NAME_labels.png`` (class index per pixel), ``NAME_color.png`` and ``NAME_overlay.png`` (colours blended
-    50% over the image) into ``output``, plus ``legend.json``.
+    50% over the image) into ``output``, plus ``legend.json``. ``progress``: a bar over the images (None: when
+    stderr is a terminal).
 
     Returns:
         One dict per image: ``file`` and the fraction of pixels per predicted class name (``fractions``), or
@@ -594,7 +606,7 @@ def predict_segmentation(
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for path in images:
+    for path in progress_bar(images, len(images), "predict", progress, 0):
         pil = load_or_record(path, records)
         if pil is None:
             continue

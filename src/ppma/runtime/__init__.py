@@ -6,7 +6,7 @@
 - ``sampler``: ``ResumableSampler`` (a shuffled shard that starts mid-epoch), ``ShardSampler``
 - ``run_folder``: ``RunFolder`` (lock, stale files, signals, atomic saves), the one checkpoint format
   (``training_checkpoint``, ``restore_training``), ``resume_checkpoint`` (the one ``--resume``)
-- ``log``: ``RunLog``: ``log.jsonl`` + the console line (+ TensorBoard)
+- ``log``: ``RunLog``: ``log.jsonl`` + the console line (+ TensorBoard); ``progress_bar`` (tqdm, rank 0)
 - ``optim``: ``param_groups`` (the one weight-decay policy), the dense recipes' schedules from torch
 - ``config``: ``option`` / ``resume_option``, the fields of the run config dataclasses
 """
@@ -22,7 +22,7 @@ from .distributed import (
     setup_distributed,
     unwrap,
 )
-from .log import RunLog, console_line
+from .log import RunLog, console_line, progress_bar
 from .optim import param_groups, warmup_multistep, warmup_poly
 from .rng import all_rng_states, capture_rng, restore_rank_rng, restore_rng, rng_untouched, seed_everything
 from .run_folder import (
@@ -58,6 +58,7 @@ __all__ = [
     "param_groups",
     "pick_device",
     "plain",
+    "progress_bar",
     "read_training_checkpoint",
     "restore_rank_rng",
     "restore_rng",

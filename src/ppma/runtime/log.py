@@ -1,4 +1,5 @@
-"""The one log writer of a run: a JSON line per record in ``log.jsonl``, a console line, TensorBoard if asked.
+"""The one log writer of a run: a JSON line per record in ``log.jsonl``, a console line, TensorBoard if asked;
+and the one progress bar (``progress_bar``) of training, evaluation and prediction, all tasks.
 
 Only rank 0 writes; other ranks get a writer that does nothing, so callers need no rank checks.
 """
@@ -6,11 +7,27 @@ Only rank 0 writes; other ranks get a writer that does nothing, so callers need 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "console_line"]
+__all__ = ["RunLog", "console_line", "progress_bar"]
+
+
+def progress_bar(
+    iterable: Iterable | None, total: int, desc: str, enabled: bool | None, rank: int, initial: int = 0
+) -> Any:
+    """tqdm over ``iterable`` on rank 0 when stderr is a terminal (or ``enabled``); otherwise a silent tqdm.
+
+    A disabled tqdm still accepts ``set_postfix`` and ``update``, so the loop needs no branch. ``iterable``
+    None: a bar moved by ``update``; ``initial``: where a resumed run starts on it (of ``total``).
+    """
+    from tqdm.auto import tqdm
+
+    show = (sys.stderr.isatty() if enabled is None else enabled) and rank == 0
+    return tqdm(iterable, total=total, desc=desc, disable=not show, dynamic_ncols=True, leave=False, initial=initial)
 
 
 def console_line(record: dict[str, Any], show: tuple[str, ...] = ()) -> str:
@@ -47,7 +64,10 @@ class RunLog:
     def print(self, text: str) -> None:
         """A console line (rank 0, not quiet)."""
         if self.active and not self.quiet:
-            print(text, flush=True)
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)  # a bar on the terminal is cleared and redrawn below the line, not written through
+            sys.stdout.flush()
 
     def write(self, record: dict[str, Any], line: str | None = None, step_key: str | None = None) -> None:
         """Append ``record`` to ``log.jsonl`` and print ``line`` (default: ``console_line(record)``); its

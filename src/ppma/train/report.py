@@ -1,25 +1,15 @@
 """What a classification run shows besides its log (``ppma.runtime.RunLog``): a progress bar (rank 0,
-terminal only) and a PNG of the loss and accuracy curves at the end."""
+terminal only; ``ppma.runtime.progress_bar``, shared with the dense tasks) and a PNG of the loss and
+accuracy curves at the end."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..runtime.log import progress_bar  # re-exported: the one bar of every task lives in the runtime
+
 __all__ = ["plot_curves", "progress_bar"]
-
-
-def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool | None, rank: int) -> Any:
-    """tqdm over ``iterable`` on rank 0 when stderr is a terminal (or ``enabled``); otherwise a silent tqdm.
-
-    A disabled tqdm still accepts ``set_postfix``, so the loop needs no branch.
-    """
-    from tqdm.auto import tqdm
-
-    show = (sys.stderr.isatty() if enabled is None else enabled) and rank == 0
-    return tqdm(iterable, total=total, desc=desc, disable=not show, dynamic_ncols=True, leave=False)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
