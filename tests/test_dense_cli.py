@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("pycocotools")
 
-from test_dense_models import make_ade, make_coco  # noqa: E402
+from test_dense_models import make_ade, make_coco_folder  # noqa: E402
 
 from ppma.cli import main  # noqa: E402
 
@@ -23,11 +23,7 @@ def _log(path) -> list[dict]:
 
 
 def test_detect_train_resume_eval_predict(tmp_path, capsys):
-    make_coco(tmp_path / "gen", n_images=2, empty=1)
-    root = tmp_path / "coco"
-    (root / "annotations").mkdir(parents=True)
-    shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
-    shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    root = make_coco_folder(tmp_path, n_images=2, empty=1)
     out = tmp_path / "run"
     common = [
         "detect",
@@ -138,15 +134,22 @@ def test_segment_train_resume_eval_predict(tmp_path, capsys):
         assert (tmp_path / "pred" / f"0_{suffix}.png").is_file()
 
 
-def test_segment_eval_json_is_written_atomically(tmp_path, capsys, atomic_renames):
-    """--json of the dense commands went through Path.write_text: a reader or a crash could see half a file.
-    Now a temporary file beside it, renamed over the old one (ppma.checkpoint.atomic_write_text)."""
+def _one_iteration_segment_run(tmp_path: Path) -> Path:
+    """``tmp_path/run``: UPerNet on ppma_nano trained for one iteration on 2 ADE20K-layout images of classes
+    a, b, c (``tmp_path/ade``, with its classes.json)."""
     make_ade(tmp_path / "ade", 2, size=(36, 44))
     (tmp_path / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
     out = tmp_path / "run"
     assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--backbone", "ppma_nano", "--crop-size", "32",
                  "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1", "--warmup-iters", "1",
                  "--workers", "0", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    return out
+
+
+def test_segment_eval_json_is_written_atomically(tmp_path, capsys, atomic_renames):
+    """--json of the dense commands went through Path.write_text: a reader or a crash could see half a file.
+    Now a temporary file beside it, renamed over the old one (ppma.checkpoint.atomic_write_text)."""
+    out = _one_iteration_segment_run(tmp_path)
     scores = tmp_path / "scores" / "s.json"
     scores.parent.mkdir()
     scores.write_text("old scores")
@@ -249,11 +252,7 @@ def test_detection_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_p
     (random flips, RPN/RoI sampling and drop path all on; an evaluation after every epoch)."""
     from ppma.dense.detection import DetectConfig, train_detection
 
-    make_coco(tmp_path / "gen", n_images=4)
-    root = tmp_path / "coco"
-    (root / "annotations").mkdir(parents=True)
-    shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
-    shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    root = make_coco_folder(tmp_path, n_images=4)
     config = DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano", heads="light",
                           min_size=64, max_size=96, epochs=2, batch_size=1, warmup_iters=2, drop_path_rate=0.2,
                           workers=0, quiet=True)  # 4 iterations per epoch  # fmt: skip
@@ -297,11 +296,7 @@ def test_untrained_model_is_the_runs_first_weights_on_every_call(tmp_path, task)
     module = importlib.import_module(f"ppma.dense.{'detection' if task == 'detect' else 'segmentation'}")
     seed = int(torch.randint(1, 1000, ()))
     if task == "detect":
-        make_coco(tmp_path / "gen", n_images=2)
-        root = tmp_path / "coco"
-        (root / "annotations").mkdir(parents=True)
-        shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
-        shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+        root = make_coco_folder(tmp_path, n_images=2)
         config = module.DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano",
                                      heads="light", min_size=64, max_size=96, epochs=1, max_iters=1)  # fmt: skip
     else:
@@ -357,12 +352,7 @@ def test_predict_takes_folders_and_refuses_inputs_that_would_overwrite_each_othe
 def test_segment_eval_on_data_with_another_class_count_names_both(tmp_path, capsys):
     """The error said 'num_classes: 3 given' (eval has no --num-classes; 3 is the model's count). Now it names
     the data's classes.json, its count and the model's classes."""
-    make_ade(tmp_path / "ade", 2, size=(36, 44))
-    (tmp_path / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
-    out = tmp_path / "run"
-    assert main(["segment", "train", "--data", str(tmp_path / "ade"), "--backbone", "ppma_nano", "--crop-size", "32",
-                 "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1", "--warmup-iters", "1",
-                 "--workers", "0", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    out = _one_iteration_segment_run(tmp_path)
     k = int(np.random.randint(4, 9))
     make_ade(tmp_path / "other", 1, size=(36, 44), classes=k)
     (tmp_path / "other" / "classes.json").write_text(json.dumps([f"n{i}" for i in range(k)]))
@@ -382,11 +372,7 @@ def test_predict_goes_on_past_an_unreadable_image_and_a_bad_flag_leaves_no_folde
                 "--scale", "128x32", "--channels", "16", "--aux-channels", "8", "--iters", "1", "--warmup-iters", "1",
                 "--workers", "0", "--quiet"]  # fmt: skip
     assert main(["segment", "train", *seg_args, "--output", str(seg_run)]) == 0
-    make_coco(tmp_path / "gen", n_images=2)
-    root = tmp_path / "coco"
-    (root / "annotations").mkdir(parents=True)
-    shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
-    shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    root = make_coco_folder(tmp_path, n_images=2)
     det_run = tmp_path / "det"
     det_args = ["--data", str(root), "--train-split", "tiny", "--val-split", "tiny", "--backbone", "ppma_nano",
                 "--heads", "light", "--min-size", "64", "--max-size", "96", "--max-iters", "1", "--warmup-iters", "1",
@@ -431,16 +417,6 @@ def test_eval_of_a_builtin_run_reads_the_set_in_its_folder_from_any_directory(tm
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run" / "data").rglob("*")) == files
 
 
-def _tiny_coco(path: Path, n_images: int) -> Path:
-    """A COCO-layout root with one split, ``tiny``, of ``make_coco`` images."""
-    make_coco(path / "gen", n_images=n_images)
-    root = path / "coco"
-    (root / "annotations").mkdir(parents=True)
-    shutil.copytree(path / "gen" / "img", root / "tiny")
-    shutil.copy(path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
-    return root
-
-
 def _main_captured(argv: list[str]) -> tuple[int, str, str]:
     """(status, stdout, stderr) of ``ppma ARGV``, outside pytest's per-test capture (module fixtures)."""
     import contextlib
@@ -457,7 +433,7 @@ def bar_runs(tmp_path_factory):
     """Per task, two 2-iteration runs of one config: ``--quiet --progress`` (``bar``) and no flag (``plain``),
     with their stderr, and an image to predict on."""
     tmp = tmp_path_factory.mktemp("bars")
-    root = _tiny_coco(tmp, n_images=2)
+    root = make_coco_folder(tmp, n_images=2)
     make_ade(tmp / "ade", 2, size=(36, 44))
     (tmp / "ade" / "classes.json").write_text(json.dumps(["a", "b", "c"]))
     train_args = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +63,17 @@ def make_ade(root, n: int, size: tuple[int, int] = (40, 56), classes: int = 3) -
             image = (label[..., None] * 50 + np.random.randint(0, 40, (*size, 3))).astype(np.uint8)
             Image.fromarray(image).save(root / "images" / split / f"{i}.jpg")
             Image.fromarray(label).save(root / "annotations" / split / f"{i}.png")
+
+
+def make_coco_folder(path: Path, n_images: int, empty: int = 0) -> Path:
+    """A COCO-layout root (``annotations/instances_tiny.json``, ``tiny/``) of ``make_coco`` images in one split,
+    ``tiny``, which the tests use for training and evaluation alike."""
+    make_coco(path / "gen", n_images=n_images, empty=empty)
+    root = path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(path / "gen" / "img", root / "tiny")
+    shutil.copy(path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
+    return root
 
 
 def _light_rcnn(num_classes: int = 1):

@@ -273,26 +273,14 @@ def test_sigterm_mid_epoch_saves_and_resume_equals_an_unbroken_segmentation_run(
     _same_checkpoints(tmp_path / "whole" / "last.pth", tmp_path / "cut" / "last.pth")
 
 
-def _tiny_coco(tmp_path: Path) -> Path:
-    """A COCO folder of 4 generated images whose train and val split are the same ("tiny")."""
-    import shutil
-
-    from test_dense_models import make_coco
-
-    make_coco(tmp_path / "gen", n_images=4)
-    root = tmp_path / "coco"
-    (root / "annotations").mkdir(parents=True)
-    shutil.copytree(tmp_path / "gen" / "img", root / "tiny")
-    shutil.copy(tmp_path / "gen" / "ann.json", root / "annotations" / "instances_tiny.json")
-    return root
-
-
 def test_sigterm_mid_epoch_saves_and_resume_equals_an_unbroken_detection_run(tmp_path, monkeypatch):
     pytest.importorskip("pycocotools")
+    from test_dense_models import make_coco_folder
+
     import ppma.dense.detection as det
     from ppma.runtime import RunStopped
 
-    root = _tiny_coco(tmp_path)
+    root = make_coco_folder(tmp_path, n_images=4)
     config = det.DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano",
                               heads="light", min_size=64, max_size=96, epochs=2, batch_size=1, warmup_iters=2,
                               drop_path_rate=0.2, save_every=0, workers=0, quiet=True)  # 4 its/epoch  # fmt: skip
@@ -321,14 +309,14 @@ def test_dense_runs_resumed_with_another_batch_size_go_on_after_the_images_their
     trained. Both commands skipped iterations x the new batch size, training some images twice."""
     pytest.importorskip("pycocotools")
     pytest.importorskip("skimage")
-    from test_dense_models import make_ade
+    from test_dense_models import make_ade, make_coco_folder
 
     import ppma.dense.detection as det
     import ppma.dense.segmentation as seg
     from ppma.checkpoint import atomic_save
 
     torch.set_num_threads(1)
-    root = _tiny_coco(tmp_path)
+    root = make_coco_folder(tmp_path, n_images=4)
     config = det.DetectConfig(data=str(root), train_split="tiny", val_split="tiny", backbone="ppma_nano",
                               heads="light", min_size=64, max_size=96, epochs=1, batch_size=2, warmup_iters=2,
                               save_every=1, stop_after=1, workers=0, quiet=True, output=str(tmp_path / "det"))
