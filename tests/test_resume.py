@@ -207,3 +207,15 @@ def test_a_run_resumed_into_another_folder_starts_with_its_best_checkpoint(tmp_p
     (old / "best.pth").write_bytes(os.urandom(16))
     _carry_best(old / "last.pth", new)  # the new folder's own best.pth wins
     assert (new / "best.pth").read_bytes() == best
+
+
+def test_a_resumed_epochs_progress_bar_starts_where_it_stopped(tmp_path, capsys):
+    """The bar of an epoch resumed after 2 of its 6 steps counted 0/4 (the batches left); now 2/6 on."""
+    root = make_image_folder(tmp_path / "data", classes=3, train=8, val=2, size=(32, 32))
+    config = TrainConfig(data_path=str(root), model="ppma_nano", input_size=32, batch_size=4, epochs=1, lr=1e-3,
+                         warmup_epochs=0, workers=0, plot=False, output_dir=str(tmp_path / "r"))  # fmt: skip
+    run(config.replace(save_every_steps=2, stop_after_steps=3))
+    capsys.readouterr()
+    run(config.replace(resume="", progress=True))
+    bar = capsys.readouterr().err
+    assert "epoch 1/1" in bar and "2/6 [" in bar and "6/6 [" in bar and "/4 [" not in bar

@@ -605,8 +605,9 @@ def _train_epoch(r: _Run) -> bool:
     # Skip what the epoch has consumed, not steps x batch size: a run resumed with another --batch-size or
     # process count would train some images twice (or never) in this epoch.
     r.train_sampler.set_epoch(state.epoch, skip=state.epoch_stats["seen"])
-    bar = progress_bar(r.train_loader, len(r.train_loader), f"epoch {state.epoch + 1}/{config.epochs}",
-                       config.progress, r.d.rank)  # fmt: skip
+    # a resumed epoch's bar starts where it stopped (the steps done, of all the epoch's steps)
+    bar = progress_bar(r.train_loader, state.step_in_epoch + len(r.train_loader), f"epoch {state.epoch + 1}/"
+                       f"{config.epochs}", config.progress, r.d.rank, initial=state.step_in_epoch)  # fmt: skip
     if train_one_epoch(r.train_model, r.train_loader, state, r.loss_fn, r.mixup, r.d.device, r.amp_dtype,
                        config.clip_grad, on_step, bar, dist_info=r.d, min_images=r.min_images):  # fmt: skip
         return True
