@@ -72,7 +72,8 @@ def _held_run_folder(path: Path) -> Path:
 def _finished_run(path: Path, epochs_done: int = 2) -> Path:
     """A run folder whose last.pth has done ``epochs_done`` of its 2 epochs (what resuming reads before it refuses)."""
     path.mkdir(parents=True)
-    torch.save({"format": 2, "task": "classify", "progress": {"epoch": epochs_done, "step": 5, "step_in_epoch": 0},
+    torch.save({"format": 2, "task": "classify", "model_name": "ppma_nano",
+                "progress": {"epoch": epochs_done, "step": 5, "step_in_epoch": 0},
                 "config": {"epochs": 2, "output_dir": str(path)}}, path / "last.pth")  # fmt: skip
     return path
 
@@ -154,6 +155,19 @@ CLI_CASES: list[CliCase] = [
             lambda tmp: ["train", "--resume", str(_finished_run(tmp / "r", 1)), "--output-dir",
                          str(_finished_run(tmp / "other").parent / "other")],
             r"output: .*other already holds another run \(last\.pth\)"),
+    CliCase("train-resume-another-model",
+            lambda tmp: ["train", "--resume", str(_finished_run(tmp / "r", 1)), "--model", "ppma_tiny"],
+            r"resume: .*last\.pth has model_name 'ppma_nano', this run has 'ppma_tiny'"),
+    CliCase("train-model-kwargs-num-classes",  # was a TypeError traceback from timm.create_model
+            lambda tmp: ["train", "--model-kwargs", '{"num_classes": 5}', "--output-dir", str(tmp / "r")],
+            r"model_kwargs: num_classes is the data's class count"),
+    CliCase("train-model-kwargs-unknown",  # was a TypeError traceback from the model's constructor
+            lambda tmp: ["train", "--model-kwargs", '{"colour": 1}', "--output-dir", str(tmp / "r")],
+            r"model_kwargs: ppma_nano cannot be built with \{'colour': 1\}: .*unexpected keyword argument 'colour'"),
+    CliCase("train-model-kwargs-drop-path-twice",  # the flag silently replaced the model_kwargs value
+            lambda tmp: ["train", "--model-kwargs", '{"drop_path_rate": 0.1}', "--drop-path", "0.2",
+                         "--output-dir", str(tmp / "r"), "--stop-after-steps", "1"],
+            r"model_kwargs: drop_path_rate 0\.1 and drop_path 0\.2 both set the stochastic depth"),
 
     # ---- files (checkpoints, images, folders, outputs): add rows below ----
     CliCase("eval-empty-pth", lambda tmp: ["eval", "--checkpoint", str(_empty_file(tmp, "e.pth"))],
@@ -211,6 +225,10 @@ CLI_CASES: list[CliCase] = [
             lambda tmp: ["eval", "--checkpoint", str(_torch_file(tmp, "m.pth", {"model": _nano_weights()})),
                          "--model", "ppma_nano", "--data-path", str(_folder_with_hidden_only_class(tmp))],
             r"empty class folders: bee \(no images; skipped 2 non-image files: 1 hidden, 1 \.txt\)"),
+    CliCase("eval-another-class-count",
+            lambda tmp: ["eval", "--checkpoint", str(_torch_file(tmp, "m.pth", {"model": _nano_weights()})),
+                         "--model", "ppma_nano", "--data-path", str(_two_class_folder(tmp))],
+            r"eval: .*m\.pth has 10 classes but the data has 2 class folders"),
 ]
 
 # ---- Python API cases -----------------------------------------------------------------------------------
@@ -314,6 +332,14 @@ def _folder_with_hidden_only_class(tmp: Path) -> Path:
     _image(tmp / "val" / "ant", "a.png")
     _image(tmp / "val" / "bee" / ".thumbs", "b.png")
     (tmp / "val" / "bee" / "notes.txt").write_text("x")
+    return tmp
+
+
+def _two_class_folder(tmp: Path) -> Path:
+    """val/ant/a.png, val/bee/b.png."""
+    for name in ("ant", "bee"):
+        (tmp / "val" / name).mkdir(parents=True)
+        _image(tmp / "val" / name, f"{name[0]}.png")
     return tmp
 
 

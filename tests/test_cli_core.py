@@ -17,6 +17,20 @@ def test_info_prints_parameters_and_gflops(capsys):
     assert "GFLOPs      2.71" in out
 
 
+def test_info_counts_the_model_timm_builds_by_default(capsys):
+    # ppma_nano's registry entry has 10 classes; info used to build it with 1000 (3.454 M, not 2.440 M)
+    import timm
+
+    model = timm.create_model("ppma_nano")
+    expected = sum(p.numel() for p in model.parameters())
+    assert main(["info", "ppma_nano", "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters  {expected / 1e6:.3f} M" in out and f"classes     {model.num_classes}" in out
+    assert main(["info", "ppma_nano", "--size", "32", "--num-classes", "7"]) == 0
+    with_7 = sum(p.numel() for p in timm.create_model("ppma_nano", num_classes=7).parameters())
+    assert f"parameters  {with_7 / 1e6:.3f} M" in capsys.readouterr().out
+
+
 def test_info_non_square_size(capsys):
     assert main(["info", "ppma_nano", "--size", "64x96", "--num-classes", "10"]) == 0
     assert "64x96" in capsys.readouterr().out

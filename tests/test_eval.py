@@ -143,3 +143,29 @@ def test_predict_names_imagenet_classes_for_a_1000_class_published_file(tmp_path
     info = ImageNetInfo()  # reads timm's class files: once, not per class
     imagenet = {info.index_to_description(i) for i in range(1000)}
     assert len(record["top"]) == 5 and all(name in imagenet for name, _ in record["top"])
+
+
+def test_eval_without_data_path_reads_the_folder_the_run_trained_on(tmp_path, capsys):
+    """A checkpoint trained on an image folder was evaluated on the digits when --data-path was left out
+    (a class-count error, or a meaningless top-1 for a 10-class folder); now on that folder's val split."""
+    from imagefolder import make_image_folder
+
+    from ppma.checkpoint import model_card
+
+    seed = int(torch.randint(1 << 30, ()))  # fresh images per run (PPMA_TEST_SEED replays them)
+    root = make_image_folder(tmp_path / "data", classes=3, train=1, val=3, size=(20, 28), seed=seed)
+    config = TrainConfig(model="ppma_nano", input_size=32, crop_pct=1.0, data_path=str(root))
+    model = timm.create_model("ppma_nano", num_classes=3)
+    ckpt = tmp_path / "best.pth"
+    card = model_card(config, ["class0", "class1", "class2"])
+    torch.save({"model": model.state_dict(), **card, "config": config.to_dict()}, ckpt)
+    given = evaluate_checkpoint(str(ckpt), data_path=str(root), workers=0)
+    default = evaluate_checkpoint(str(ckpt), workers=0)
+    assert given["images"] == 9
+    assert {k: v for k, v in default.items() if k != "images_per_s"} == {k: v for k, v in given.items()
+                                                                         if k != "images_per_s"}
+    # the folder moved away: one line saying where the run's data was
+    root.rename(tmp_path / "moved")
+    assert main(["eval", "--checkpoint", str(ckpt), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"trained on {root}, which is not there; give --data-path" in err and "\n" not in err

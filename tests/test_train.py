@@ -178,8 +178,9 @@ def test_bad_checkpoints_and_resume_are_one_line_errors(folder_run, tmp_path, ca
     best = str(out / "best.pth")
     err = _error(capsys, ["eval", "--checkpoint", best, "--model", "ppma_tiny", "--data-path", str(root)])
     assert "does not fit ppma_tiny" in err
-    err = _error(capsys, ["eval", "--checkpoint", str(out / "best.pth")])  # 3-class model, 10 digit classes
-    assert "3 classes" in err and "10 class folders" in err
+    two = make_image_folder(tmp_path / "two", classes=2, train=1, val=1, size=(8, 8))  # 3-class model, 2 classes
+    err = _error(capsys, ["eval", "--checkpoint", best, "--data-path", str(two)])
+    assert "3 classes" in err and "2 class folders" in err  # (without --data-path: the run's own folder)
     err = _error(capsys, ["train", "--resume", str(out), "--model", "ppma_tiny", "--output-dir", str(tmp_path / "x"),
                           "--epochs", "3"])  # more epochs: a finished run is refused before its model is read
     assert "resume:" in err and "ppma_tiny" in err

@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters and GFLOPs of a model at an input size")
     p.add_argument("model", help="timm model name, e.g. ppma_tiny")
     p.add_argument("--size", type=size, default=(224, 224), help="input size: 224 or HxW (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (default: the model's own, e.g. 10 for ppma_nano, 1000 for ppma_tiny)")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("convert", help="write a published or our checkpoint as our format (.safetensors)")
@@ -34,11 +35,14 @@ def _info(args: argparse.Namespace) -> None:
 
     if args.model not in timm.list_models("*"):
         raise ValueError(f"model: unknown name {args.model!r}; PPMA models: {', '.join(timm.list_models('ppma_*'))}")
-    model = timm.create_model(args.model, num_classes=args.num_classes).eval()
+    # None: the registry's class count, the model timm.create_model(name) builds (ppma_nano: 10, not 1000)
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    model = timm.create_model(args.model, **kwargs).eval()
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, (1, model.in_chans, *args.size))
     print(f"model       {args.model}")
     print(f"input       {args.size[0]}x{args.size[1]}")
+    print(f"classes     {model.num_classes}")
     print(f"parameters  {params / 1e6:.3f} M")
     print(f"GFLOPs      {macs / 1e9:.2f}  (one multiply-add = one FLOP, as fvcore and the paper count)")
 

@@ -127,6 +127,12 @@ class TrainConfig:
             raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs: expected a dict, got {self.model_kwargs!r}")
+        # build_model passes these itself: num_classes always (a clash in timm), drop_path_rate with drop_path
+        if "num_classes" in self.model_kwargs:
+            raise ValueError("model_kwargs: num_classes is the data's class count, set by the run; remove it")
+        if "drop_path_rate" in self.model_kwargs and self.drop_path is not None:
+            raise ValueError(f"model_kwargs: drop_path_rate {self.model_kwargs['drop_path_rate']} and drop_path "
+                             f"{self.drop_path} both set the stochastic depth; give one")  # fmt: skip
         if self.data is None and self.data_root is not None:
             raise ValueError(f"data_root: {self.data_root!r} is only read with data (--data cifar10, ...); "
                              "an ImageNet-layout folder is data_path")  # fmt: skip

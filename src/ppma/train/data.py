@@ -334,7 +334,14 @@ def build_datasets(config: TrainConfig) -> tuple[Transformed, Transformed, list[
 
 def build_eval_dataset(data_path: str | None, config: TrainConfig) -> tuple[Transformed, list[str]]:
     """The evaluation set: ``data_path/val`` if it exists, else ``data_path``; without a path, the val split
-    of the run's named dataset (``config.data``) or of the digits."""
+    of the run's own data: its image folder (``config.data_path``), named dataset (``config.data``) or
+    the digits."""
+    if data_path is None and config.data_path is not None:
+        # a run trained on an image folder: its val split, never the digits in its place
+        if not Path(config.data_path).is_dir():
+            raise PPMAError(f"data: the checkpoint was trained on {config.data_path}, which is not there; "
+                            "give --data-path")  # fmt: skip
+        data_path = config.data_path
     if data_path is None:
         if _named(config):
             from .datasets import load_named_dataset

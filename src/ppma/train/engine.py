@@ -78,7 +78,10 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     kwargs = dict(config.model_kwargs)
     if config.drop_path is not None:
         kwargs["drop_path_rate"] = config.drop_path
-    model = timm.create_model(config.model, num_classes=num_classes, **kwargs)
+    try:
+        model = timm.create_model(config.model, num_classes=num_classes, **kwargs)
+    except TypeError as e:  # an argument the model does not take, or of the wrong kind: the user's model_kwargs
+        raise ValueError(f"model_kwargs: {config.model} cannot be built with {config.model_kwargs}: {e}") from e
     if config.initial_checkpoint:
         from ..checkpoint import load_into
 
