@@ -346,8 +346,12 @@ def _two_class_folder(tmp: Path) -> Path:
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
 def test_cli_bad_input_is_one_line(case: CliCase, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = case.argv(tmp_path)
+    before = set(tmp_path.rglob("*"))
     status = main(argv)
     err = capsys.readouterr().err
+    # a refused command leaves no empty folder behind (an unknown --model-kwargs key, found while building the
+    # model, left an empty run folder)
+    assert not [p for p in set(tmp_path.rglob("*")) - before if p.is_dir() and not any(p.iterdir())]
     lines = [line for line in err.splitlines() if line.strip()]
     assert status == 2, f"exit status {status}, stderr: {err}"
     assert "Traceback" not in err

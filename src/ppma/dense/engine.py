@@ -124,7 +124,7 @@ def start_run(
     try:
         return _build_run(config, info, meta, model, train_set, collate_fn, drop_last, make_scheduler, folder, resume)
     except BaseException:
-        folder.close()
+        folder.close(failed=True)
         raise
 
 
@@ -195,7 +195,7 @@ def locked_set_up(config: Any, info: DistInfo, set_up_in: Callable[[Any, DistInf
         seed_run(config, info)
         return set_up_in(config, info, opened)
     except BaseException:
-        opened[0].close()
+        opened[0].close(failed=True)
         raise
 
 

@@ -207,6 +207,7 @@ class RunFolder:
         self._lock: Any = None
         self._signal: int | None = None  # the signal received, until the loop acts on it
         self._handlers: dict[int, Any] = {}
+        self._created = False  # made by this run: removed again if its set-up fails before writing into it
 
     @property
     def last(self) -> Path:
@@ -220,6 +221,7 @@ class RunFolder:
             PPMAError: another live run holds the folder, or a fresh run finds one there (``last.pth``).
         """
         if self.info.is_main:
+            self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             self._take_lock()
         if not resuming and self.last.exists():
@@ -290,8 +292,9 @@ class RunFolder:
         return RunStopped(f"stopped by {name} at {where}; {self.last} holds the run: continue with --resume",
                           signum)  # fmt: skip
 
-    def close(self) -> None:
-        """Give back the signal handlers and the lock."""
+    def close(self, failed: bool = False) -> None:
+        """Give back the signal handlers and the lock. ``failed``: the set-up failed, so a folder this run
+        made and left empty is removed (a bad option found while building the model left an empty run folder)."""
         for sig, previous in self._handlers.items():
             signal.signal(sig, previous)
         self._handlers = {}
@@ -300,6 +303,8 @@ class RunFolder:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+        if failed and self._created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def save(self, checkpoint: dict[str, Any], name: str = "last.pth") -> None:
         """Write ``checkpoint`` atomically as ``name`` (rank 0 only; other ranks return at once)."""

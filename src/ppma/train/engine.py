@@ -433,7 +433,7 @@ def _set_up(config: TrainConfig, d: DistInfo, resume_path: Path | None, saved: d
             _carry_best(resume_path, folder.path)
         return _build_run(config, d, folder, resume_path, saved)
     except BaseException:
-        folder.close()
+        folder.close(failed=True)
         raise
 
 
