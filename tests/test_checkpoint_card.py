@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import pytest
 import timm
 import torch
 from imagefolder import make_image_folder, one_thread  # noqa: F401  (one_thread: autouse fixture)
@@ -277,3 +278,18 @@ def test_eval_names_the_non_image_files_it_left_out(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "c.pth"), "--data-path", str(root), "--workers", "0",
                  "--device", "cpu"]) == 0  # fmt: skip
     assert "on 9 images" in (out := capsys.readouterr().out) and "(val: skipped 3 non-image files" in out
+
+
+def test_a_converted_ema_file_loads_with_checkpoint_ema(tmp_path):
+    """``checkpoint_ema=True`` refused a file converted with --ema ("no 'model_ema'"), whose ``model`` holds the
+    EMA weights (its card says ``weights: ema``); it now loads them, and refuses a file without EMA weights."""
+    ckpt = _training_checkpoint(tmp_path / "best.pth", digits_config(), DIGITS_CLASSES)
+    convert(tmp_path / "best.pth", tmp_path / "e.safetensors", use_ema=True)
+    convert(tmp_path / "best.pth", tmp_path / "m.safetensors")
+    model = timm.create_model("ppma_nano", pretrained=True, checkpoint_ema=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "e.safetensors")))  # fmt: skip
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["model_ema"][name]), name
+    with pytest.raises(ValueError, match="EMA weights requested but there is no 'model_ema'"):
+        timm.create_model("ppma_nano", pretrained=True, checkpoint_ema=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "m.safetensors")))  # fmt: skip

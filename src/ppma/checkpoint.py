@@ -207,6 +207,8 @@ def extract_state_dict(checkpoint: dict[str, Any], use_ema: bool | str = False) 
         raise ValueError(f"checkpoint: holds a {type(checkpoint).__name__}, not a dict of weights")
     if use_ema == "auto":
         use_ema = isinstance(checkpoint.get("model_ema"), dict)
+    if use_ema and checkpoint.get("weights") == "ema" and "model_ema" not in checkpoint:
+        use_ema = False  # a file converted with --ema: its "model" holds the EMA weights (the card says so)
     if use_ema:
         if not isinstance(checkpoint.get("model_ema"), dict):
             raise ValueError(
