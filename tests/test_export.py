@@ -67,6 +67,33 @@ def test_timm_format_loads_back_with_timm_alone(tmp_path, capsys):
     assert json.loads(meta["transform"])["crop_pct"] == 0.9 and meta["weights"] == "ema"
 
 
+def test_timm_folder_with_other_classes_or_channels_loads_as_a_file_does(tmp_path):
+    """timm's own local-dir loading skipped PPMA.load_pretrained: num_classes=3 dropped the trained classifier
+    without a word and kept the 5 label names, in_chans=1 kept input_size (3, ...), and num_classes=0 (a
+    feature extractor) failed on the file's head.fc, also for a .pth given as a file."""
+    from ppma.export import export_timm
+
+    ema = _our_checkpoint(tmp_path / "best.pth")
+    out = export_timm(tmp_path / "best.pth", tmp_path / "hub")
+    with pytest.warns(UserWarning, match="has a 5-class classifier, the model 3 classes"):
+        three = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=3).eval()
+    assert "label_names" not in three.pretrained_cfg and three.head.fc.weight.shape == (3, 1024)
+    assert all(torch.equal(v, ema[k]) for k, v in three.state_dict().items() if not k.startswith("head.fc."))
+
+    gray = timm.create_model(f"local-dir:{out}", pretrained=True, in_chans=1)
+    assert gray.pretrained_cfg["input_size"] == (1, 64, 64)
+    torch.testing.assert_close(gray.stem[0].weight, ema["stem.0.weight"].sum(1, keepdim=True))
+
+    trained = _eager(ema)
+    x = torch.randn(2, 3, 64, 64)
+    as_file = dict(SHORT, pretrained_cfg_overlay=dict(file=str(tmp_path / "best.pth")), checkpoint_ema=True)
+    for source, kwargs in ((f"local-dir:{out}", {}), ("ppma_nano", as_file)):
+        features = timm.create_model(source, pretrained=True, num_classes=0, **kwargs).eval()
+        features.set_backend("reference")
+        with torch.no_grad():
+            torch.testing.assert_close(features(x), trained.forward_head(trained.forward_features(x), pre_logits=True))
+
+
 def test_timm_export_files_get_the_umask_mode(tmp_path):
     """model.safetensors came out 0600 (safetensors' own mode) beside a 0644 config.json: unreadable to a
     server running as another user."""
