@@ -94,6 +94,20 @@ def test_timm_folder_with_other_classes_or_channels_loads_as_a_file_does(tmp_pat
             torch.testing.assert_close(features(x), trained.forward_head(trained.forward_features(x), pre_logits=True))
 
 
+def test_export_of_an_export_still_says_its_weights_are_the_ema(tmp_path):
+    """A folder's model.safetensors (EMA weights, said in its metadata) exported again was labelled 'model'."""
+    from safetensors import safe_open
+
+    from ppma.export import export_timm
+
+    ema = _our_checkpoint(tmp_path / "best.pth")
+    first = export_timm(tmp_path / "best.pth", tmp_path / "hub")
+    again = export_timm(first / "model.safetensors", tmp_path / "hub2")
+    with safe_open(str(again / "model.safetensors"), "pt") as f:
+        assert f.metadata()["weights"] == "ema"
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in ema.items())
+
+
 def test_timm_export_files_get_the_umask_mode(tmp_path):
     """model.safetensors came out 0600 (safetensors' own mode) beside a 0644 config.json: unreadable to a
     server running as another user."""

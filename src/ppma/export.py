@@ -39,7 +39,8 @@ def load_classifier(
     checkpoint: str | os.PathLike, model_name: str | None = None, weights: str = "auto"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of a classification checkpoint (ours or published), in eval mode, and what it carries:
-    ``model_name``, ``model_kwargs``, ``classes`` (or None), ``weights`` and the evaluation ``transform``."""
+    ``model_name``, ``model_kwargs``, ``classes`` (or None), ``weights`` (which weights these are: an export of
+    an export says the EMA its file holds) and the evaluation ``transform``."""
     from .checkpoint import extract_state_dict, read_checkpoint
     from .train.engine import _classifier_spec
 
@@ -55,7 +56,7 @@ def load_classifier(
     transform = dict(input_size=int(c.input_size), crop_pct=float(c.crop_pct), interpolation=str(c.interpolation),
                      mean=tuple(float(v) for v in c.mean), std=tuple(float(v) for v in c.std))  # fmt: skip
     info = dict(model_name=spec.model_name.split(".")[0], model_kwargs=dict(spec.model_kwargs), classes=spec.classes,
-                weights="ema" if spec.use_ema else "model", transform=transform)  # fmt: skip
+                weights=spec.weights_label, transform=transform)  # fmt: skip
     return model, info
 
 
