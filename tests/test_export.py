@@ -207,6 +207,27 @@ def test_onnx_runtime_matches_eager_at_the_export_size_and_another(tmp_path, cap
     assert "multiples of 32" in capsys.readouterr().err
 
 
+def test_onnx_graph_that_disagrees_with_eager_is_not_kept(tmp_path, capsys, monkeypatch):
+    """The ONNX Runtime check printed its max |diff| and kept the file whatever the number: a wrong graph was
+    written as if checked. Now a difference above 1e-3 of the largest logit is one line and no file."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import ppma.export
+
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **TWO_STAGES)
+    state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    config = dict(model="ppma_nano", model_kwargs=TWO_STAGES, input_size=32, crop_pct=1.0)
+    torch.save({"model_name": "ppma_nano", "classes": CLASSES, "config": config, "model": state}, tmp_path / "b.pth")
+    real = ppma.export.run_onnx
+    shift = float(torch.rand(()) * 0.5 + 0.1)
+    monkeypatch.setattr(ppma.export, "run_onnx", lambda path, x: real(path, x) + shift)  # a graph that is off
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--checkpoint", str(tmp_path / "b.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differ from eager by" in err and "\n" not in err
+    assert not out.exists() and os.listdir(tmp_path) == ["b.pth"]  # nor a temporary file
+
+
 def test_torch_export_with_a_dynamic_batch_matches_eager():
     from ppma.export import export_program
 

@@ -33,6 +33,8 @@ __all__ = ["EXPORT_BACKEND", "load_classifier", "export_timm", "export_onnx", "e
 EXPORT_BACKEND = "reference"
 _STRIDE = 32
 _MAX_SIDE = 2048  # the largest height / width a dynamic-size graph is declared for
+# ONNX Runtime against eager, both float32, relative to the largest logit: rounding gives about 1e-6
+_ONNX_RTOL = 1e-3
 
 
 def load_classifier(
@@ -210,7 +212,8 @@ def export_onnx(
 
     ``size``: the export size (default: the checkpoint's evaluation size). Without ``dynamic_size`` the graph
     takes that size only; with it, any multiple of 32 up to 2048 per side. ``check``: run the graph in ONNX
-    Runtime on a fresh random batch and compare with eager (float32) before the file is kept.
+    Runtime on a fresh random batch and compare with eager (float32) before the file is kept; a difference
+    above 1e-3 of the largest logit is a ``ValueError`` and nothing is written.
 
     Returns what was written: ``path``, ``size``, ``max_abs_diff`` (when checked), the transform and classes
     (also stored in the file's ``metadata_props``).
@@ -243,7 +246,11 @@ def export_onnx(
             with torch.inference_mode():
                 want = model(x).numpy()
             got = run_onnx(tmp, x.numpy())
-            result["max_abs_diff"] = float(abs(got - want).max())
+            result["max_abs_diff"] = diff = float(abs(got - want).max())
+            limit = _ONNX_RTOL * max(1.0, float(abs(want).max()))
+            if not diff <= limit:  # a graph that computes something else is not kept (NaN fails too)
+                raise ValueError(f"export: ONNX Runtime's logits differ from eager by {diff:.3g} (more than "
+                                 f"{limit:.3g}); the graph is wrong, {out} not written")  # fmt: skip
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
