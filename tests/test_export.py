@@ -67,6 +67,47 @@ def test_timm_format_loads_back_with_timm_alone(tmp_path, capsys):
     assert json.loads(meta["transform"])["crop_pct"] == 0.9 and meta["weights"] == "ema"
 
 
+def test_timm_folder_with_other_classes_or_channels_loads_as_a_file_does(tmp_path):
+    """timm's own local-dir loading skipped PPMA.load_pretrained: num_classes=3 dropped the trained classifier
+    without a word and kept the 5 label names, in_chans=1 kept input_size (3, ...), and num_classes=0 (a
+    feature extractor) failed on the file's head.fc, also for a .pth given as a file."""
+    from ppma.export import export_timm
+
+    ema = _our_checkpoint(tmp_path / "best.pth")
+    out = export_timm(tmp_path / "best.pth", tmp_path / "hub")
+    with pytest.warns(UserWarning, match="has a 5-class classifier, the model 3 classes"):
+        three = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=3).eval()
+    assert "label_names" not in three.pretrained_cfg and three.head.fc.weight.shape == (3, 1024)
+    assert all(torch.equal(v, ema[k]) for k, v in three.state_dict().items() if not k.startswith("head.fc."))
+
+    gray = timm.create_model(f"local-dir:{out}", pretrained=True, in_chans=1)
+    assert gray.pretrained_cfg["input_size"] == (1, 64, 64)
+    torch.testing.assert_close(gray.stem[0].weight, ema["stem.0.weight"].sum(1, keepdim=True))
+
+    trained = _eager(ema)
+    x = torch.randn(2, 3, 64, 64)
+    as_file = dict(SHORT, pretrained_cfg_overlay=dict(file=str(tmp_path / "best.pth")), checkpoint_ema=True)
+    for source, kwargs in ((f"local-dir:{out}", {}), ("ppma_nano", as_file)):
+        features = timm.create_model(source, pretrained=True, num_classes=0, **kwargs).eval()
+        features.set_backend("reference")
+        with torch.no_grad():
+            torch.testing.assert_close(features(x), trained.forward_head(trained.forward_features(x), pre_logits=True))
+
+
+def test_export_of_an_export_still_says_its_weights_are_the_ema(tmp_path):
+    """A folder's model.safetensors (EMA weights, said in its metadata) exported again was labelled 'model'."""
+    from safetensors import safe_open
+
+    from ppma.export import export_timm
+
+    ema = _our_checkpoint(tmp_path / "best.pth")
+    first = export_timm(tmp_path / "best.pth", tmp_path / "hub")
+    again = export_timm(first / "model.safetensors", tmp_path / "hub2")
+    with safe_open(str(again / "model.safetensors"), "pt") as f:
+        assert f.metadata()["weights"] == "ema"
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in ema.items())
+
+
 def test_timm_export_files_get_the_umask_mode(tmp_path):
     """model.safetensors came out 0600 (safetensors' own mode) beside a 0644 config.json: unreadable to a
     server running as another user."""
@@ -164,6 +205,27 @@ def test_onnx_runtime_matches_eager_at_the_export_size_and_another(tmp_path, cap
     assert main(["export", str(tmp_path / "n.onnx"), "--checkpoint", str(tmp_path / "best.pth"), "--size", "70",
                  "--dynamic-size"]) == 2  # fmt: skip
     assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_onnx_graph_that_disagrees_with_eager_is_not_kept(tmp_path, capsys, monkeypatch):
+    """The ONNX Runtime check printed its max |diff| and kept the file whatever the number: a wrong graph was
+    written as if checked. Now a difference above 1e-3 of the largest logit is one line and no file."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import ppma.export
+
+    model = timm.create_model("ppma_nano", num_classes=len(CLASSES), **TWO_STAGES)
+    state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    config = dict(model="ppma_nano", model_kwargs=TWO_STAGES, input_size=32, crop_pct=1.0)
+    torch.save({"model_name": "ppma_nano", "classes": CLASSES, "config": config, "model": state}, tmp_path / "b.pth")
+    real = ppma.export.run_onnx
+    shift = float(torch.rand(()) * 0.5 + 0.1)
+    monkeypatch.setattr(ppma.export, "run_onnx", lambda path, x: real(path, x) + shift)  # a graph that is off
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--checkpoint", str(tmp_path / "b.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differ from eager by" in err and "\n" not in err
+    assert not out.exists() and os.listdir(tmp_path) == ["b.pth"]  # nor a temporary file
 
 
 def test_torch_export_with_a_dynamic_batch_matches_eager():

@@ -323,3 +323,37 @@ def test_pictures_follow_the_layers_projection(image_file, monkeypatch):
     torch.testing.assert_close(after.q, 2 * before.q)
     torch.testing.assert_close(after.k, -before.k)
     torch.testing.assert_close(after.log_alpha, 3 * before.log_alpha)
+
+
+@pytest.mark.parametrize("kind", ["polyline_shared", "rmt", "h2v", "hilbert"])
+def test_mask_picture_is_the_layers_own_mask_or_refused(image_file, kind):
+    """The polyline picture of a single-path (h2v) or scan-mask (hilbert) layer was drawn from its decays
+    without a word, a mask the layer never applies; now refused, pointing at the zoo picture of its own kind.
+    Kinds whose mask it is (both paths, shared or fixed decays) still draw, equal to the kind's definition."""
+    import timm
+
+    from ppma.masks import zoo_log_masks
+
+    decomposed = (False,) * 4 if kind == "hilbert" else (True, True, False, False)
+    model = timm.create_model("ppma_nano", mask=kind, decomposed=decomposed).eval()
+    with torch.no_grad():  # decays away from their initial values
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    cap = viz.run(model, image_file, size=96)
+    stage, query = 1, (0.3, 0.6)
+    bc = cap.block(stage, 0)
+    if kind in ("h2v", "hilbert"):
+        for draw in (lambda: viz.mask_maps(cap, query, stage, 0), lambda: viz.mask_matrix(cap, query, stage, 0)):
+            with pytest.raises(ppma.errors.PPMAError, match=f"uses mask '{kind}'.*--mask {kind}"):
+                draw()
+        return
+    H, W = bc.grid
+    i, j = cap.image.query_token(query, bc.stride)
+    if kind == "rmt":  # the zoo's rmt has a gamma of its own; the layer's is one per head, both directions
+        assert torch.allclose(bc.log_alpha[1], bc.log_alpha[1, 0, 0]) and torch.equal(bc.log_alpha, bc.log_beta)
+    definition = "polyline" if kind == "rmt" else kind  # RMT's mask: the polyline mask of constant decays
+    masks = zoo_log_masks(definition, H, W, bc.log_alpha[1].double(), bc.log_beta[1].double())
+    want = torch.stack([m[i * W + j].exp() for m in masks]).mean(0).reshape(H, W).numpy()
+    got = viz.mask_maps(cap, query, stage, 0, head=1)["average"]
+    assert got.min() < 0.99  # the decays are not all 1
+    np.testing.assert_allclose(got, want, rtol=1e-5)

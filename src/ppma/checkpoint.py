@@ -246,7 +246,8 @@ def load_into(
 
     Published and our key names both work. Tolerated, with the model's own initial values kept:
     a classifier whose class count differs (fine-tuning), the dense-task LayerNorms when loading a
-    classification checkpoint, and the classifier head when loading a dense-task backbone.
+    classification checkpoint, and the classifier head when loading a dense-task backbone. The file's
+    classifier is left out for a model without one (``num_classes=0``).
     Anything else missing, unexpected or of another shape raises a ``ValueError`` listing the keys.
 
     ``contents``: the dict already read from ``path`` (``read_checkpoint``), so a caller that read the
@@ -268,6 +269,8 @@ def load_into(
         file_chans, model_chans = state[stem].shape[1], own[stem].shape[1]
         state[stem] = adapt_input_conv(model_chans, state[stem], base_chans=file_chans)
         _logger.info(f"Converted input conv stem.0 pretrained weights from {file_chans} to {model_chans} channel(s)")
+    if "head.fc.weight" not in own:  # num_classes=0 (timm's feature extractor): the file's classifier is unused
+        state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

@@ -33,13 +33,16 @@ __all__ = ["EXPORT_BACKEND", "load_classifier", "export_timm", "export_onnx", "e
 EXPORT_BACKEND = "reference"
 _STRIDE = 32
 _MAX_SIDE = 2048  # the largest height / width a dynamic-size graph is declared for
+# ONNX Runtime against eager, both float32, relative to the largest logit: rounding gives about 1e-6
+_ONNX_RTOL = 1e-3
 
 
 def load_classifier(
     checkpoint: str | os.PathLike, model_name: str | None = None, weights: str = "auto"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of a classification checkpoint (ours or published), in eval mode, and what it carries:
-    ``model_name``, ``model_kwargs``, ``classes`` (or None), ``weights`` and the evaluation ``transform``."""
+    ``model_name``, ``model_kwargs``, ``classes`` (or None), ``weights`` (which weights these are: an export of
+    an export says the EMA its file holds) and the evaluation ``transform``."""
     from .checkpoint import extract_state_dict, read_checkpoint
     from .train.engine import _classifier_spec
 
@@ -55,7 +58,7 @@ def load_classifier(
     transform = dict(input_size=int(c.input_size), crop_pct=float(c.crop_pct), interpolation=str(c.interpolation),
                      mean=tuple(float(v) for v in c.mean), std=tuple(float(v) for v in c.std))  # fmt: skip
     info = dict(model_name=spec.model_name.split(".")[0], model_kwargs=dict(spec.model_kwargs), classes=spec.classes,
-                weights="ema" if spec.use_ema else "model", transform=transform)  # fmt: skip
+                weights=spec.weights_label, transform=transform)  # fmt: skip
     return model, info
 
 
@@ -209,7 +212,8 @@ def export_onnx(
 
     ``size``: the export size (default: the checkpoint's evaluation size). Without ``dynamic_size`` the graph
     takes that size only; with it, any multiple of 32 up to 2048 per side. ``check``: run the graph in ONNX
-    Runtime on a fresh random batch and compare with eager (float32) before the file is kept.
+    Runtime on a fresh random batch and compare with eager (float32) before the file is kept; a difference
+    above 1e-3 of the largest logit is a ``ValueError`` and nothing is written.
 
     Returns what was written: ``path``, ``size``, ``max_abs_diff`` (when checked), the transform and classes
     (also stored in the file's ``metadata_props``).
@@ -242,7 +246,11 @@ def export_onnx(
             with torch.inference_mode():
                 want = model(x).numpy()
             got = run_onnx(tmp, x.numpy())
-            result["max_abs_diff"] = float(abs(got - want).max())
+            result["max_abs_diff"] = diff = float(abs(got - want).max())
+            limit = _ONNX_RTOL * max(1.0, float(abs(want).max()))
+            if not diff <= limit:  # a graph that computes something else is not kept (NaN fails too)
+                raise ValueError(f"export: ONNX Runtime's logits differ from eager by {diff:.3g} (more than "
+                                 f"{limit:.3g}); the graph is wrong, {out} not written")  # fmt: skip
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -416,6 +417,9 @@ class PPMA(nn.Module):
                        interpolation=t["interpolation"], mean=tuple(t["mean"]), std=tuple(t["std"]))  # fmt: skip
         if card["classes"] and len(card["classes"]) == self.num_classes:
             cfg["label_names"] = list(card["classes"])
+        elif len(cfg.get("label_names") or ()) != self.num_classes:  # a folder's config.json names the file's
+            cfg.pop("label_names", None)
+            cfg.pop("label_descriptions", None)
 
 
 # ---- registry -----------------------------------------------------------------------------------------
@@ -471,6 +475,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+# The weights file of a timm hub folder, in timm's order of preference (timm.models._hub._PREFERRED_FILES).
+_FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth")
+
+
 def _check_out_indices(out_indices: int | Sequence[int], num_stages: int) -> None:
     """``features_only``'s stage indices, checked before timm: its message named -1 for an index of -5, and a
     repeated index returned the same map twice."""
@@ -489,6 +497,14 @@ def _create_ppma(variant: str, pretrained: bool = False, **kwargs) -> PPMA:
     if kwargs.get("features_only"):
         kwargs.setdefault("feature_norms", True)
         _check_out_indices(kwargs.get("out_indices", (0, 1, 2, 3)), len(kwargs["embed_dims"]))
+    # "local-dir:FOLDER" (an export): timm's own folder loading skips custom_load, so another num_classes
+    # silently dropped the classifier, kept the file's label_names and the 3-channel input_size (in_chans=1).
+    # The folder's weights file goes through PPMA.load_pretrained like any other file.
+    cfg = kwargs.get("pretrained_cfg")
+    if isinstance(cfg, dict) and cfg.get("source") == "local-dir" and cfg.get("file"):
+        weights = next((p for p in map(Path(cfg["file"]).joinpath, _FOLDER_WEIGHTS) if p.is_file()), None)
+        if weights is not None:
+            kwargs["pretrained_cfg"] = {**cfg, "source": "", "file": str(weights)}
     # timm turns custom_load off when a file is given; keep it on, so every file goes through
     # PPMA.load_pretrained (published key names, safe unpickling, EMA choice, strict key report).
     # A hub file (hf_hub_filename without a file or url) goes through timm's hub download first ("hf").

@@ -160,6 +160,19 @@ def _mean(maps: list[torch.Tensor]) -> np.ndarray:
     return torch.stack(maps).mean(0).numpy()
 
 
+def _check_polyline_picture(bc: BlockCapture) -> None:
+    """The polyline picture (H2V, V2H, their average) is a block's own mask only where the block runs both
+    paths of it; a single-path kind (h2v, v2h) or a scan mask (hilbert, ...) uses another M: drawing
+    polyline_mask of its decays was a picture of a mask the model never applies."""
+    from ..masks import get_mask
+
+    kind = get_mask(bc.mask)
+    if kind.full_only or (kind.paths != "both" and kind.decay not in ("fixed", "none")):
+        raise PPMAError(f"block: stage {bc.stage} block {bc.block} uses mask {bc.mask!r}, not the polyline "
+                        f"mask drawn here; draw its own with `ppma viz mask --mask {bc.mask}` "
+                        "(ppma.viz.zoo_mask_figure)")  # fmt: skip
+
+
 def mask_maps(
     cap: Capture,
     query: tuple[float, float],
@@ -174,12 +187,15 @@ def mask_maps(
         cap: from ``ppma.viz.run``.
         query: (x, y) in image pixels (ints) or fractions (floats).
         stage, block, head: which mask; ``head=None`` averages the heads' mask values.
-        log_mask_fn: (H, W), (H, W) log-decays -> (N, N) log-mask; the polyline mask by default.
+        log_mask_fn: (H, W), (H, W) log-decays -> (N, N) log-mask; the polyline mask by default, refused
+            (``PPMAError``) for a block whose mask is another (h2v, v2h, scan masks).
 
     Returns:
         dict with ``h2v``, ``v2h``, ``average`` (H, W) arrays in (0, 1], ``token`` (row, column), ``block``.
     """
     bc = cap.block(stage, block)
+    if log_mask_fn is polyline_mask:
+        _check_polyline_picture(bc)
     token = cap.image.query_token(query, bc.stride)
     per_head = [query_mask_maps(log_mask_fn(bc.log_alpha[h], bc.log_beta[h]), token, bc.grid)
                 for h in head_indices(bc, head)]  # fmt: skip
@@ -202,6 +218,7 @@ def mask_matrix(
         ``window``; ``token``; ``block``.
     """
     bc = cap.block(stage, block)
+    _check_polyline_picture(bc)
     (h,) = head_indices(bc, head)
     token = cap.image.query_token(query, bc.stride)
     log_mask, origin = window_log_mask(bc.log_alpha[h], bc.log_beta[h], token, window)
