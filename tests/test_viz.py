@@ -208,7 +208,7 @@ def _png(path, size):
         (["decay", "--stage", "0", "--stage", "2", "--head", "1"], {"out.png": (660, 370)}),
     ],
 )  # fmt: skip
-def test_commands_write_pictures(cli, tmp_path, image_file, capsys, args, files):
+def test_commands_write_pictures(cli, tmp_path, image_file, capsys, args, files, atomic_renames):
     out = tmp_path / "out.png"
     rc = cli(["viz", *args, str(image_file), "--model", "ppma_nano", "--size", "64", "--dpi", "50", "-o", str(out)])
     assert rc == 0
@@ -216,6 +216,19 @@ def test_commands_write_pictures(cli, tmp_path, image_file, capsys, args, files)
     assert printed == [str(tmp_path / name) for name in files]
     for name, size in files.items():
         _png(tmp_path / name, size)
+    # written atomically (a temporary file beside it, renamed): an interrupted run leaves no half picture
+    assert [dst for _, dst, _ in atomic_renames] == printed
+
+
+def test_the_matrix_picture_is_checked_before_any_work(cli, tmp_path, image_file, capsys):
+    """``--matrix``'s second file (``NAME_matrix.png``) was checked only after the first picture was saved."""
+    (tmp_path / "x_matrix.png").mkdir()
+    argv = ["viz", "mask", str(image_file), "--model", "ppma_nano", "--size", "64", "--matrix", "2x2",
+            "-o", str(tmp_path / "x.png")]  # fmt: skip
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'x_matrix.png'} is a folder" in err, err
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_sweep_writes_an_animated_gif(cli, tmp_path, image_file, capsys):
@@ -357,3 +370,25 @@ def test_mask_picture_is_the_layers_own_mask_or_refused(image_file, kind):
     got = viz.mask_maps(cap, query, stage, 0, head=1)["average"]
     assert got.min() < 0.99  # the decays are not all 1
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_pictures_of_a_training_checkpoint_use_its_ema_weights_by_default(tmp_path, image_file):
+    """viz drew the plain weights of a best.pth chosen by its EMA's top-1 (eval, predict and export take the
+    EMA where the file has it); ``--weights auto`` is now the default there too, and captions say which."""
+    import timm
+
+    from ppma.checkpoint import atomic_save
+    from ppma.cli import build_parser
+
+    plain, ema = (timm.create_model("ppma_nano").state_dict() for _ in range(2))
+    atomic_save({"model_name": "ppma_nano", "model": plain, "model_ema": ema}, tmp_path / "best.pth")
+    atomic_save({"model_name": "ppma_nano", "model": plain}, tmp_path / "plain.pth")
+    caps = {w: viz.run(None, image_file, checkpoint=tmp_path / "best.pth", ema=w, size=64)
+            for w in ("auto", True, False)}  # fmt: skip
+    assert torch.equal(caps["auto"].block(0, 0).log_alpha, caps[True].block(0, 0).log_alpha)
+    assert not torch.equal(caps["auto"].block(0, 0).log_alpha, caps[False].block(0, 0).log_alpha)
+    assert caps["auto"].weights == "best.pth (EMA)" and caps[False].weights == "best.pth"
+    assert viz.run(None, image_file, checkpoint=tmp_path / "plain.pth", ema="auto", size=64).weights == "plain.pth"
+    parse = build_parser().parse_args
+    assert [parse(["viz", "decay", *extra]).weights for extra in ([], ["--ema"], ["--weights", "model"])] == [
+        "auto", "ema", "model"]  # fmt: skip

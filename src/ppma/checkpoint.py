@@ -33,7 +33,7 @@ from .models.published import checkpoint_filter_fn
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_copy", "atomic_save", "atomic_write_text",
+__all__ = ["TRANSFORM_KEYS", "CheckpointReadError", "atomic_copy", "atomic_save", "atomic_write", "atomic_write_text",
            "card_metadata", "convert", "extract_state_dict", "load_into", "model_card", "read_card",
            "read_checkpoint"]  # fmt: skip
 
@@ -304,9 +304,11 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
     """``write(tmp_path)`` to a temporary file beside ``path``, flushed to disk, given the umask's mode
-    (mkstemp makes it 0600), then renamed onto ``path``: a crash leaves the old file or none."""
+    (mkstemp makes it 0600), then renamed onto ``path``: a crash leaves the old file or none. The temporary
+    name does not end in ``path``'s suffix: writers that pick a format by suffix must be told it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -323,19 +325,19 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: the old file survives a crash."""
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """``text`` written to ``path`` as ``atomic_save`` writes a checkpoint: a reader (or a crash) sees the old
     file or the whole new one, never half of it. Every JSON or text result the package writes goes through it
     (``--json`` files, a run's config and restarted log, the ablation table, the example data sets' JSON)."""
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """``src`` copied to ``dst`` as ``atomic_save`` writes a checkpoint (whole or not at all, the umask's mode)."""
-    _atomic_write(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
+    atomic_write(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = False, force: bool = False) -> int:
@@ -366,7 +368,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = Fals
         from safetensors.torch import save_file
 
         metadata = {**card_metadata(card), "source": src.name}
-        _atomic_write(dst, lambda tmp: save_file(state, tmp, metadata=metadata))
+        atomic_write(dst, lambda tmp: save_file(state, tmp, metadata=metadata))
     else:
         atomic_save({"model": state, **card}, dst)
     return len(state)

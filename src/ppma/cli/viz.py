@@ -29,7 +29,9 @@ def _common(
     p.add_argument("--sample", default="astronaut", help="bundled photograph without IMAGE: astronaut, chelsea, coffee")
     p.add_argument("--model", help="PPMA model name (default: the one --checkpoint names, else ppma_tiny)")
     p.add_argument("--checkpoint", help="weights, ours or published (.pth / .safetensors); default random weights")
-    p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    p.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
+                   help="auto: the EMA weights where the file has them, as eval and predict")  # fmt: skip
+    p.add_argument("--ema", dest="weights", action="store_const", const="ema", help="the same as --weights ema")
     add_pretrained_flag(p)
     p.add_argument("--size", type=int, default=224, help="longer image side fed to the model (default 224)")
     if query:
@@ -117,7 +119,7 @@ def _capture_with(args: argparse.Namespace, checkpoint: str | None):
             notes.append("stores no normalisation: assumed ImageNet's mean and std")
         if notes:
             print(f"ppma viz: note: {Path(checkpoint).name} " + "; ".join(notes), file=sys.stderr)
-    ema = "auto" if args.pretrained else args.ema  # the published weights: the EMA, as published
+    ema = {"auto": "auto", "ema": True, "model": False}[args.weights]
     return run(
         args.model, args.image, checkpoint=checkpoint, ema=ema, size=args.size, sample=args.sample, contents=contents
     )
@@ -126,8 +128,12 @@ def _capture_with(args: argparse.Namespace, checkpoint: str | None):
 def _mask(args: argparse.Namespace) -> None:
     from ..viz import render
     from ..viz.maps import polyline_mask
+    from .options import check_output_file
 
     out = _output_path(args, ".png")
+    matrix_out = out.with_name(f"{out.stem}_matrix{out.suffix}")
+    if args.matrix is not None:  # both files checked before any work (the second was checked after the first)
+        check_output_file(matrix_out, "-o (its _matrix picture)")
     if args.mask is not None:  # zoo masks (ppma.masks), validated before the model runs
         from ..masks import get_mask, mask_names
 
@@ -145,7 +151,7 @@ def _mask(args: argparse.Namespace) -> None:
         matrix = render.mask_matrix_figure(cap, args.query, args.stage, args.block, head, args.matrix, dpi=args.dpi)
     print(render.save(fig, out))
     if matrix is not None:
-        print(render.save(matrix, out.with_name(f"{out.stem}_matrix{out.suffix}")))
+        print(render.save(matrix, matrix_out))
 
 
 def _attention(args: argparse.Namespace) -> None:

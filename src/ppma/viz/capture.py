@@ -334,7 +334,7 @@ def run(
     image: str | os.PathLike | np.ndarray | None = None,
     *,
     checkpoint: str | os.PathLike | None = None,
-    ema: bool = False,
+    ema: bool | str = False,
     size: int = 224,
     sample: str = "astronaut",
     contents: dict[str, Any] | None = None,
@@ -347,7 +347,8 @@ def run(
         image: an image file, an (h, w, 3) uint8 array, or ``None`` for the bundled ``sample``.
         checkpoint: weights to load into the model (ours or published); without it a model given by
             name keeps its random initial weights, and the captions say so.
-        ema: take a training checkpoint's EMA weights.
+        ema: take a training checkpoint's EMA weights; ``"auto"``: where it has them (as ``ppma viz``, eval and
+            predict by default; the captions say which weights were drawn).
         size: longer image side fed to the model, in pixels.
         sample: scikit-image photograph used when ``image`` is None (one of ``SAMPLES``).
         contents: the dict already read from ``checkpoint`` (``read_checkpoint``), not read again; None:
@@ -360,6 +361,12 @@ def run(
         pixels, image_name = image, "array"
     else:
         pixels, image_name = load_image(image, sample)
+    if checkpoint is not None:
+        from ..checkpoint import read_checkpoint
+
+        contents = read_checkpoint(checkpoint) if contents is None else contents
+        if ema == "auto":
+            ema = isinstance(contents.get("model_ema"), dict)
     if model is None or isinstance(model, str):
         model = load_model(model, checkpoint, ema, contents=contents)
         name, weights = model.pretrained_cfg.get("architecture", type(model).__name__), None
@@ -371,7 +378,7 @@ def run(
 
             load_into(model, checkpoint, use_ema=ema, contents=contents)
     if checkpoint is not None:
-        weights = Path(checkpoint).name + (" (EMA)" if ema else "")
+        weights = Path(checkpoint).name + (" (EMA)" if ema or contents.get("weights") == "ema" else "")
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     prepared = prepare_image(pixels, size, cfg.get("mean", _IMAGENET_MEAN), cfg.get("std", _IMAGENET_STD),
                              image_name)  # fmt: skip

@@ -401,14 +401,20 @@ def save_gif(frames: list[np.ndarray], path: str | os.PathLike, duration_ms: int
     """Write RGB frames as a looping GIF."""
     from PIL import Image
 
+    from ..checkpoint import atomic_write
+
     path = Path(path)
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                  duration=duration_ms, loop=0))  # fmt: skip
     return path
 
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write a figure (format from the suffix, e.g. .png); the size is exactly ``figsize * dpi`` pixels."""
+    """Write a figure (format from the suffix, e.g. .png), atomically (a temporary file beside it, renamed: an
+    interrupted run never leaves half a picture); the size is exactly ``figsize * dpi`` pixels."""
+    from ..checkpoint import atomic_write
+
     path = Path(path)
-    fig.savefig(path, dpi=fig.dpi)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=fig.dpi, format=path.suffix.lstrip(".").lower() or None))
     return path
