@@ -94,6 +94,42 @@ def test_timm_folder_with_other_classes_or_channels_loads_as_a_file_does(tmp_pat
             torch.testing.assert_close(features(x), trained.forward_head(trained.forward_features(x), pre_logits=True))
 
 
+@pytest.mark.parametrize("weights_file", ["model.safetensors", "pytorch_model.bin"])
+def test_an_export_on_the_hub_loads_as_a_folder_does(tmp_path, monkeypatch, weights_file):
+    """``hf-hub:ID`` went through timm's generic hub loading as ``local-dir:`` did: num_classes=3 dropped the
+    trained classifier without a word and kept the file's label names. Offline, from a Hugging Face cache
+    holding the export (a repository pushed with only pytorch_model.bin too)."""
+    import shutil
+
+    import huggingface_hub.constants as constants
+    from safetensors.torch import load_file
+
+    from ppma.export import export_timm
+
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    ema = _our_checkpoint(tmp_path / "best.pth")
+    out = export_timm(tmp_path / "best.pth", tmp_path / "export")
+    repo = cache / "models--me--my-ppma"
+    snapshot = repo / "snapshots" / ("%040x" % int(torch.randint(0, 2**62, ())))
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    shutil.copy(out / "config.json", snapshot / "config.json")
+    if weights_file == "model.safetensors":
+        shutil.copy(out / "model.safetensors", snapshot / weights_file)
+    else:  # torch.save of the state dict, as push_to_hf_hub(safe_serialization=False) writes it
+        torch.save(load_file(out / "model.safetensors"), snapshot / weights_file)
+    model = timm.create_model("hf-hub:me/my-ppma", pretrained=True).eval()
+    assert model.pretrained_cfg["label_names"] == CLASSES and model.pretrained_cfg["input_size"] == (3, 64, 64)
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    with pytest.warns(UserWarning, match="has a 5-class classifier, the model 3 classes"):
+        three = timm.create_model("hf-hub:me/my-ppma", pretrained=True, num_classes=3)
+    assert "label_names" not in three.pretrained_cfg and three.head.fc.weight.shape == (3, 1024)
+
+
 def test_export_of_an_export_still_says_its_weights_are_the_ema(tmp_path):
     """A folder's model.safetensors (EMA weights, said in its metadata) exported again was labelled 'model'."""
     from safetensors import safe_open

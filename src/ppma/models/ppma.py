@@ -479,6 +479,14 @@ default_cfgs = generate_default_cfgs({
 _FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth")
 
 
+def _hub_weights_file(repo_id: str) -> str:
+    """The weights file of a timm model repository: the first of ``_FOLDER_WEIGHTS`` in the local cache, else
+    ``model.safetensors`` (timm's ``push_to_hf_hub`` writes it by default)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return next((f for f in _FOLDER_WEIGHTS if isinstance(try_to_load_from_cache(repo_id, f), str)), _FOLDER_WEIGHTS[0])
+
+
 def _check_out_indices(out_indices: int | Sequence[int], num_stages: int) -> None:
     """``features_only``'s stage indices, checked before timm: its message named -1 for an index of -5, and a
     repeated index returned the same map twice."""
@@ -505,6 +513,11 @@ def _create_ppma(variant: str, pretrained: bool = False, **kwargs) -> PPMA:
         weights = next((p for p in map(Path(cfg["file"]).joinpath, _FOLDER_WEIGHTS) if p.is_file()), None)
         if weights is not None:
             kwargs["pretrained_cfg"] = {**cfg, "source": "", "file": str(weights)}
+    # "hf-hub:ID" (an export pushed to the Hub): the same problem; its weights file is fetched by timm's hub
+    # download and loaded by PPMA.load_pretrained (custom_load "hf", set below).
+    if isinstance(cfg, dict) and cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
+        kwargs["pretrained_cfg"] = {**cfg, "source": "", "file": None, "url": None,
+                                    "hf_hub_filename": _hub_weights_file(cfg["hf_hub_id"])}  # fmt: skip
     # timm turns custom_load off when a file is given; keep it on, so every file goes through
     # PPMA.load_pretrained (published key names, safe unpickling, EMA choice, strict key report).
     # A hub file (hf_hub_filename without a file or url) goes through timm's hub download first ("hf").
