@@ -25,8 +25,8 @@ from PIL import Image
 from .errors import PPMAError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "ImageReadError", "class_folders", "describe_skipped_files",
-           "image_files",
-           "index_image_folder", "is_hidden", "is_image_file", "load_rgb"]  # fmt: skip
+           "image_files", "index_image_folder", "is_hidden", "is_image_file", "load_or_record", "load_rgb",
+           "require_a_readable_image"]  # fmt: skip
 
 # torchvision's ImageFolder extensions, and GIF (its first frame), which PIL reads as well.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -144,3 +144,20 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise ImageReadError(f"{path}: no such file") from e
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for unknown or damaged files
         raise ImageReadError(f"{path}: not a readable image ({str(e).strip() or type(e).__name__})") from e
+
+
+def load_or_record(path: str | Path, records: list[dict]) -> Image.Image | None:
+    """``load_rgb(path)``, or None after appending ``{"file", "error"}`` to ``records``: one unreadable image
+    does not stop a prediction over many (``ppma predict``, ``ppma detect|segment predict``)."""
+    try:
+        return load_rgb(path)
+    except ImageReadError as e:
+        records.append(dict(file=str(path), error=str(e)))
+        return None
+
+
+def require_a_readable_image(records: list[dict]) -> None:
+    """A prediction's end: a one-line ``PPMAError`` naming the first image when none could be read."""
+    if records and all("error" in r for r in records):
+        more = f" (and {len(records) - 1} more unreadable)" if len(records) > 1 else ""
+        raise PPMAError(f"predict: no readable image: {records[0]['error']}{more}")

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from .options import add_dataclass_flags, given_flags
+from .options import add_dataclass_flags, given_flags, predict_status, said_skipped
 
 def _config_from_args(cls: type, args: argparse.Namespace) -> Any:
     """The recipe (``--data builtin``: the built-in example's) with the flags given on top."""
@@ -135,10 +134,10 @@ def _detect_predict(args: argparse.Namespace) -> int:
     records = predict_detection(args.checkpoint, args.images, args.output, args.score_threshold, args.device,
                                 args.progress)  # fmt: skip
     for r in records:
-        if _said_unreadable(r):
+        if said_skipped(r):
             continue
         print(f"{r['file']}: {len(r['boxes'])} objects -> {r['drawn']}")
-    return _exit_status(records)
+    return predict_status(records)
 
 
 def _segment_train(args: argparse.Namespace) -> None:
@@ -193,20 +192,9 @@ def _segment_predict(args: argparse.Namespace) -> int:
     records = predict_segmentation(args.checkpoint, args.images, args.output, args.aug, args.aug, args.device,
                                    args.progress)  # fmt: skip
     for r in records:
-        if _said_unreadable(r):
+        if said_skipped(r):
             continue
         print(f"{r['file']}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["fractions"].items()))
     print(f"colour-coded predictions in {args.output} (legend.json: class -> RGB)")
-    return _exit_status(records)
+    return predict_status(records)
 
-
-def _said_unreadable(record: dict) -> bool:
-    """An image predict could not read: a line on stderr, as ``ppma predict`` prints it."""
-    if "error" in record:
-        print(f"ppma predict: skipped {record['error']}", file=sys.stderr)
-    return "error" in record
-
-
-def _exit_status(records: list[dict]) -> int:
-    """1 when an image was skipped (the others were predicted), else 0: as ``ppma predict``."""
-    return 1 if any("error" in r for r in records) else 0

@@ -13,11 +13,13 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import types
 import typing
 from typing import Any
 
-__all__ = ["add_dataclass_flags", "check_output_file", "given_flags", "int_list", "numbers", "size"]
+__all__ = ["add_dataclass_flags", "check_output_file", "given_flags", "int_list", "numbers", "predict_status",
+           "said_skipped", "size"]  # fmt: skip
 
 
 def numbers(text: str, kind: type = float) -> tuple:
@@ -117,3 +119,16 @@ def check_output_file(path: str | os.PathLike, what: str) -> None:
     if Path(path).is_dir():
         raise ValueError(f"{what}: {path} is a folder; expected a file name")
     check_output_path(path, what)
+
+
+def said_skipped(record: dict) -> bool:
+    """A predict record of an image that could not be read: its line on stderr (``ppma predict: skipped FILE:
+    why``, the same in every predict command); True for such a record, whose result line is left out."""
+    if "error" in record:
+        print(f"ppma predict: skipped {record['error']}", file=sys.stderr)
+    return "error" in record
+
+
+def predict_status(records: list[dict]) -> int:
+    """A predict command's exit status: 1 when an image was skipped (the others were predicted), else 0."""
+    return 1 if any("error" in r for r in records) else 0

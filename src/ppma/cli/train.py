@@ -115,7 +115,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from ..checkpoint import atomic_write_text
     from ..train import predict_images
-    from .options import check_output_file
+    from .options import check_output_file, predict_status, said_skipped
 
     if args.json:
         check_output_file(args.json, "--json")  # before the model runs, not after
@@ -125,10 +125,8 @@ def _predict(args: argparse.Namespace) -> int:
     for note in ([records.assumed] if records.assumed else []) + records.notes:
         print(f"ppma predict: note: {note}", file=sys.stderr)
     for r in records:
-        if "error" in r:
-            print(f"ppma predict: skipped {r['error']}", file=sys.stderr)
-        else:
+        if not said_skipped(r):
             print(r["file"] + ": " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in r["top"]))
     if args.json:
         atomic_write_text(args.json, json.dumps(records, indent=1))  # a temporary file beside it, then renamed
-    return 1 if records.unreadable else 0
+    return predict_status(records)

@@ -65,26 +65,6 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     return image_files.load_rgb(path)
 
 
-def load_or_record(path: str | os.PathLike, records: list[dict[str, Any]]) -> Image.Image | None:
-    """``path`` as 8-bit RGB (``load_rgb``), or None after appending ``{"file", "error"}`` to ``records``: one
-    unreadable image does not stop a prediction over many, as in ``ppma predict`` (``all_unreadable`` ends it
-    when none could be read)."""
-    try:
-        return load_rgb(path)
-    except (image_files.ImageReadError, FileNotFoundError) as e:
-        records.append(dict(file=str(path), error=str(e)))
-        return None
-
-
-def all_unreadable(records: list[dict[str, Any]]) -> None:
-    """Raise a one-line ``PPMAError`` when no image of a prediction could be read (it names the first)."""
-    from ..errors import PPMAError
-
-    if records and all("error" in r for r in records):
-        more = f" (and {len(records) - 1} more unreadable)" if len(records) > 1 else ""
-        raise PPMAError(f"predict: no readable image: {records[0]['error']}{more}")
-
-
 def prediction_inputs(images: Sequence[str | os.PathLike], outputs: str, output: str | os.PathLike) -> list[Path]:
     """The image files ``predict`` reads: files as given, a folder as its images at any depth (sorted,
     hidden files left out, as ``ppma predict``). Each writes files named after its stem (``outputs``,

@@ -30,6 +30,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from ..checkpoint import atomic_write_text
+from ..images import load_or_record, require_a_readable_image
 from ..runtime import (
     DistInfo,
     autocast,
@@ -48,9 +49,7 @@ from .data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CocoDetection,
-    all_unreadable,
     detection_collate,
-    load_or_record,
     palette,
     prediction_inputs,
     to_tensor,
@@ -535,6 +534,6 @@ def predict_detection(
                 scores=scores.tolist(),
             )
         )
-    all_unreadable(records)
+    require_a_readable_image(records)
     atomic_write_text(out_dir / "predictions.json", json.dumps(records, indent=1))
     return records

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..checkpoint import atomic_write_text, read_checkpoint
+from ..images import load_or_record, require_a_readable_image
 from ..runtime import (
     DistInfo,
     autocast,
@@ -50,9 +51,7 @@ from .data import (
     CITYSCAPES_CLASSES,
     IGNORE,
     SegmentationSet,
-    all_unreadable,
     keep_ratio_scale,
-    load_or_record,
     normalize,
     palette,
     prediction_inputs,
@@ -624,7 +623,7 @@ def predict_segmentation(
         records.append(
             dict(file=str(path), fractions={names[k]: round(float(c), 4) for k, c in enumerate(counts) if c})
         )
-    all_unreadable(records)
+    require_a_readable_image(records)
     legend = {n: list(c) for n, c in zip(names, palette(len(names)), strict=True)}
     atomic_write_text(out_dir / "legend.json", json.dumps(legend, indent=1))
     return records

@@ -887,10 +887,6 @@ class Predictions(list):
     assumed: str = ""
     notes: list[str] = []
 
-    @property
-    def unreadable(self) -> list[dict[str, Any]]:
-        return [r for r in self if "error" in r]
-
 
 def predict_images(
     checkpoint: str | os.PathLike,
@@ -918,7 +914,7 @@ def predict_images(
         One dict per image, in order: ``file`` and ``top``, a list of (class name, probability), most
         likely first, or ``file`` and ``error``. ``.assumed`` says what the checkpoint did not store.
     """
-    from ..images import IMAGE_EXTENSIONS, ImageReadError, describe_skipped_files, image_files, load_rgb
+    from ..images import IMAGE_EXTENSIONS, describe_skipped_files, image_files, load_or_record, require_a_readable_image
     from ..inference import for_inference, resolve_precision
 
     if topk < 1:
@@ -959,16 +955,12 @@ def predict_images(
             error = f"{path}: a folder without images ({' '.join(IMAGE_EXTENSIONS)})"
             records.append(dict(file=str(path), error=error))
             continue
-        try:
-            image = load_rgb(path)
-        except ImageReadError as e:
-            records.append(dict(file=str(path), error=str(e)))
+        image = load_or_record(path, records)
+        if image is None:
             continue
         with torch.inference_mode():
             probs = model(transform(image)[None].to(dev)).float().softmax(-1)[0]
         values, indices = probs.topk(min(topk, spec.num_classes))
         records.append(dict(file=str(path), top=[(names[i], float(p)) for p, i in zip(values, indices, strict=True)]))
-    if len(records.unreadable) == len(records):
-        more = f" (and {len(records) - 1} more unreadable)" if len(records) > 1 else ""
-        raise PPMAError(f"predict: no readable image: {records[0]['error']}{more}")
+    require_a_readable_image(records)
     return records
