@@ -325,19 +325,19 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: the old file survives a crash."""
-    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """``text`` written to ``path`` as ``atomic_save`` writes a checkpoint: a reader (or a crash) sees the old
     file or the whole new one, never half of it. Every JSON or text result the package writes goes through it
     (``--json`` files, a run's config and restarted log, the ablation table, the example data sets' JSON)."""
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """``src`` copied to ``dst`` as ``atomic_save`` writes a checkpoint (whole or not at all, the umask's mode)."""
-    atomic_write(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = False, force: bool = False) -> int:
